@@ -1,0 +1,108 @@
+"""Stable Diffusion (1.x, 2.x and fine-tunes): text-to-image, image-to-image and inpainting.
+
+The signature of predict() is the public input schema; the sdcog package does the work.
+Cog's CLI reads this file statically: every Input() argument is a literal or one of the
+module-level literal constants below.
+"""
+
+import os
+from pathlib import Path as LocalPath
+from typing import Optional
+
+from cog import BasePredictor, Input, Path
+
+from sdcog.generate import Generator
+from sdcog.request import Request
+
+SIZES = [
+    128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1088,
+    1152, 1216, 1280, 1344, 1408, 1472, 1536, 1600, 1664, 1728, 1792, 1856, 1920, 1984, 2048,
+]  # fmt: skip
+SCHEDULERS = [
+    "DDIM", "DDPM", "DPMSolverMultistep", "DPMSolverSinglestep", "KarrasDPM", "K_EULER",
+    "K_EULER_ANCESTRAL", "HeunDiscrete", "KLMS", "PNDM", "IPNDM", "KDPM2", "KDPM2_ANCESTRAL",
+    "UniPCMultistep",
+]  # fmt: skip
+OUTPUT_FORMATS = ["png", "jpg", "webp"]
+
+
+class Predictor(BasePredictor):
+    def setup(self) -> None:
+        """Load the pinned weights once: from WEIGHTS_DIR, default weights/ beside this file."""
+        weights = os.environ.get("WEIGHTS_DIR") or LocalPath(__file__).parent / "weights"
+        self.generate = Generator(LocalPath(weights))
+
+    def predict(
+        self,
+        prompt: str = Input(description="What to draw."),
+        negative_prompt: str = Input(description="What to steer away from.", default=""),
+        width: Optional[int] = Input(
+            description="Output width. Default: the model's native size, or with an image, "
+            "the image's aspect at the native pixel count.",
+            choices=SIZES,
+            default=None,
+        ),
+        height: Optional[int] = Input(
+            description="Output height. Default: as for width.", choices=SIZES, default=None
+        ),
+        num_outputs: int = Input(description="How many images.", ge=1, le=10, default=1),
+        scheduler: str = Input(
+            description="Denoising scheduler.", choices=SCHEDULERS, default="DPMSolverMultistep"
+        ),
+        num_inference_steps: int = Input(description="Denoising steps.", ge=1, le=500, default=50),
+        guidance_scale: float = Input(
+            description="Classifier-free guidance scale; at or below 1 guidance is off.",
+            ge=0,
+            le=30,
+            default=7.5,
+        ),
+        seed: Optional[int] = Input(
+            description="Random seed; output i uses seed + i. Leave out for a random seed.",
+            ge=0,
+            le=4294967295,
+            default=None,
+        ),
+        image: Optional[Path] = Input(
+            description="Initial image for image-to-image or inpainting.", default=None
+        ),
+        mask: Optional[Path] = Input(
+            description="Inpainting mask, same size as image: white is repainted, black kept.",
+            default=None,
+        ),
+        prompt_strength: float = Input(
+            description="With an image: how much to change it (1 repaints it entirely).",
+            ge=0,
+            le=1,
+            default=0.8,
+        ),
+        disable_safety_checker: bool = Input(
+            description="Return images even if the safety checker flags them.", default=False
+        ),
+        output_format: str = Input(
+            description="Image file format.", choices=OUTPUT_FORMATS, default="png"
+        ),
+        output_quality: int = Input(
+            description="Quality of jpg and webp outputs (png is lossless).",
+            ge=1,
+            le=100,
+            default=80,
+        ),
+    ) -> list[Path]:
+        request = Request(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            num_outputs=num_outputs,
+            scheduler=scheduler,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            image=image,
+            mask=mask,
+            prompt_strength=prompt_strength,
+            disable_safety_checker=disable_safety_checker,
+            output_format=output_format,
+            output_quality=output_quality,
+        )
+        return [Path(p) for p in self.generate(request)]

@@ -1,0 +1,58 @@
+"""Image inputs and outputs: decoding, sizing, and encoding to files."""
+
+import math
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SIZE_STEP = 64
+MIN_SIZE = 128
+MAX_SIZE = 2048
+
+# output_format -> (file extension, PIL format)
+FORMATS = {"png": ("png", "PNG"), "jpg": ("jpg", "JPEG"), "webp": ("webp", "WEBP")}
+
+
+def read_image(path: Path, input_name: str, mode: str = "RGB") -> Image.Image:
+    """Decode an uploaded image, honouring its EXIF orientation; a clear error names the input."""
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{input_name}: could not be read as an image (PNG, JPEG, WebP, ...): {e}"
+        ) from None
+    return image.convert(mode)
+
+
+def snap(side: float) -> int:
+    """The nearest allowed side length: a multiple of 64 from 128 to 2048."""
+    return min(MAX_SIZE, max(MIN_SIZE, round(side / SIZE_STEP) * SIZE_STEP))
+
+
+def output_size(
+    width: int | None, height: int | None, native: int, image: Image.Image | None
+) -> tuple[int, int]:
+    """Requested sides win. Without an input image a missing side is the model's native size;
+    with one, missing sides follow its aspect (both missing: at the native pixel count)."""
+    if width and height:
+        return width, height
+    if image is None:
+        return width or native, height or native
+    aspect = image.width / image.height
+    if width:
+        return width, snap(width / aspect)
+    if height:
+        return snap(height * aspect), height
+    scale = math.sqrt(native * native / (image.width * image.height))
+    return snap(image.width * scale), snap(image.height * scale)
+
+
+def save_image(image: Image.Image, path: Path, output_format: str, quality: int) -> Path:
+    """Write one output; quality applies to the lossy formats only."""
+    extension, pil_format = FORMATS[output_format]
+    path = path.with_suffix(f".{extension}")
+    options = {} if pil_format == "PNG" else {"quality": quality}
+    image.save(path, format=pil_format, **options)
+    return path

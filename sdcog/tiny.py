@@ -1,0 +1,176 @@
+"""Tiny, randomly initialised Stable Diffusion weights in the real on-disk layout.
+
+The models keep what the serving code depends on (VAE scale factor 8, 4 latent channels, a CLIP
+tokenizer with 77-token context, a safety checker with concept embeddings) and shrink everything
+else, so every schema size runs on a CPU in seconds. The images they make are noise.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+)
+
+SEED = 0
+HIDDEN = 32  # text encoder width = UNet cross-attention width
+TEXT_LAYERS = 5  # enough hidden states for every clip_skip value
+NATIVE_SIZE = 512  # like SD 1.5: unet.sample_size * 8
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode table, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += [*range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def write_tokenizer(directory: Path) -> None:
+    """A byte-level CLIP BPE tokenizer with no merges (one token per character), written as the
+    four files of SD 1.5's tokenizer folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+              "do_lower_case": True}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def _unet(sample_size: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        # Attention only at the lowest resolution keeps 2048x2048 cheap on a CPU.
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    # Four blocks keep the real 8x downsampling; 8 channels keep it cheap at 2048 px.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=NATIVE_SIZE,
+    )
+
+
+def _text_encoder() -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=514,
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=TEXT_LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    return CLIPTextModel(config)
+
+
+def _scheduler() -> PNDMScheduler:
+    # SD 1.5's shipped scheduler config.
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+
+
+def write_base(directory: Path, native_size: int = NATIVE_SIZE) -> None:
+    """A diffusers-layout SD 1.x-style text-to-image model."""
+    torch.manual_seed(SEED)
+    write_tokenizer(directory / "tokenizer")
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=_text_encoder(),
+        tokenizer=CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+        unet=_unet(native_size // 8),
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    # The tokenizer files above are SD 1.5's own layout; the pipeline writes everything else.
+    for name in ("unet", "vae", "text_encoder"):
+        getattr(pipe, name).save_pretrained(directory / name, safe_serialization=True)
+    pipe.scheduler.save_pretrained(directory / "scheduler")
+    # model_index.json as SD 1.5 ships it: it names a safety checker that the loader must skip.
+    pipe.register_to_config(
+        safety_checker=("stable_diffusion", "StableDiffusionSafetyChecker"),
+        feature_extractor=("transformers", "CLIPImageProcessor"),
+        requires_safety_checker=True,
+    )
+    pipe.save_config(directory)
+
+
+def write_safety(directory: Path, threshold: float = 1.0) -> None:
+    """A safety checker and its feature extractor in the layout of the real pinned one.
+
+    Cosine similarities never exceed 1, so the default threshold flags nothing; a negative
+    threshold flags every image (the tests use that).
+    """
+    torch.manual_seed(SEED)
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 37, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 514, "bos_token_id": 512,
+                     "eos_token_id": 513, "pad_token_id": 513},
+        vision_config={"hidden_size": 16, "intermediate_size": 37, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    checker.save_pretrained(directory / "safety_checker", safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        directory / "feature_extractor"
+    )
+
+
+def write_tiny_weights(directory: Path, safety_threshold: float = 1.0) -> None:
+    write_base(directory / "base")
+    write_safety(directory / "safety", threshold=safety_threshold)
