@@ -1,0 +1,161 @@
+"""Shared fixtures: tiny weights made once per session, and Cog's real HTTP server over them."""
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from sdcog.tiny import write_tiny_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-weights")
+    write_tiny_weights(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def flagging_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny weights whose safety checker flags every image."""
+    directory = tmp_path_factory.mktemp("flagging-weights")
+    write_tiny_weights(directory, safety_threshold=-2.0)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CogServer:
+    """`python -m cog.server.http` for predict.py, as script/serve and the container run it."""
+
+    def __init__(self, weights: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "WEIGHTS_DIR": str(weights),
+            # The server starts its worker as a bare `python`: this interpreter must come first.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Cog server exited; see {self.log.name}")
+            try:
+                status = requests.get(f"{self.url}/health-check", timeout=2).json()["status"]
+            except requests.ConnectionError:
+                status = "DOWN"
+            if status == "READY":
+                return
+            if status == "SETUP_FAILED":
+                raise RuntimeError(f"setup failed; see {self.log.name}")
+            time.sleep(0.25)
+        raise TimeoutError(f"Cog server not ready in {timeout} s; see {self.log.name}")
+
+    def post(self, input: dict, headers: dict | None = None, **body) -> requests.Response:
+        return requests.post(
+            f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=300
+        )
+
+    def predict(self, **input) -> dict:
+        """A sync prediction; asserts only that the server answered 200."""
+        response = self.post(input)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def stop(self) -> None:
+        try:
+            requests.post(f"{self.url}/shutdown", timeout=5)
+            self.process.wait(timeout=10)
+        except (requests.RequestException, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    cog = CogServer(tiny_weights, tmp_path_factory.mktemp("logs") / "server.log")
+    yield cog
+    cog.stop()
+
+
+@pytest.fixture(scope="session")
+def flagging_server(flagging_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    cog = CogServer(flagging_weights, tmp_path_factory.mktemp("logs") / "flagging-server.log")
+    yield cog
+    cog.stop()
+
+
+def data_uri(image: Image.Image, format: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[format]
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def decode_output(uri: str) -> bytes:
+    assert uri.startswith("data:"), uri[:80]
+    return base64.b64decode(uri.split(",", 1)[1])
+
+
+def output_images(result: dict) -> list[Image.Image]:
+    assert result["status"] == "succeeded", json.dumps(result)[:2000]
+    return [Image.open(io.BytesIO(decode_output(uri))) for uri in result["output"]]
+
+
+@pytest.fixture(scope="session")
+def file_server():
+    """Serves images from a real HTTP server on 127.0.0.1; returns a function image -> URL."""
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+    from tempfile import TemporaryDirectory
+
+    with TemporaryDirectory() as root:
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=root, **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+        httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        count = iter(range(10**6))
+
+        def serve(image: Image.Image) -> str:
+            name = f"image-{next(count)}.png"
+            image.save(Path(root) / name)
+            return f"http://127.0.0.1:{httpd.server_port}/{name}"
+
+        yield serve
+        httpd.shutdown()

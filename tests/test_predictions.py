@@ -1,0 +1,198 @@
+"""End to end through Cog's real HTTP server on tiny weights: what a client of the container sees."""
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from queue import Empty, Queue
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import data_uri, decode_output, output_images
+from predict import SCHEDULERS
+
+FAST = {"num_inference_steps": 3}
+
+
+def test_txt2img_defaults_to_native_size(server):
+    result = server.predict(prompt="a lighthouse at dusk", **FAST)
+    (image,) = output_images(result)
+    assert image.size == (512, 512)
+    assert image.format == "PNG"
+    assert re.search(r"output 0: seed \d+", result["logs"])
+
+
+def test_width_and_height(server):
+    (image,) = output_images(server.predict(prompt="wide", width=640, height=384, **FAST))
+    assert image.size == (640, 384)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_scheduler(server, scheduler):
+    (image,) = output_images(server.predict(prompt="a fox", scheduler=scheduler, seed=3, **FAST))
+    assert image.size == (512, 512)
+
+
+def test_scheduler_choice_does_not_leak(server):
+    baseline = server.predict(prompt="a fox", seed=9, **FAST)["output"]
+    server.predict(prompt="a fox", seed=9, scheduler="KarrasDPM", **FAST)
+    assert server.predict(prompt="a fox", seed=9, **FAST)["output"] == baseline
+
+
+def test_num_outputs_and_file_names(server):
+    result = server.predict(prompt="birds", num_outputs=3, seed=100, **FAST)
+    assert len(output_images(result)) == 3
+    for i in range(3):
+        assert f"output {i}: seed {100 + i}" in result["logs"]
+
+
+def test_same_input_same_bytes(server):
+    request = {"prompt": "a red cube", "seed": 42, "num_outputs": 2, **FAST}
+    first = [decode_output(u) for u in server.predict(**request)["output"]]
+    second = [decode_output(u) for u in server.predict(**request)["output"]]
+    assert first == second
+    assert first[0] != first[1]
+
+
+def test_output_i_reproduced_alone_from_seed_plus_i(server):
+    batch = server.predict(prompt="a tree", seed=7, num_outputs=3, **FAST)
+    alone = server.predict(prompt="a tree", seed=9, num_outputs=1, **FAST)
+    batch_pixels = np.asarray(output_images(batch)[2], dtype=np.int16)
+    alone_pixels = np.asarray(output_images(alone)[0], dtype=np.int16)
+    # Same noise; a batched GEMM may round differently in the last bit than a single one.
+    assert np.abs(batch_pixels - alone_pixels).max() <= 2
+
+
+def test_random_seed_is_logged_and_reproduces(server):
+    result = server.predict(prompt="a boat", **FAST)
+    seed = int(re.search(r"output 0: seed (\d+)", result["logs"]).group(1))
+    assert 0 <= seed < 2**32
+    assert server.predict(prompt="a boat", seed=seed, **FAST)["output"] == result["output"]
+
+
+def test_img2img_follows_image_aspect(server):
+    image = Image.new("RGB", (300, 200), (200, 30, 30))
+    result = server.predict(prompt="a red wall", image=data_uri(image), prompt_strength=0.5, **FAST)
+    (out,) = output_images(result)
+    assert out.size == (640, 448)  # 3:2 at about 512x512 pixels, in multiples of 64
+    assert "img2img" in result["logs"]
+
+
+def test_img2img_from_url(server, file_server):
+    url = file_server(Image.new("RGB", (256, 256), (0, 90, 200)))
+    result = server.predict(prompt="blue", image=url, width=256, height=256, **FAST)
+    (out,) = output_images(result)
+    assert out.size == (256, 256)
+
+
+def test_inpainting(server):
+    image = Image.new("RGB", (512, 512), (10, 120, 10))
+    mask = Image.new("L", (512, 512), 0)
+    mask.paste(255, (128, 128, 384, 384))
+    result = server.predict(
+        prompt="a flower", image=data_uri(image), mask=data_uri(mask), width=384, height=384, **FAST
+    )
+    (out,) = output_images(result)
+    assert out.size == (384, 384)
+    assert "inpaint" in result["logs"]
+
+
+@pytest.mark.parametrize(("output_format", "pil_format"), [("jpg", "JPEG"), ("webp", "WEBP")])
+def test_lossy_output_formats(server, output_format, pil_format):
+    result = server.predict(prompt="x", output_format=output_format, output_quality=50, **FAST)
+    assert output_images(result)[0].format == pil_format
+
+
+@pytest.mark.parametrize(
+    ("input", "field"),
+    [
+        ({"width": 100}, "width"),
+        ({"height": 4096}, "height"),
+        ({"scheduler": "NotAScheduler"}, "scheduler"),
+        ({"num_outputs": 11}, "num_outputs"),
+        ({"num_outputs": 0}, "num_outputs"),
+        ({"guidance_scale": 31}, "guidance_scale"),
+        ({"num_inference_steps": 501}, "num_inference_steps"),
+    ],
+)
+def test_invalid_input_is_422(server, input, field):
+    response = server.post({"prompt": "x", **input})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "input", field]
+
+
+def test_missing_prompt_is_422(server):
+    assert server.post({"num_outputs": 1}).status_code == 422
+
+
+def test_unreadable_image_fails_then_server_serves_next(server):
+    garbage = "data:image/png;base64,bm90IGFuIGltYWdl"
+    result = server.predict(prompt="x", image=garbage, **FAST)
+    assert result["status"] == "failed"
+    assert "image: could not be read as an image" in result["error"]
+    output_images(server.predict(prompt="x", **FAST))
+
+
+def test_mismatched_mask_fails_then_server_serves_next(server):
+    image = data_uri(Image.new("RGB", (512, 512)))
+    mask = data_uri(Image.new("L", (256, 256), 255))
+    result = server.predict(prompt="x", image=image, mask=mask, **FAST)
+    assert result["status"] == "failed"
+    assert "mask: its size 256x256 differs from the image's 512x512" in result["error"]
+    output_images(server.predict(prompt="x", **FAST))
+
+
+def test_mask_without_image_fails(server):
+    result = server.predict(prompt="x", mask=data_uri(Image.new("L", (64, 64))), **FAST)
+    assert result["status"] == "failed"
+    assert "mask: a mask needs an image" in result["error"]
+
+
+def test_all_flagged_fails_clearly_and_can_be_disabled(flagging_server):
+    result = flagging_server.predict(prompt="x", num_outputs=2, **FAST)
+    assert result["status"] == "failed"
+    assert "All 2 output(s) were flagged" in result["error"]
+    assert len(output_images(flagging_server.predict(prompt="x", disable_safety_checker=True, **FAST))) == 1
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    events: Queue
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.events.put(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_async_prediction_delivers_webhook(server):
+    events: Queue = Queue()
+    handler = type("Receiver", (_Receiver,), {"events": events})
+    receiver = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        response = server.post(
+            {"prompt": "async", "seed": 5, **FAST},
+            headers={"Prefer": "respond-async"},
+            webhook=f"http://127.0.0.1:{receiver.server_port}/hook",
+            webhook_events_filter=["completed"],
+        )
+        assert response.status_code == 202
+        prediction_id = response.json()["id"]
+        while True:
+            try:
+                event = events.get(timeout=60)
+            except Empty:
+                pytest.fail("no completed webhook within 60 s")
+            if event["status"] in ("succeeded", "failed", "canceled"):
+                break
+        assert event["id"] == prediction_id
+        (image,) = output_images(event)
+        assert image.size == (512, 512)
+    finally:
+        receiver.shutdown()
