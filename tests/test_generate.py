@@ -1,0 +1,72 @@
+"""The generator in-process on tiny weights: what the server tests cannot observe directly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdcog import generate
+from sdcog.generate import Generator
+from sdcog.request import Request
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_weights) -> Generator:
+    return Generator(tiny_weights)
+
+
+def unet_batches(generator: Generator) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    sizes: list[int] = []
+    unet = generator.pipelines.by_mode["txt2img"].unet
+    handle = unet.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    return sizes, handle
+
+
+def test_three_modes_share_one_set_of_components(generator):
+    pipes = generator.pipelines.by_mode
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+        assert len({id(getattr(pipe, name)) for pipe in pipes.values()}) == 1, name
+
+
+@pytest.mark.parametrize(("guidance_scale", "unet_batch"), [(7.5, 2), (1.0, 1), (0.0, 1)])
+def test_guidance_at_or_below_one_halves_unet_work(generator, guidance_scale, unet_batch):
+    sizes, handle = unet_batches(generator)
+    try:
+        generator(Request(prompt="x", guidance_scale=guidance_scale, num_inference_steps=2, width=128, height=128))
+    finally:
+        handle.remove()
+    assert sizes == [unet_batch, unet_batch]
+
+
+def test_outputs_are_denoised_in_memory_bounded_batches(generator, monkeypatch):
+    monkeypatch.setattr(generate, "MAX_BATCH_PIXELS", 2 * 128 * 128)
+    sizes, handle = unet_batches(generator)
+    try:
+        files = generator(Request(prompt="x", num_outputs=5, guidance_scale=1, num_inference_steps=1, width=128, height=128))
+    finally:
+        handle.remove()
+    assert sizes == [2, 2, 1]
+    assert len(files) == 5
+
+
+def test_file_names_carry_index_seed_and_a_prediction_token(generator):
+    first = generator(Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128))
+    assert [f.name[: len("out-0-seed11-")] for f in first] == ["out-0-seed11-", "out-1-seed12-"]
+    second = generator(Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128))
+    assert {f.name for f in first}.isdisjoint(f.name for f in second)
+
+
+def test_previous_outputs_are_removed_by_the_next_prediction(generator):
+    (first,) = generator(Request(prompt="x", num_inference_steps=1, width=128, height=128))
+    assert first.exists()
+    generator(Request(prompt="x", num_inference_steps=1, width=128, height=128))
+    assert not first.parent.exists()
+
+
+def test_native_size_comes_from_the_model(generator):
+    assert generator.pipelines.native_size == 512
+
+
+def test_setup_without_weights_says_what_to_run(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="script/download-weights"):
+        Generator(tmp_path)

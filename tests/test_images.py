@@ -1,0 +1,58 @@
+import pytest
+from PIL import Image
+
+from sdcog.images import output_size, read_image, save_image, snap
+
+
+def test_snap_to_multiples_of_64_in_range():
+    assert snap(500) == 512
+    assert snap(10) == 128
+    assert snap(5000) == 2048
+
+
+def test_size_without_image_is_native_unless_given():
+    assert output_size(None, None, 512, None) == (512, 512)
+    assert output_size(640, None, 768, None) == (640, 768)
+    assert output_size(640, 384, 512, None) == (640, 384)
+
+
+def test_size_with_image_follows_its_aspect_at_native_pixels():
+    image = Image.new("RGB", (300, 200))
+    assert output_size(None, None, 512, image) == (640, 448)
+    assert output_size(None, None, 768, image) == (960, 640)
+    assert output_size(768, None, 512, image) == (768, 512)
+    assert output_size(None, 256, 512, image) == (384, 256)
+    assert output_size(256, 256, 512, image) == (256, 256)
+
+
+def test_read_image_converts_and_names_the_input_on_error(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGBA", (10, 20)).save(good)
+    assert read_image(good, "image").mode == "RGB"
+    assert read_image(good, "mask", mode="L").mode == "L"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="mask: could not be read as an image"):
+        read_image(bad, "mask")
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    Image.new("RGB", (40, 20)).save(path, exif=exif)
+    assert read_image(path, "image").size == (20, 40)
+
+
+@pytest.mark.parametrize(("fmt", "ext", "pil"), [("png", "png", "PNG"), ("jpg", "jpg", "JPEG"), ("webp", "webp", "WEBP")])
+def test_save_image_formats(tmp_path, fmt, ext, pil):
+    path = save_image(Image.new("RGB", (64, 64), (9, 9, 9)), tmp_path / "out-0-seed1", fmt, 90)
+    assert path.name == f"out-0-seed1.{ext}"
+    assert Image.open(path).format == pil
+
+
+def test_quality_changes_lossy_size(tmp_path):
+    image = Image.effect_noise((128, 128), 64).convert("RGB")
+    low = save_image(image, tmp_path / "low", "jpg", 10).stat().st_size
+    high = save_image(image, tmp_path / "high", "jpg", 95).stat().st_size
+    assert low < high

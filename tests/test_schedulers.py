@@ -1,0 +1,34 @@
+import pytest
+from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+
+from predict import SCHEDULERS as SCHEMA_CHOICES
+from sdcog.schedulers import SCHEDULERS, make_scheduler
+
+SD15_CONFIG = dict(PNDMScheduler(beta_schedule="scaled_linear", steps_offset=1).config)
+
+
+def test_schema_choices_are_the_registry():
+    assert SCHEMA_CHOICES == list(SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_each_builds_from_the_model_config_and_sets_timesteps(name):
+    scheduler = make_scheduler(name, SD15_CONFIG)
+    assert isinstance(scheduler, SCHEDULERS[name][0])
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    scheduler.set_timesteps(5)
+    assert len(scheduler.timesteps) >= 5
+
+
+def test_karras_option_is_fresh_each_time():
+    karras = make_scheduler("KarrasDPM", SD15_CONFIG)
+    plain = make_scheduler("DPMSolverMultistep", SD15_CONFIG)
+    assert karras.config.use_karras_sigmas is True
+    assert isinstance(plain, DPMSolverMultistepScheduler)
+    assert plain.config.use_karras_sigmas is False
+    assert "use_karras_sigmas" not in SD15_CONFIG
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="scheduler: 'Nope' is not one of DDIM, DDPM"):
+        make_scheduler("Nope", SD15_CONFIG)

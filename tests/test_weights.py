@@ -1,0 +1,170 @@
+"""Pins and downloads, against a real HTTP server on 127.0.0.1 that serves tiny weights the way
+the Hugging Face Hub serves files (/<repo>/resolve/<revision>/<path>, with Range support)."""
+
+import json
+import re
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sdcog.weights import SD_FILES, Pin, Sums, download, download_weights, read_pins, sha256
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Hub:
+    """Files under root/<repo>/<path>, served at /<repo>/resolve/<revision>/<path>."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.truncate: set[str] = set()  # paths served cut short
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                hub.requests.append((self.path, self.headers.get("Range")))
+                match = re.fullmatch(r"/(.+?/.+?)/resolve/([^/]+)/(.+)", self.path)
+                file = hub.root / match.group(1) / match.group(3) if match else None
+                if file is None or not file.is_file():
+                    self.send_error(404)
+                    return
+                data = file.read_bytes()
+                if self.path.endswith(tuple(hub.truncate)):
+                    data = data[: len(data) // 2]
+                start = 0
+                if rng := self.headers.get("Range"):
+                    start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def hub(tiny_weights, tmp_path):
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_weights / "base", root / "org/tiny-sd")
+    shutil.copytree(tiny_weights / "safety", root / "org/tiny-sd", dirs_exist_ok=True)
+    server = Hub(root)
+    yield server
+    server.httpd.shutdown()
+
+
+def write_pins(path: Path, base_files: list[str] | None = None) -> Path:
+    lines = [f'[base]\nrepo = "org/tiny-sd"\nrevision = "{REVISION}"']
+    if base_files is not None:
+        lines.append(f"files = {json.dumps(base_files)}")
+    safety = [p.files for p in read_pins() if p.name == "safety"][0]
+    lines.append(f'\n[safety]\nrepo = "org/tiny-sd"\nrevision = "{REVISION}"\nfiles = {json.dumps(safety)}')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_committed_pins_are_safetensors_and_commits():
+    pins = {pin.name: pin for pin in read_pins()}
+    assert set(pins) == {"base", "safety"}
+    for pin in pins.values():
+        assert re.fullmatch(r"[0-9a-f]{40}", pin.revision), pin
+        assert any(f.endswith(".safetensors") for f in pin.files)
+
+
+def test_pickles_are_refused():
+    with pytest.raises(ValueError, match=r"unet/diffusion_pytorch_model.bin is not safetensors"):
+        Pin("base", "org/x", REVISION, ["unet/diffusion_pytorch_model.bin"])
+    with pytest.raises(ValueError, match="never downloaded"):
+        Pin("base", "org/x", REVISION, ["model.ckpt"])
+
+
+def test_download_fetches_exactly_the_pins_and_the_model_loads(hub, tmp_path, tiny_weights):
+    weights = tmp_path / "weights"
+    download_weights(weights, write_pins(tmp_path / "pins.toml"), hub.endpoint)
+    for path in SD_FILES:
+        assert sha256(weights / "base" / path) == sha256(tiny_weights / "base" / path)
+    sums = json.loads((weights / "SHA256SUMS.json").read_text())
+    assert len(sums) == len(SD_FILES) + 3
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in sums.values())
+
+    # Everything present and recorded: a second run downloads nothing.
+    served = len(hub.requests)
+    download_weights(weights, write_pins(tmp_path / "pins.toml"), hub.endpoint)
+    assert len(hub.requests) == served
+
+    from sdcog.generate import Generator
+    from sdcog.request import Request
+
+    (image,) = Generator(weights)(Request(prompt="x", num_inference_steps=2, width=128, height=128))
+    assert image.exists()
+
+
+def test_download_resumes_a_partial_file(hub, tmp_path, tiny_weights):
+    source = tiny_weights / "base/unet/diffusion_pytorch_model.safetensors"
+    dest = tmp_path / "unet.safetensors"
+    dest.with_name(dest.name + ".part").write_bytes(source.read_bytes()[:1000])
+    url = f"{hub.endpoint}/org/tiny-sd/resolve/{REVISION}/unet/diffusion_pytorch_model.safetensors"
+    download(url, dest)
+    assert hub.requests[-1][1] == "bytes=1000-"
+    assert sha256(dest) == sha256(source)
+
+
+def test_changed_file_fails_the_recorded_sha256(hub, tmp_path):
+    weights = tmp_path / "weights"
+    pins = write_pins(tmp_path / "pins.toml")
+    download_weights(weights, pins, hub.endpoint)
+    (weights / "base/unet/config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"unet/config.json: sha256 [0-9a-f]{64} differs"):
+        download_weights(weights, pins, hub.endpoint)
+
+
+def test_changed_upstream_fails_the_recorded_sha256(hub, tmp_path):
+    weights = tmp_path / "weights"
+    pins = write_pins(tmp_path / "pins.toml")
+    download_weights(weights, pins, hub.endpoint)
+    (hub.root / "org/tiny-sd/vae/config.json").write_text("{}")
+    (weights / "base/vae/config.json").unlink()
+    with pytest.raises(ValueError, match="differs from .* recorded"):
+        download_weights(weights, pins, hub.endpoint)
+
+
+def test_truncated_safetensors_fails_clearly(hub, tmp_path):
+    hub.truncate.add("unet/diffusion_pytorch_model.safetensors")
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        download_weights(tmp_path / "weights", write_pins(tmp_path / "pins.toml"), hub.endpoint)
+
+
+def test_missing_file_names_the_url(hub, tmp_path):
+    pins = write_pins(tmp_path / "pins.toml", base_files=["unet/missing.safetensors"])
+    with pytest.raises(Exception, match="404.*unet/missing.safetensors"):
+        download_weights(tmp_path / "weights", pins, hub.endpoint)
+
+
+def test_a_changed_pin_replaces_the_old_model(hub, tmp_path):
+    weights = tmp_path / "weights"
+    download_weights(weights, write_pins(tmp_path / "pins.toml"), hub.endpoint)
+    download_weights(weights, write_pins(tmp_path / "pins.toml", ["unet/config.json"]), hub.endpoint)
+    assert sorted(p.name for p in (weights / "base").rglob("*") if p.is_file()) == [
+        ".pin.json",
+        "config.json",
+    ]
+
+
+def test_sums_record_then_check(tmp_path):
+    file = tmp_path / "f.json"
+    file.write_text("1")
+    Sums(tmp_path).check_or_record("u", file)
+    file.write_text("2")
+    with pytest.raises(ValueError, match="differs"):
+        Sums(tmp_path).check_or_record("u", file)
