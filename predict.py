@@ -7,7 +7,6 @@ module-level literal constants below.
 
 import os
 from pathlib import Path as LocalPath
-from typing import Optional
 
 from cog import BasePredictor, Input, Path
 
@@ -36,13 +35,13 @@ class Predictor(BasePredictor):
         self,
         prompt: str = Input(description="What to draw."),
         negative_prompt: str = Input(description="What to steer away from.", default=""),
-        width: Optional[int] = Input(
+        width: int | None = Input(
             description="Output width. Default: the model's native size, or with an image, "
             "the image's aspect at the native pixel count.",
             choices=SIZES,
             default=None,
         ),
-        height: Optional[int] = Input(
+        height: int | None = Input(
             description="Output height. Default: as for width.", choices=SIZES, default=None
         ),
         num_outputs: int = Input(description="How many images.", ge=1, le=10, default=1),
@@ -56,16 +55,16 @@ class Predictor(BasePredictor):
             le=30,
             default=7.5,
         ),
-        seed: Optional[int] = Input(
+        seed: int | None = Input(
             description="Random seed; output i uses seed + i. Leave out for a random seed.",
             ge=0,
             le=4294967295,
             default=None,
         ),
-        image: Optional[Path] = Input(
+        image: Path | None = Input(
             description="Initial image for image-to-image or inpainting.", default=None
         ),
-        mask: Optional[Path] = Input(
+        mask: Path | None = Input(
             description="Inpainting mask, same size as image: white is repainted, black kept.",
             default=None,
         ),

@@ -30,9 +30,7 @@ class Generator:
 
     def __call__(self, request: Request) -> list[Path]:
         image, mask = _read_inputs(request)
-        size = images.output_size(
-            request.width, request.height, self.pipelines.native_size, image
-        )
+        size = images.output_size(request.width, request.height, self.pipelines.native_size, image)
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
         pipe = self.pipelines.get(request.mode, request.scheduler)
@@ -54,7 +52,7 @@ class Generator:
                 generator=seeds.generators(batch),
                 **_mode_inputs(request, image, mask, size),
             )
-            results.extend(zip(batch, out.images))
+            results.extend(zip(batch, out.images, strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
 
@@ -62,16 +60,20 @@ class Generator:
             results = self._drop_flagged(results)
         return self._save(results, request)
 
-    def _drop_flagged(self, results: list[tuple[int, Image.Image]]) -> list[tuple[int, Image.Image]]:
+    def _drop_flagged(
+        self, results: list[tuple[int, Image.Image]]
+    ) -> list[tuple[int, Image.Image]]:
         flags = self.safety.flags([image for _, image in results])
-        for index, ((output_seed, _), flagged) in enumerate(zip(results, flags)):
+        kept = []
+        for index, (result, flagged) in enumerate(zip(results, flags, strict=True)):
             if flagged:
-                print(f"output {index} (seed {output_seed}) was flagged by the safety checker and left out")
-        kept = [result for result, flagged in zip(results, flags) if not flagged]
+                print(f"output {index} (seed {result[0]}) was flagged as NSFW and left out")
+            else:
+                kept.append(result)
         if not kept:
             raise RuntimeError(
-                f"All {len(results)} output(s) were flagged as possibly NSFW by the safety checker. "
-                "Try another prompt or seed, or set disable_safety_checker."
+                f"All {len(results)} output(s) were flagged as possibly NSFW by the safety "
+                "checker. Try another prompt or seed, or set disable_safety_checker."
             )
         return kept
 
@@ -119,5 +121,7 @@ def _mode_inputs(
         "strength": request.prompt_strength,
     }
     if mask is not None:
-        inputs.update(mask_image=mask.resize(size, Image.Resampling.LANCZOS), width=width, height=height)
+        inputs.update(
+            mask_image=mask.resize(size, Image.Resampling.LANCZOS), width=width, height=height
+        )
     return inputs

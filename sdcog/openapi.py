@@ -78,7 +78,9 @@ def build_schema(module: str = "predict", predictor: str = "Predictor") -> dict[
         "openapi": "3.0.2",
         "info": {"title": "Cog", "version": "0.1.0"},
         "paths": {
-            "/": {"get": {"summary": "Root", "operationId": "root__get", "responses": {"200": _OK}}},
+            "/": {
+                "get": {"summary": "Root", "operationId": "root__get", "responses": {"200": _OK}}
+            },
             "/health-check": {
                 "get": {
                     "summary": "Healthcheck",

@@ -4,7 +4,8 @@ Every prediction builds a fresh scheduler from the pinned model's original confi
 request's choice (a Karras option, say) never reaches the next.
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from diffusers import (
     DDIMScheduler,

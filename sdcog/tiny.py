@@ -52,11 +52,19 @@ def write_tokenizer(directory: Path) -> None:
     vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    config = {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
-              "do_lower_case": True}
+    config = {
+        **special,
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -154,11 +162,24 @@ def write_safety(directory: Path, threshold: float = 1.0) -> None:
     """
     torch.manual_seed(SEED)
     config = CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 37, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 514, "bos_token_id": 512,
-                     "eos_token_id": 513, "pad_token_id": 513},
-        vision_config={"hidden_size": 16, "intermediate_size": 37, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 514,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+            "pad_token_id": 513,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     checker = StableDiffusionSafetyChecker(config)
@@ -166,9 +187,9 @@ def write_safety(directory: Path, threshold: float = 1.0) -> None:
         checker.concept_embeds_weights.fill_(threshold)
         checker.special_care_embeds_weights.fill_(threshold)
     checker.save_pretrained(directory / "safety_checker", safe_serialization=True)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        directory / "feature_extractor"
-    )
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(directory / "feature_extractor")
 
 
 def write_tiny_weights(directory: Path, safety_threshold: float = 1.0) -> None:

@@ -135,7 +135,9 @@ def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums) -> None:
     if target.exists() and (not stamp.exists() or stamp.read_text() != wanted):
         print(f"{pin.name}: the pin changed; removing the old {target}")
         shutil.rmtree(target)
-    headers = {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"} if "HF_TOKEN" in os.environ else {}
+    headers = (
+        {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"} if "HF_TOKEN" in os.environ else {}
+    )
     for path in pin.files:
         url = pin.url(path, endpoint)
         dest = target / path

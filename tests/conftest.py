@@ -3,20 +3,13 @@
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
+from sdcog.local import CogServer
 from sdcog.tiny import write_tiny_weights
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -34,56 +27,9 @@ def flagging_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class CogServer:
-    """`python -m cog.server.http` for predict.py, as script/serve and the container run it."""
-
+class ServerUnderTest(CogServer):
     def __init__(self, weights: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "PORT": str(self.port),
-            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-            "WEIGHTS_DIR": str(weights),
-            # The server starts its worker as a bare `python`: this interpreter must come first.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        }
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Cog server exited; see {self.log.name}")
-            try:
-                status = requests.get(f"{self.url}/health-check", timeout=2).json()["status"]
-            except requests.ConnectionError:
-                status = "DOWN"
-            if status == "READY":
-                return
-            if status == "SETUP_FAILED":
-                raise RuntimeError(f"setup failed; see {self.log.name}")
-            time.sleep(0.25)
-        raise TimeoutError(f"Cog server not ready in {timeout} s; see {self.log.name}")
-
-    def post(self, input: dict, headers: dict | None = None, **body) -> requests.Response:
-        return requests.post(
-            f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=300
-        )
+        super().__init__(weights, open(log_path, "w"))
 
     def predict(self, **input) -> dict:
         """A sync prediction; asserts only that the server answered 200."""
@@ -92,25 +38,20 @@ class CogServer:
         return response.json()
 
     def stop(self) -> None:
-        try:
-            requests.post(f"{self.url}/shutdown", timeout=5)
-            self.process.wait(timeout=10)
-        except (requests.RequestException, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
+        super().stop()
         self.log.close()
 
 
 @pytest.fixture(scope="session")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    cog = CogServer(tiny_weights, tmp_path_factory.mktemp("logs") / "server.log")
+    cog = ServerUnderTest(tiny_weights, tmp_path_factory.mktemp("logs") / "server.log")
     yield cog
     cog.stop()
 
 
 @pytest.fixture(scope="session")
 def flagging_server(flagging_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    cog = CogServer(flagging_weights, tmp_path_factory.mktemp("logs") / "flagging-server.log")
+    cog = ServerUnderTest(flagging_weights, tmp_path_factory.mktemp("logs") / "flagging-server.log")
     yield cog
     cog.stop()
 

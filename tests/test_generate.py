@@ -32,7 +32,15 @@ def test_three_modes_share_one_set_of_components(generator):
 def test_guidance_at_or_below_one_halves_unet_work(generator, guidance_scale, unet_batch):
     sizes, handle = unet_batches(generator)
     try:
-        generator(Request(prompt="x", guidance_scale=guidance_scale, num_inference_steps=2, width=128, height=128))
+        generator(
+            Request(
+                prompt="x",
+                guidance_scale=guidance_scale,
+                num_inference_steps=2,
+                width=128,
+                height=128,
+            )
+        )
     finally:
         handle.remove()
     assert sizes == [unet_batch, unet_batch]
@@ -42,7 +50,16 @@ def test_outputs_are_denoised_in_memory_bounded_batches(generator, monkeypatch):
     monkeypatch.setattr(generate, "MAX_BATCH_PIXELS", 2 * 128 * 128)
     sizes, handle = unet_batches(generator)
     try:
-        files = generator(Request(prompt="x", num_outputs=5, guidance_scale=1, num_inference_steps=1, width=128, height=128))
+        files = generator(
+            Request(
+                prompt="x",
+                num_outputs=5,
+                guidance_scale=1,
+                num_inference_steps=1,
+                width=128,
+                height=128,
+            )
+        )
     finally:
         handle.remove()
     assert sizes == [2, 2, 1]
@@ -50,9 +67,13 @@ def test_outputs_are_denoised_in_memory_bounded_batches(generator, monkeypatch):
 
 
 def test_file_names_carry_index_seed_and_a_prediction_token(generator):
-    first = generator(Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128))
+    first = generator(
+        Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128)
+    )
     assert [f.name[: len("out-0-seed11-")] for f in first] == ["out-0-seed11-", "out-1-seed12-"]
-    second = generator(Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128))
+    second = generator(
+        Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128)
+    )
     assert {f.name for f in first}.isdisjoint(f.name for f in second)
 
 

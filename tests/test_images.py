@@ -44,7 +44,9 @@ def test_read_image_applies_exif_orientation(tmp_path):
     assert read_image(path, "image").size == (20, 40)
 
 
-@pytest.mark.parametrize(("fmt", "ext", "pil"), [("png", "png", "PNG"), ("jpg", "jpg", "JPEG"), ("webp", "webp", "WEBP")])
+@pytest.mark.parametrize(
+    ("fmt", "ext", "pil"), [("png", "png", "PNG"), ("jpg", "jpg", "JPEG"), ("webp", "webp", "WEBP")]
+)
 def test_save_image_formats(tmp_path, fmt, ext, pil):
     path = save_image(Image.new("RGB", (64, 64), (9, 9, 9)), tmp_path / "out-0-seed1", fmt, 90)
     assert path.name == f"out-0-seed1.{ext}"

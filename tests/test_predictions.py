@@ -1,4 +1,4 @@
-"""End to end through Cog's real HTTP server on tiny weights: what a client of the container sees."""
+"""End to end through Cog's real HTTP server on tiny weights: what a container's client sees."""
 
 import json
 import re
@@ -154,7 +154,10 @@ def test_all_flagged_fails_clearly_and_can_be_disabled(flagging_server):
     result = flagging_server.predict(prompt="x", num_outputs=2, **FAST)
     assert result["status"] == "failed"
     assert "All 2 output(s) were flagged" in result["error"]
-    assert len(output_images(flagging_server.predict(prompt="x", disable_safety_checker=True, **FAST))) == 1
+    assert (
+        len(output_images(flagging_server.predict(prompt="x", disable_safety_checker=True, **FAST)))
+        == 1
+    )
 
 
 class _Receiver(BaseHTTPRequestHandler):

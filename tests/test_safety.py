@@ -34,7 +34,7 @@ def test_only_the_image_over_the_threshold_is_flagged(checker):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)) for _ in range(6)]
     scores = [concept_score(checker, image) for image in images]
-    low, high = sorted(range(6), key=scores.__getitem__)[:: 5]
+    low, high = sorted(range(6), key=scores.__getitem__)[::5]
     threshold = (scores[low] + scores[high]) / 2
     with torch.no_grad():
         checker.checker.concept_embeds_weights.fill_(1.0)

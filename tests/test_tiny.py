@@ -12,7 +12,10 @@ def test_tiny_weights_are_deterministic(tiny_weights, tmp_path):
     from sdcog.weights import sha256
 
     write_tiny_weights(tmp_path)
-    for file in ("base/unet/diffusion_pytorch_model.safetensors", "safety/safety_checker/model.safetensors"):
+    for file in (
+        "base/unet/diffusion_pytorch_model.safetensors",
+        "safety/safety_checker/model.safetensors",
+    ):
         assert sha256(tmp_path / file) == sha256(tiny_weights / file)
 
 

@@ -69,7 +69,9 @@ def write_pins(path: Path, base_files: list[str] | None = None) -> Path:
     if base_files is not None:
         lines.append(f"files = {json.dumps(base_files)}")
     safety = [p.files for p in read_pins() if p.name == "safety"][0]
-    lines.append(f'\n[safety]\nrepo = "org/tiny-sd"\nrevision = "{REVISION}"\nfiles = {json.dumps(safety)}')
+    lines.append(
+        f'\n[safety]\nrepo = "org/tiny-sd"\nrevision = "{REVISION}"\nfiles = {json.dumps(safety)}'
+    )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -154,7 +156,9 @@ def test_missing_file_names_the_url(hub, tmp_path):
 def test_a_changed_pin_replaces_the_old_model(hub, tmp_path):
     weights = tmp_path / "weights"
     download_weights(weights, write_pins(tmp_path / "pins.toml"), hub.endpoint)
-    download_weights(weights, write_pins(tmp_path / "pins.toml", ["unet/config.json"]), hub.endpoint)
+    download_weights(
+        weights, write_pins(tmp_path / "pins.toml", ["unet/config.json"]), hub.endpoint
+    )
     assert sorted(p.name for p in (weights / "base").rglob("*") if p.is_file()) == [
         ".pin.json",
         "config.json",

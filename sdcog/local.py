@@ -1,0 +1,158 @@
+"""Running Cog's real HTTP server for predict.py without Docker (script/predict and the tests)."""
+
+import argparse
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CogServer:
+    """`python -m cog.server.http` for predict.py on 127.0.0.1, as the container runs it."""
+
+    def __init__(self, weights: Path, log: IO[str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "WEIGHTS_DIR": str(weights),
+            # The server starts its worker as a bare `python`: this interpreter must come first.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Cog server exited; see {self.log.name}")
+            try:
+                health = requests.get(f"{self.url}/health-check", timeout=2).json()
+            except requests.ConnectionError:
+                health = {"status": "DOWN"}
+            if health["status"] == "READY":
+                return
+            if health["status"] == "SETUP_FAILED":
+                self.stop()
+                raise RuntimeError(
+                    f"setup failed: {health.get('setup', {}).get('logs', '')[-2000:]}"
+                )
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"Cog server not ready in {timeout} s; see {self.log.name}")
+
+    def post(self, input: dict, headers: dict | None = None, **body) -> requests.Response:
+        return requests.post(
+            f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=600
+        )
+
+    def stop(self) -> None:
+        try:
+            requests.post(f"{self.url}/shutdown", timeout=5)
+            self.process.wait(timeout=10)
+        except (requests.RequestException, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+
+
+def _typed(name: str, value: str, schemas: dict) -> object:
+    """A `-i name=value` string as the JSON type the schema gives the input (as `cog predict`)."""
+    prop = schemas["Input"]["properties"].get(name)
+    if prop is None:
+        raise SystemExit(
+            f"unknown input {name!r}; inputs: {', '.join(schemas['Input']['properties'])}"
+        )
+    if value.startswith("@"):  # a local file, sent inline as cog predict does
+        path = Path(value[1:])
+        return (
+            f"data:application/octet-stream;base64,{base64.b64encode(path.read_bytes()).decode()}"
+        )
+    if "allOf" in prop:
+        prop = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
+    kind = prop.get("type")
+    if kind == "integer":
+        return int(value)
+    if kind == "number":
+        return float(value)
+    if kind == "boolean":
+        return value.lower() in ("1", "true", "yes")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    """script/predict: `cog predict` without Docker. Starts the real server, posts, saves files."""
+    parser = argparse.ArgumentParser(prog="script/predict", description=main.__doc__)
+    parser.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input; VALUE @path sends a local file",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=ROOT / "outputs",
+        help="folder for the images (default: outputs/)",
+    )
+    parser.add_argument("--weights", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    schemas = json.loads((ROOT / ".cog/openapi_schema.json").read_text())["components"]["schemas"]
+    inputs = {}
+    for item in args.input:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"-i {item!r}: expected NAME=VALUE")
+        inputs[name] = _typed(name, value, schemas)
+
+    with tempfile.NamedTemporaryFile(
+        "w+", prefix="cog-server-", suffix=".log", delete=False
+    ) as log:
+        print(f"starting Cog's server (log: {log.name}) ...", file=sys.stderr)
+        server = CogServer(args.weights, log)
+        try:
+            response = server.post(inputs)
+        finally:
+            server.stop()
+    result = response.json()
+    if response.status_code != 200:
+        raise SystemExit(f"invalid input ({response.status_code}): {json.dumps(result)}")
+    sys.stderr.write(result.get("logs", ""))
+    if result["status"] != "succeeded":
+        raise SystemExit(f"prediction {result['status']}: {result.get('error')}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    for i, uri in enumerate(result["output"]):
+        header, data = uri.split(",", 1)
+        extension = header.split("/")[1].split(";")[0].replace("jpeg", "jpg")
+        path = args.output / f"output.{i}.{extension}"
+        path.write_bytes(base64.b64decode(data))
+        print(path)
