@@ -1,8 +1,10 @@
 """Pinned weights: the pin file, and downloads that are resumable, safetensors-only and checked.
 
-weights/pins.toml names each model (an entry) by repository, revision and files. Entry NAME is
-downloaded to weights/NAME/ in the repository's own layout. The sha256 of every file is recorded
-in weights/SHA256SUMS.json on first download and checked on every later run.
+weights/pins.toml names each model (an entry) by repository, revision and files, or by the URL of
+a single-file .safetensors checkpoint plus the diffusers repository whose configs describe it.
+Entry NAME ends up in weights/NAME/ in diffusers' layout (a single file is converted once). The
+sha256 of every file is recorded in weights/SHA256SUMS.json on first download and checked on
+every later run.
 """
 
 import hashlib
@@ -10,7 +12,7 @@ import json
 import os
 import shutil
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
@@ -38,6 +40,7 @@ SD_FILES = [
     "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
 ]
+CONFIG_FILES = [path for path in SD_FILES if not path.endswith(".safetensors")]
 # Only these may hold tensors: pickles (.ckpt, .bin, .pt, .pth) are never loaded.
 WEIGHT_SUFFIX = ".safetensors"
 DATA_SUFFIXES = {".json", ".txt", WEIGHT_SUFFIX}
@@ -62,10 +65,41 @@ class Pin:
         return f"{endpoint.rstrip('/')}/{self.repo}/resolve/{self.revision}/{path}"
 
 
-def read_pins(pin_file: Path = PIN_FILE) -> list[Pin]:
+@dataclass(frozen=True)
+class SingleFilePin:
+    """A single-file checkpoint (original/civitai layout), converted once to diffusers' layout
+    with the configs and tokenizer of a pinned diffusers repository of the same architecture."""
+
+    name: str
+    url: str
+    config_repo: str
+    config_revision: str
+
+    def __post_init__(self) -> None:
+        if not self.url.split("?")[0].endswith(WEIGHT_SUFFIX):
+            raise ValueError(
+                f"pin {self.name}: {self.url} is not a .safetensors file; pickled checkpoints "
+                "(.ckpt, .bin, .pt) are never downloaded"
+            )
+
+    @property
+    def config(self) -> Pin:
+        return Pin(f".{self.name}-single-file/config", self.config_repo, self.config_revision,
+                   list(CONFIG_FILES))  # fmt: skip
+
+
+def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin]:
     with open(pin_file, "rb") as f:
         table = tomllib.load(f)
-    return [Pin(name=name, **entry) for name, entry in table.items()]
+    return [
+        SingleFilePin(name=name, **entry) if "url" in entry else Pin(name=name, **entry)
+        for name, entry in table.items()
+    ]
+
+
+def _auth_headers() -> dict[str, str]:
+    token = os.environ.get("HF_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def sha256(path: Path) -> str:
@@ -135,24 +169,59 @@ def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums) -> None:
     if target.exists() and (not stamp.exists() or stamp.read_text() != wanted):
         print(f"{pin.name}: the pin changed; removing the old {target}")
         shutil.rmtree(target)
-    headers = (
-        {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"} if "HF_TOKEN" in os.environ else {}
-    )
     for path in pin.files:
-        url = pin.url(path, endpoint)
-        dest = target / path
-        if not dest.exists():
-            print(f"{pin.name}: downloading {path}")
-            download(url, dest, headers)
-        if dest.suffix == WEIGHT_SUFFIX:
-            try:
-                check_safetensors(dest)
-            except ValueError:
-                dest.unlink()  # a broken download is fetched again next run
-                raise
-        digest = sums.check_or_record(url, dest)
-        print(f"{pin.name}: {path} sha256 {digest[:16]}... ok")
+        _fetch_file(pin.url(path, endpoint), target / path, sums)
     stamp.write_text(wanted)
+
+
+def _fetch_file(url: str, dest: Path, sums: Sums) -> None:
+    if not dest.exists():
+        print(f"downloading {url}")
+        download(url, dest, _auth_headers())
+    if dest.suffix == WEIGHT_SUFFIX:
+        try:
+            check_safetensors(dest)
+        except ValueError:
+            dest.unlink()  # a broken download is fetched again next run
+            raise
+    digest = sums.check_or_record(url, dest)
+    print(f"{dest}: sha256 {digest[:16]}... ok")
+
+
+def fetch_single_file(pin: SingleFilePin, weights_dir: Path, endpoint: str, sums: Sums) -> None:
+    """Download and convert once; later runs check the converted files' recorded sha256."""
+    target = weights_dir / pin.name
+    stamp = target / ".pin.json"
+    wanted = json.dumps(asdict(pin))
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        if target.exists():
+            print(f"{pin.name}: the pin changed; removing the old {target}")
+            shutil.rmtree(target)
+        work = weights_dir / f".{pin.name}-single-file"
+        checkpoint = work / "checkpoint.safetensors"
+        _fetch_file(pin.url, checkpoint, sums)
+        fetch_pin(pin.config, weights_dir, endpoint, sums)
+        print(f"{pin.name}: converting {pin.url} to diffusers' layout")
+        convert_single_file(checkpoint, weights_dir / pin.config.name, target)
+        shutil.rmtree(work)
+        stamp.write_text(wanted)
+    for path in sorted(target.rglob("*")):
+        if path.is_file() and path != stamp:
+            sums.check_or_record(f"{pin.url}#{path.relative_to(target)}", path)
+
+
+def convert_single_file(checkpoint: Path, config_dir: Path, target: Path) -> None:
+    import diffusers  # only conversion needs it
+
+    model_index = json.loads((config_dir / "model_index.json").read_text())
+    pipeline_class = getattr(diffusers, model_index["_class_name"])
+    skipped = {
+        name: None for name in ("safety_checker", "feature_extractor") if name in model_index
+    }
+    pipe = pipeline_class.from_single_file(
+        checkpoint, config=str(config_dir), local_files_only=True, **skipped
+    )
+    pipe.save_pretrained(target, safe_serialization=True)
 
 
 def download_weights(
@@ -162,4 +231,7 @@ def download_weights(
     weights_dir.mkdir(parents=True, exist_ok=True)
     sums = Sums(weights_dir)
     for pin in read_pins(pin_file):
-        fetch_pin(pin, weights_dir, endpoint, sums)
+        if isinstance(pin, SingleFilePin):
+            fetch_single_file(pin, weights_dir, endpoint, sums)
+        else:
+            fetch_pin(pin, weights_dir, endpoint, sums)

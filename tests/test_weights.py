@@ -64,15 +64,17 @@ def hub(tiny_weights, tmp_path):
     server.httpd.shutdown()
 
 
-def write_pins(path: Path, base_files: list[str] | None = None) -> Path:
-    lines = [f'[base]\nrepo = "org/tiny-sd"\nrevision = "{REVISION}"']
-    if base_files is not None:
-        lines.append(f"files = {json.dumps(base_files)}")
-    safety = [p.files for p in read_pins() if p.name == "safety"][0]
-    lines.append(
-        f'\n[safety]\nrepo = "org/tiny-sd"\nrevision = "{REVISION}"\nfiles = {json.dumps(safety)}'
+def write_pins(path: Path, base_files: list[str] | None = None, base: str | None = None) -> Path:
+    """Pins for the hub's tiny model; `base` replaces the [base] table's body."""
+    if base is None:
+        base = f'repo = "org/tiny-sd"\nrevision = "{REVISION}"\n'
+        if base_files is not None:
+            base += f"files = {json.dumps(base_files)}\n"
+    safety = next(p.files for p in read_pins() if p.name == "safety")
+    path.write_text(
+        f"[base]\n{base}\n[safety]\n"
+        f'repo = "org/tiny-sd"\nrevision = "{REVISION}"\nfiles = {json.dumps(safety)}\n'
     )
-    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -172,3 +174,63 @@ def test_sums_record_then_check(tmp_path):
     file.write_text("2")
     with pytest.raises(ValueError, match="differs"):
         Sums(tmp_path).check_or_record("u", file)
+
+
+@pytest.fixture
+def single_file_hub(hub, tiny_weights):
+    """The hub above, plus the tiny model as one original-format (LDM) checkpoint file."""
+    from ldm_checkpoint import write_ldm_checkpoint
+
+    (hub.root / "org/tiny-ldm").mkdir(parents=True)
+    write_ldm_checkpoint(tiny_weights / "base", hub.root / "org/tiny-ldm/model.safetensors")
+    return hub
+
+
+def write_single_file_pins(path: Path, hub: Hub, name: str = "model.safetensors") -> Path:
+    base = (
+        f'url = "{hub.endpoint}/org/tiny-ldm/resolve/{REVISION}/{name}"\n'
+        f'config_repo = "org/tiny-sd"\nconfig_revision = "{REVISION}"\n'
+    )
+    return write_pins(path, base=base)
+
+
+def test_single_file_checkpoint_is_converted_once(single_file_hub, tmp_path, tiny_weights):
+    from safetensors.torch import load_file
+
+    weights = tmp_path / "weights"
+    pins = write_single_file_pins(tmp_path / "pins.toml", single_file_hub)
+    download_weights(weights, pins, single_file_hub.endpoint)
+    converted = load_file(weights / "base/unet/diffusion_pytorch_model.safetensors")
+    original = load_file(tiny_weights / "base/unet/diffusion_pytorch_model.safetensors")
+    assert converted.keys() == original.keys()
+    assert all((converted[k] == original[k]).all() for k in original)
+    assert not (weights / ".base-single-file").exists()  # the checkpoint is not kept twice
+
+    served = len(single_file_hub.requests)
+    download_weights(weights, pins, single_file_hub.endpoint)
+    assert len(single_file_hub.requests) == served
+
+    (weights / "base/vae/config.json").write_text("{}")
+    with pytest.raises(ValueError, match="vae/config.json: sha256"):
+        download_weights(weights, pins, single_file_hub.endpoint)
+
+
+def test_single_file_model_serves(single_file_hub, tmp_path):
+    from sdcog.generate import Generator
+    from sdcog.request import Request
+
+    weights = tmp_path / "weights"
+    download_weights(
+        weights,
+        write_single_file_pins(tmp_path / "pins.toml", single_file_hub),
+        single_file_hub.endpoint,
+    )
+    (image,) = Generator(weights)(Request(prompt="x", num_inference_steps=2, width=128, height=128))
+    assert image.exists()
+
+
+def test_single_file_pickle_is_refused_before_download(single_file_hub, tmp_path):
+    pins = write_single_file_pins(tmp_path / "pins.toml", single_file_hub, name="model.ckpt")
+    with pytest.raises(ValueError, match=r"model.ckpt is not a .safetensors file"):
+        download_weights(tmp_path / "weights", pins, single_file_hub.endpoint)
+    assert single_file_hub.requests == []
