@@ -53,7 +53,6 @@ class Pipelines:
         txt2img.unet.set_attn_processor(AttnProcessor2_0())
         txt2img.vae.set_attn_processor(AttnProcessor2_0())
         txt2img.vae.enable_slicing()  # decode one image at a time: bounded memory for batches
-        txt2img.set_progress_bar_config(disable=False)
         return cls(
             by_mode={
                 "txt2img": txt2img,
