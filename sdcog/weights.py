@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
@@ -24,26 +24,47 @@ SUMS_FILE = "SHA256SUMS.json"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
-# A Stable Diffusion 1.x/2.x model in diffusers' layout: what an entry downloads unless it
-# lists its own files.
-SD_FILES = [
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/merges.txt",
-    "tokenizer/special_tokens_map.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/vocab.json",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-]
-CONFIG_FILES = [path for path in SD_FILES if not path.endswith(".safetensors")]
 # Only these may hold tensors: pickles (.ckpt, .bin, .pt, .pth) are never loaded.
 WEIGHT_SUFFIX = ".safetensors"
 DATA_SUFFIXES = {".json", ".txt", WEIGHT_SUFFIX}
+
+# The files of each kind of component in a diffusers repository. An entry without `files` gets
+# those of every component its model_index.json names.
+COMPONENT_FILES = {
+    "CLIPTextModel": ["config.json", "model.safetensors"],
+    "CLIPTextModelWithProjection": ["config.json", "model.safetensors"],
+    "CLIPTokenizer": [
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ],
+    "UNet2DConditionModel": ["config.json", "diffusion_pytorch_model.safetensors"],
+    "AutoencoderKL": ["config.json", "diffusion_pytorch_model.safetensors"],
+}
+# Pinned as entries of their own ([safety]) or unused.
+NOT_DOWNLOADED = {"safety_checker", "feature_extractor", "image_encoder"}
+
+
+def component_files(model_index: dict, skip: set[str], weights: bool = True) -> list[str]:
+    """The repository files of a pipeline's components, less those in `skip`."""
+    files = ["model_index.json"]
+    for name, spec in model_index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+            continue
+        if name in skip or name in NOT_DOWNLOADED:
+            continue
+        kind = spec[1]
+        if kind.endswith("Scheduler"):
+            names = ["scheduler_config.json"]
+        elif kind in COMPONENT_FILES:
+            names = COMPONENT_FILES[kind]
+        else:
+            raise ValueError(
+                f"component {name} ({kind}) has no known files: list `files` in its pin"
+            )
+        files += [f"{name}/{n}" for n in names if weights or not n.endswith(WEIGHT_SUFFIX)]
+    return files
 
 
 @dataclass(frozen=True)
@@ -51,10 +72,10 @@ class Pin:
     name: str
     repo: str
     revision: str
-    files: list[str] = field(default_factory=lambda: list(SD_FILES))
+    files: list[str] | None = None  # None: every component's files, from model_index.json
 
     def __post_init__(self) -> None:
-        for path in self.files:
+        for path in self.files or []:
             if Path(path).suffix not in DATA_SUFFIXES:
                 raise ValueError(
                     f"pin {self.name}: {path} is not safetensors, JSON or text; pickled weights "
@@ -81,11 +102,6 @@ class SingleFilePin:
                 f"pin {self.name}: {self.url} is not a .safetensors file; pickled checkpoints "
                 "(.ckpt, .bin, .pt) are never downloaded"
             )
-
-    @property
-    def config(self) -> Pin:
-        return Pin(f".{self.name}-single-file/config", self.config_repo, self.config_revision,
-                   list(CONFIG_FILES))  # fmt: skip
 
 
 def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin]:
@@ -161,15 +177,20 @@ class Sums:
         return actual
 
 
-def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums) -> None:
-    """Bring weights/<pin.name>/ to exactly the pinned files, downloading only what is missing."""
+def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums, skip: set[str]) -> None:
+    """Bring weights/<pin.name>/ to exactly the pinned files, downloading only what is missing.
+    Components in `skip` are left out: other entries of the pin file replace them."""
     target = weights_dir / pin.name
     stamp = target / ".pin.json"
-    wanted = json.dumps({"repo": pin.repo, "revision": pin.revision, "files": pin.files})
+    wanted = json.dumps({**asdict(pin), "skip": sorted(skip)})
     if target.exists() and (not stamp.exists() or stamp.read_text() != wanted):
         print(f"{pin.name}: the pin changed; removing the old {target}")
         shutil.rmtree(target)
-    for path in pin.files:
+    files = pin.files
+    if files is None:
+        _fetch_file(pin.url("model_index.json", endpoint), target / "model_index.json", sums)
+        files = component_files(json.loads((target / "model_index.json").read_text()), skip)
+    for path in files:
         _fetch_file(pin.url(path, endpoint), target / path, sums)
     stamp.write_text(wanted)
 
@@ -200,9 +221,13 @@ def fetch_single_file(pin: SingleFilePin, weights_dir: Path, endpoint: str, sums
         work = weights_dir / f".{pin.name}-single-file"
         checkpoint = work / "checkpoint.safetensors"
         _fetch_file(pin.url, checkpoint, sums)
-        fetch_pin(pin.config, weights_dir, endpoint, sums)
+        config = Pin(f"{pin.name}-config", pin.config_repo, pin.config_revision)
+        index = work / "config/model_index.json"
+        _fetch_file(config.url("model_index.json", endpoint), index, sums)
+        for path in component_files(json.loads(index.read_text()), set(), weights=False):
+            _fetch_file(config.url(path, endpoint), work / "config" / path, sums)
         print(f"{pin.name}: converting {pin.url} to diffusers' layout")
-        convert_single_file(checkpoint, weights_dir / pin.config.name, target)
+        convert_single_file(checkpoint, work / "config", target)
         shutil.rmtree(work)
         stamp.write_text(wanted)
     for path in sorted(target.rglob("*")):
@@ -230,8 +255,11 @@ def download_weights(
     endpoint = endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     weights_dir.mkdir(parents=True, exist_ok=True)
     sums = Sums(weights_dir)
-    for pin in read_pins(pin_file):
+    pins = read_pins(pin_file)
+    names = {pin.name for pin in pins}
+    for pin in pins:
         if isinstance(pin, SingleFilePin):
             fetch_single_file(pin, weights_dir, endpoint, sums)
         else:
-            fetch_pin(pin, weights_dir, endpoint, sums)
+            # An entry named after a component replaces it (e.g. [vae] the base model's VAE).
+            fetch_pin(pin, weights_dir, endpoint, sums, skip=names - {pin.name})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdcog.weights import SD_FILES, Pin, Sums, download, download_weights, read_pins, sha256
+from sdcog.weights import Pin, Sums, component_files, download, download_weights, read_pins, sha256
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -83,7 +83,8 @@ def test_committed_pins_are_safetensors_and_commits():
     assert set(pins) == {"base", "safety"}
     for pin in pins.values():
         assert re.fullmatch(r"[0-9a-f]{40}", pin.revision), pin
-        assert any(f.endswith(".safetensors") for f in pin.files)
+    assert pins["base"].files is None  # derived from model_index.json
+    assert "safety_checker/model.safetensors" in pins["safety"].files
 
 
 def test_pickles_are_refused():
@@ -96,10 +97,12 @@ def test_pickles_are_refused():
 def test_download_fetches_exactly_the_pins_and_the_model_loads(hub, tmp_path, tiny_weights):
     weights = tmp_path / "weights"
     download_weights(weights, write_pins(tmp_path / "pins.toml"), hub.endpoint)
-    for path in SD_FILES:
+    files = component_files(json.loads((tiny_weights / "base/model_index.json").read_text()), set())
+    assert len(files) == 12  # model_index + scheduler, text encoder, tokenizer, UNet, VAE
+    for path in files:
         assert sha256(weights / "base" / path) == sha256(tiny_weights / "base" / path)
     sums = json.loads((weights / "SHA256SUMS.json").read_text())
-    assert len(sums) == len(SD_FILES) + 3
+    assert len(sums) == len(files) + 3
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in sums.values())
 
     # Everything present and recorded: a second run downloads nothing.
