@@ -1,4 +1,4 @@
-"""Stable Diffusion (1.x, 2.x and fine-tunes): text-to-image, image-to-image and inpainting.
+"""Stable Diffusion (1.x, 2.x, SDXL and fine-tunes): text-to-image, image-to-image, inpainting.
 
 The signature of predict() is the public input schema; the sdcog package does the work.
 Cog's CLI reads this file statically: every Input() argument is a literal or one of the
@@ -7,6 +7,7 @@ module-level literal constants below.
 
 import os
 from pathlib import Path as LocalPath
+from typing import Optional
 
 from cog import BasePredictor, Input, Path
 
@@ -23,6 +24,7 @@ SCHEDULERS = [
     "UniPCMultistep",
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
+REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 
 
 class Predictor(BasePredictor):
@@ -35,13 +37,13 @@ class Predictor(BasePredictor):
         self,
         prompt: str = Input(description="What to draw."),
         negative_prompt: str = Input(description="What to steer away from.", default=""),
-        width: int | None = Input(
+        width: Optional[int] = Input(
             description="Output width. Default: the model's native size, or with an image, "
             "the image's aspect at the native pixel count.",
             choices=SIZES,
             default=None,
         ),
-        height: int | None = Input(
+        height: Optional[int] = Input(
             description="Output height. Default: as for width.", choices=SIZES, default=None
         ),
         num_outputs: int = Input(description="How many images.", ge=1, le=10, default=1),
@@ -55,16 +57,16 @@ class Predictor(BasePredictor):
             le=30,
             default=7.5,
         ),
-        seed: int | None = Input(
+        seed: Optional[int] = Input(
             description="Random seed; output i uses seed + i. Leave out for a random seed.",
             ge=0,
             le=4294967295,
             default=None,
         ),
-        image: Path | None = Input(
+        image: Optional[Path] = Input(
             description="Initial image for image-to-image or inpainting.", default=None
         ),
-        mask: Path | None = Input(
+        mask: Optional[Path] = Input(
             description="Inpainting mask, same size as image: white is repainted, black kept.",
             default=None,
         ),
@@ -86,6 +88,31 @@ class Predictor(BasePredictor):
             le=100,
             default=80,
         ),
+        refine: str = Input(
+            description="SDXL only. Refiner: expert_ensemble_refiner finishes the base's "
+            "latents from high_noise_frac; base_image_refiner reworks the base image.",
+            choices=REFINERS,
+            default="no_refiner",
+        ),
+        high_noise_frac: float = Input(
+            description="SDXL only. With expert_ensemble_refiner: the fraction of the steps "
+            "that the base model denoises.",
+            ge=0,
+            le=1,
+            default=0.8,
+        ),
+        refine_steps: Optional[int] = Input(
+            description="SDXL only. With base_image_refiner: refiner steps (default: "
+            "num_inference_steps).",
+            ge=1,
+            le=500,
+            default=None,
+        ),
+        apply_watermark: bool = Input(
+            description="SDXL only. Embed SDXL's invisible watermark; off leaves pixels as "
+            "generated.",
+            default=True,
+        ),
     ) -> list[Path]:
         request = Request(
             prompt=prompt,
@@ -103,5 +130,9 @@ class Predictor(BasePredictor):
             disable_safety_checker=disable_safety_checker,
             output_format=output_format,
             output_quality=output_quality,
+            refine=refine,
+            high_noise_frac=high_noise_frac,
+            refine_steps=refine_steps,
+            apply_watermark=apply_watermark,
         )
         return [Path(p) for p in self.generate(request)]

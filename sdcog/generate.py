@@ -12,6 +12,7 @@ from . import images, seeds
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .safety import SafetyChecker
+from .watermark import apply_watermark
 
 # Pixels denoised in one UNet batch: 9 images at 512x512, 4 at 768x768, 1 from 1536x1536 up.
 MAX_BATCH_PIXELS = 4 * 768 * 768
@@ -23,12 +24,13 @@ class Generator:
     """Holds the loaded model; each call runs one request and returns its image files."""
 
     def __init__(self, weights_dir: Path) -> None:
-        self.pipelines = Pipelines.load(weights_dir / "base")
+        self.pipelines = Pipelines.load(weights_dir)
         _, dtype = device_and_dtype()
         self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
         self._output_dir: Path | None = None
 
     def __call__(self, request: Request) -> list[Path]:
+        request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
         image, mask = _read_inputs(request)
         size = images.output_size(request.width, request.height, self.pipelines.native_size, image)
         seed = seeds.resolve_seed(request.seed)
@@ -40,25 +42,53 @@ class Generator:
             pipe.vae.disable_tiling()
         print(f"{request.mode} {size[0]}x{size[1]}, {request.scheduler}, seed {seed}")
 
+        inputs = _mode_inputs(request, image, mask, size)
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         results: list[tuple[int, Image.Image]] = []
         for start in range(0, len(output_seeds), per_batch):
             batch = output_seeds[start : start + per_batch]
-            out = pipe(
-                prompt=[request.prompt] * len(batch),
-                negative_prompt=[request.negative_prompt] * len(batch),
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                generator=seeds.generators(batch),
-                **_mode_inputs(request, image, mask, size),
-            )
-            results.extend(zip(batch, out.images, strict=True))
+            results.extend(zip(batch, self._denoise(request, pipe, batch, inputs), strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
 
+        if request.apply_watermark and self.pipelines.family == "sdxl":
+            marked = apply_watermark([image for _, image in results])
+            results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
         if not request.disable_safety_checker:
             results = self._drop_flagged(results)
         return self._save(results, request)
+
+    def _denoise(
+        self, request: Request, pipe: Any, batch: list[int], inputs: dict[str, Any]
+    ) -> list[Image.Image]:
+        """One batch through the base model, and the refiner if asked for."""
+        common = {
+            "prompt": [request.prompt] * len(batch),
+            "negative_prompt": [request.negative_prompt] * len(batch),
+            "num_inference_steps": request.num_inference_steps,
+            "guidance_scale": request.guidance_scale,
+            "generator": seeds.generators(batch),
+        }
+        if request.refine == "no_refiner":
+            return pipe(**common, **inputs).images
+        refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
+        # The refiner gets the base output and, when inpainting, the same mask and size.
+        mask = {k: inputs[k] for k in ("mask_image", "width", "height") if "mask_image" in inputs}
+        if request.refine == "expert_ensemble_refiner":
+            # The base denoises the high-noise part and hands its latents to the refiner.
+            _check_split(refiner.scheduler, request)
+            latents = pipe(
+                **common, **inputs, denoising_end=request.high_noise_frac, output_type="latent"
+            ).images
+            return refiner(
+                **common, **mask, image=latents, denoising_start=request.high_noise_frac
+            ).images
+        # base_image_refiner: the refiner runs image-to-image over the decoded base image.
+        base_images = pipe(**common, **inputs).images
+        steps = request.refine_steps or request.num_inference_steps
+        return refiner(
+            **{**common, "num_inference_steps": steps}, **mask, image=base_images, strength=0.3
+        ).images
 
     def _drop_flagged(
         self, results: list[tuple[int, Image.Image]]
@@ -93,6 +123,20 @@ class Generator:
             )
             for index, (output_seed, image) in enumerate(results)
         ]
+
+
+def _check_split(scheduler: Any, request: Request) -> None:
+    """Both models must get at least one of the scheduler's timesteps at high_noise_frac."""
+    scheduler.set_timesteps(request.num_inference_steps)
+    train_steps = scheduler.config.num_train_timesteps
+    cutoff = round(train_steps * (1 - request.high_noise_frac))
+    refiner_steps = int((scheduler.timesteps < cutoff).sum())
+    if not 0 < refiner_steps < len(scheduler.timesteps):
+        raise ValueError(
+            f"high_noise_frac: at {request.high_noise_frac}, {request.num_inference_steps} "
+            f"{request.scheduler} steps leave the {'refiner' if refiner_steps == 0 else 'base'} "
+            "no step; use more num_inference_steps or another high_noise_frac"
+        )
 
 
 def _read_inputs(request: Request) -> tuple[Image.Image | None, Image.Image | None]:

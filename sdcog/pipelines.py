@@ -1,15 +1,24 @@
-"""Loading the pinned model once and sharing its components between the three modes."""
+"""Loading the pinned model once and sharing its components between modes and the refiner.
 
+The family follows from the pinned weights: base/model_index.json names an SD 1.x/2.x or an SDXL
+pipeline. weights/vae/ (SDXL's fp16-fix VAE), if present, replaces the base model's VAE;
+weights/refiner/ (SDXL only) adds a refiner UNet that shares the base's VAE and second text
+encoder.
+"""
+
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     DiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -25,50 +34,101 @@ def device_and_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+def family_of(model_dir: Path) -> str:
+    """'sdxl' or 'sd' (1.x/2.x), from the pipeline class the model's index names."""
+    index = model_dir / "model_index.json"
+    if not index.exists():
+        raise FileNotFoundError(
+            f"no model at {model_dir}: run script/download-weights (real weights) "
+            "or script/tiny-weights (tiny random ones), or set WEIGHTS_DIR"
+        )
+    return "sdxl" if "XL" in json.loads(index.read_text())["_class_name"] else "sd"
+
+
+def _modes(txt2img: DiffusionPipeline) -> dict[str, DiffusionPipeline]:
+    """The three modes' pipelines over one set of components (from_pipe copies no weights)."""
+    return {
+        "txt2img": txt2img,
+        "img2img": AutoPipelineForImage2Image.from_pipe(txt2img),
+        "inpaint": AutoPipelineForInpainting.from_pipe(txt2img),
+    }
+
+
 @dataclass
 class Pipelines:
-    """txt2img, img2img and inpainting pipelines over one set of components (one UNet)."""
-
-    by_mode: dict[str, DiffusionPipeline]
-    scheduler_config: dict[str, Any] = field(repr=False)
+    family: str
+    base: dict[str, DiffusionPipeline]
+    refiner: dict[str, DiffusionPipeline] | None
+    scheduler_configs: dict[str, dict[str, Any]] = field(repr=False)
     native_size: int
 
     @classmethod
-    def load(cls, model_dir: Path) -> "Pipelines":
-        if not (model_dir / "model_index.json").exists():
-            raise FileNotFoundError(
-                f"no model at {model_dir}: run script/download-weights (real weights) "
-                "or script/tiny-weights (tiny random ones), or set WEIGHTS_DIR"
-            )
+    def load(cls, weights_dir: Path) -> "Pipelines":
+        family = family_of(weights_dir / "base")
         device, dtype = device_and_dtype()
+        local = {"dtype": dtype, "local_files_only": True}
+        if family == "sdxl":
+            # The watermark is applied after the refiner, and only when asked for.
+            common = {**local, "add_watermarker": False}
+            base_only: dict[str, Any] = {}
+        else:
+            common = local
+            # The checker runs separately, so that flagged images can be left out alone.
+            base_only = {"safety_checker": None, "feature_extractor": None,
+                         "requires_safety_checker": False}  # fmt: skip
+        shared: dict[str, Any] = {}
+        if (weights_dir / "vae/config.json").exists():
+            shared["vae"] = AutoencoderKL.from_pretrained(weights_dir / "vae", **local)
         txt2img = AutoPipelineForText2Image.from_pretrained(
-            model_dir,
-            dtype=dtype,
-            safety_checker=None,  # run separately, so that flagged images can be left out
-            feature_extractor=None,
-            requires_safety_checker=False,
-            local_files_only=True,
+            weights_dir / "base", **base_only, **shared, **common
         ).to(device)
-        # PyTorch's fused scaled-dot-product attention everywhere.
-        txt2img.unet.set_attn_processor(AttnProcessor2_0())
-        txt2img.vae.set_attn_processor(AttnProcessor2_0())
-        txt2img.vae.enable_slicing()  # decode one image at a time: bounded memory for batches
+        _prepare(txt2img)
+        configs = {"base": dict(txt2img.scheduler.config)}
+
+        refiner = None
+        if family == "sdxl" and (weights_dir / "refiner/model_index.json").exists():
+            refine = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                weights_dir / "refiner",
+                vae=txt2img.vae,
+                text_encoder_2=txt2img.text_encoder_2,
+                tokenizer_2=txt2img.tokenizer_2,
+                **common,
+            ).to(device)
+            _prepare(refine)
+            refiner = {
+                "txt2img": refine,
+                "img2img": refine,
+                "inpaint": AutoPipelineForInpainting.from_pipe(refine),
+            }
+            configs["refiner"] = dict(refine.scheduler.config)
+
         return cls(
-            by_mode={
-                "txt2img": txt2img,
-                "img2img": AutoPipelineForImage2Image.from_pipe(txt2img),
-                "inpaint": AutoPipelineForInpainting.from_pipe(txt2img),
-            },
-            scheduler_config=dict(txt2img.scheduler.config),
+            family=family,
+            base=_modes(txt2img),
+            refiner=refiner,
+            scheduler_configs=configs,
             native_size=txt2img.unet.config.sample_size * txt2img.vae_scale_factor,
         )
 
     def get(self, mode: str, scheduler: str) -> DiffusionPipeline:
         """The mode's pipeline with a fresh scheduler built from the model's original config."""
-        pipe = self.by_mode[mode]
-        pipe.scheduler = make_scheduler(scheduler, self.scheduler_config)
+        pipe = self.base[mode]
+        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"])
+        return pipe
+
+    def get_refiner(self, mode: str, scheduler: str) -> DiffusionPipeline:
+        assert self.refiner is not None
+        pipe = self.refiner[mode]
+        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["refiner"])
         return pipe
 
     @property
     def device(self) -> torch.device:
-        return self.by_mode["txt2img"].device
+        return self.base["txt2img"].device
+
+
+def _prepare(pipe: DiffusionPipeline) -> None:
+    # PyTorch's fused scaled-dot-product attention everywhere.
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.enable_slicing()  # decode one image at a time: bounded memory for batches

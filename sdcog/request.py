@@ -3,6 +3,14 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+# SDXL-only inputs and their defaults: an SD 1.x/2.x build rejects any other value.
+SDXL_ONLY = {
+    "refine": "no_refiner",
+    "high_noise_frac": 0.8,
+    "refine_steps": None,
+    "apply_watermark": True,
+}
+
 
 @dataclass(frozen=True)
 class Request:
@@ -21,6 +29,11 @@ class Request:
     disable_safety_checker: bool = False
     output_format: str = "png"
     output_quality: int = 80
+    # SDXL only
+    refine: str = "no_refiner"
+    high_noise_frac: float = 0.8
+    refine_steps: int | None = None
+    apply_watermark: bool = True
 
     def __post_init__(self) -> None:
         # Ranges and choices are the schema's job; these rules span several inputs.
@@ -30,6 +43,21 @@ class Request:
             raise ValueError(
                 "prompt_strength: with an image, prompt_strength x num_inference_steps must be "
                 f"at least 1 (got {self.prompt_strength} x {self.num_inference_steps})"
+            )
+
+    def check_supported(self, family: str, has_refiner: bool) -> None:
+        """Reject what this build cannot do, naming the input."""
+        if family != "sdxl":
+            for name, default in SDXL_ONLY.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name}: only SDXL builds take this input; this one serves an "
+                        f"SD 1.x/2.x model (leave {name} out)"
+                    )
+        if self.refine != "no_refiner" and not has_refiner:
+            raise ValueError(
+                f"refine: {self.refine} needs a refiner, and this build has none "
+                "(pin [refiner] in weights/pins.toml); use no_refiner"
             )
 
     @property

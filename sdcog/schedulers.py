@@ -35,7 +35,8 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "K_EULER_ANCESTRAL": (EulerAncestralDiscreteScheduler, {}),
     "HeunDiscrete": (HeunDiscreteScheduler, {}),
     "KLMS": (LMSDiscreteScheduler, {}),
-    "PNDM": (PNDMScheduler, {}),
+    # PLMS steps only, as SD ships it: the Runge-Kutta warm-up fails below ~10 steps.
+    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
     "IPNDM": (IPNDMScheduler, {}),
     "KDPM2": (KDPM2DiscreteScheduler, {}),
     "KDPM2_ANCESTRAL": (KDPM2AncestralDiscreteScheduler, {}),

@@ -11,8 +11,11 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -21,6 +24,7 @@ from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
 )
 
@@ -68,7 +72,7 @@ def write_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def _unet(sample_size: int) -> UNet2DConditionModel:
+def _unet(sample_size: int, cross_attention_dim: int = HIDDEN, **sdxl) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=4,
@@ -78,13 +82,14 @@ def _unet(sample_size: int) -> UNet2DConditionModel:
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=HIDDEN,
+        cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
+        **sdxl,
     )
 
 
-def _vae() -> AutoencoderKL:
+def _vae(**config) -> AutoencoderKL:
     # Four blocks keep the real 8x downsampling; 8 channels keep it cheap at 2048 px.
     return AutoencoderKL(
         in_channels=3,
@@ -96,11 +101,12 @@ def _vae() -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=4,
         sample_size=NATIVE_SIZE,
+        **config,
     )
 
 
-def _text_encoder() -> CLIPTextModel:
-    config = CLIPTextConfig(
+def _text_config(**extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=514,
         hidden_size=HIDDEN,
         intermediate_size=37,
@@ -110,8 +116,8 @@ def _text_encoder() -> CLIPTextModel:
         bos_token_id=512,
         eos_token_id=513,
         pad_token_id=513,
+        **extra,
     )
-    return CLIPTextModel(config)
 
 
 def _scheduler() -> PNDMScheduler:
@@ -133,7 +139,7 @@ def write_base(directory: Path, native_size: int = NATIVE_SIZE) -> None:
     write_tokenizer(directory / "tokenizer")
     pipe = StableDiffusionPipeline(
         vae=_vae(),
-        text_encoder=_text_encoder(),
+        text_encoder=CLIPTextModel(_text_config()),
         tokenizer=CLIPTokenizer.from_pretrained(directory / "tokenizer"),
         unet=_unet(native_size // 8),
         scheduler=_scheduler(),
@@ -192,6 +198,85 @@ def write_safety(directory: Path, threshold: float = 1.0) -> None:
     ).save_pretrained(directory / "feature_extractor")
 
 
-def write_tiny_weights(directory: Path, safety_threshold: float = 1.0) -> None:
-    write_base(directory / "base")
+FAMILIES = ("sd", "sdxl")
+
+
+def write_tiny_weights(directory: Path, family: str = "sd", safety_threshold: float = 1.0) -> None:
+    if family == "sdxl":
+        write_sdxl(directory)
+    else:
+        write_base(directory / "base")
     write_safety(directory / "safety", threshold=safety_threshold)
+
+
+# SDXL: two text encoders (the second with a projection), size/crop micro-conditioning, a
+# refiner conditioned on the second encoder and an aesthetic score, and the fp16-fix VAE pinned
+# on its own. Widths as in the real models, divided down: cross-attention = both encoders' widths.
+SDXL_NATIVE_SIZE = 1024
+TIME_EMBED = 8
+
+
+def _sdxl_scheduler() -> EulerDiscreteScheduler:
+    # SDXL 1.0's shipped scheduler config.
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        interpolation_type="linear",
+    )
+
+
+def _sdxl_unet(cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
+    return _unet(
+        SDXL_NATIVE_SIZE // 8,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=time_ids * TIME_EMBED + HIDDEN,
+        use_linear_projection=True,
+    )
+
+
+def write_sdxl(directory: Path) -> None:
+    """SDXL base (without its VAE), refiner (UNet and scheduler) and the separately pinned VAE,
+    each in the layout its pin downloads."""
+    torch.manual_seed(SEED)
+    write_tokenizer(directory / "base/tokenizer")
+    write_tokenizer(directory / "base/tokenizer_2")
+    tokenizer = CLIPTokenizer.from_pretrained(directory / "base/tokenizer")
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=HIDDEN))
+    vae = _vae(scaling_factor=0.13025, force_upcast=False)
+    base = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=_sdxl_unet(cross_attention_dim=2 * HIDDEN, time_ids=6),
+        scheduler=_sdxl_scheduler(),
+        add_watermarker=False,
+    )
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        getattr(base, name).save_pretrained(directory / "base" / name, safe_serialization=True)
+    base.scheduler.save_pretrained(directory / "base/scheduler")
+    base.save_config(directory / "base")
+    vae.save_pretrained(directory / "vae", safe_serialization=True)
+
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer,
+        unet=_sdxl_unet(cross_attention_dim=HIDDEN, time_ids=5),
+        scheduler=_sdxl_scheduler(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    refiner.unet.save_pretrained(directory / "refiner/unet", safe_serialization=True)
+    refiner.scheduler.save_pretrained(directory / "refiner/scheduler")
+    refiner.save_config(directory / "refiner")

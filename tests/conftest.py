@@ -10,27 +10,42 @@ import pytest
 from PIL import Image
 
 from sdcog.local import CogServer
-from sdcog.tiny import write_tiny_weights
+from sdcog.tiny import FAMILIES, write_tiny_weights
+
+NATIVE = {"sd": 512, "sdxl": 1024}
 
 
 @pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-weights")
-    write_tiny_weights(directory)
-    return directory
+def make_weights(tmp_path_factory: pytest.TempPathFactory):
+    """make(family, safety_threshold=1.0) -> a folder of tiny weights, written once per session.
+    A negative threshold makes the safety checker flag every image."""
+    made: dict[tuple[str, float], Path] = {}
+
+    def make(family: str = "sd", safety_threshold: float = 1.0) -> Path:
+        if (family, safety_threshold) not in made:
+            directory = tmp_path_factory.mktemp(f"tiny-{family}")
+            write_tiny_weights(directory, family, safety_threshold)
+            made[family, safety_threshold] = directory
+        return made[family, safety_threshold]
+
+    return make
 
 
 @pytest.fixture(scope="session")
-def flagging_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny weights whose safety checker flags every image."""
-    directory = tmp_path_factory.mktemp("flagging-weights")
-    write_tiny_weights(directory, safety_threshold=-2.0)
-    return directory
+def tiny_weights(make_weights) -> Path:
+    return make_weights("sd")
+
+
+@pytest.fixture(scope="session")
+def sdxl_weights(make_weights) -> Path:
+    return make_weights("sdxl")
 
 
 class ServerUnderTest(CogServer):
-    def __init__(self, weights: Path, log_path: Path) -> None:
+    def __init__(self, weights: Path, log_path: Path, family: str) -> None:
         super().__init__(weights, open(log_path, "w"))
+        self.family = family
+        self.native = NATIVE[family]
 
     def predict(self, **input) -> dict:
         """A sync prediction; asserts only that the server answered 200.
@@ -50,18 +65,32 @@ class ServerUnderTest(CogServer):
         self.log.close()
 
 
-@pytest.fixture(scope="session")
-def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    cog = ServerUnderTest(tiny_weights, tmp_path_factory.mktemp("logs") / "server.log")
+def _serve(family: str, weights: Path, logs: Path):
+    cog = ServerUnderTest(weights, logs / f"server-{family}.log", family)
     yield cog
     cog.stop()
 
 
+@pytest.fixture(scope="session", params=FAMILIES)
+def server(request, make_weights, tmp_path_factory):
+    """Cog's server over tiny weights, once per model family."""
+    yield from _serve(request.param, make_weights(request.param), tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def flagging_server(request, make_weights, tmp_path_factory):
+    weights = make_weights(request.param, safety_threshold=-2.0)
+    yield from _serve(request.param, weights, tmp_path_factory.mktemp("logs"))
+
+
 @pytest.fixture(scope="session")
-def flagging_server(flagging_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    cog = ServerUnderTest(flagging_weights, tmp_path_factory.mktemp("logs") / "flagging-server.log")
-    yield cog
-    cog.stop()
+def sd_server(make_weights, tmp_path_factory):
+    yield from _serve("sd", make_weights("sd"), tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_server(make_weights, tmp_path_factory):
+    yield from _serve("sdxl", make_weights("sdxl"), tmp_path_factory.mktemp("logs"))
 
 
 def data_uri(image: Image.Image, format: str = "PNG") -> str:

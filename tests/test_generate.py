@@ -17,13 +17,13 @@ def generator(tiny_weights) -> Generator:
 
 def unet_batches(generator: Generator) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
     sizes: list[int] = []
-    unet = generator.pipelines.by_mode["txt2img"].unet
+    unet = generator.pipelines.base["txt2img"].unet
     handle = unet.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
     return sizes, handle
 
 
 def test_three_modes_share_one_set_of_components(generator):
-    pipes = generator.pipelines.by_mode
+    pipes = generator.pipelines.base
     for name in ("unet", "vae", "text_encoder", "tokenizer"):
         assert len({id(getattr(pipe, name)) for pipe in pipes.values()}) == 1, name
 

@@ -1,4 +1,5 @@
-"""End to end through Cog's real HTTP server on tiny weights: what a container's client sees."""
+"""End to end through Cog's real HTTP server on tiny weights: what a container's client sees.
+Every test runs for both families (SD 1.x/2.x and SDXL)."""
 
 import json
 import re
@@ -19,7 +20,7 @@ FAST = {"num_inference_steps": 3}
 def test_txt2img_defaults_to_native_size(server):
     result = server.predict(prompt="a lighthouse at dusk", **FAST)
     (image,) = output_images(result)
-    assert image.size == (512, 512)
+    assert image.size == (server.native, server.native)
     assert image.format == "PNG"
     assert re.search(r"output 0: seed \d+", result["logs"])
 
@@ -32,7 +33,7 @@ def test_width_and_height(server):
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_scheduler(server, scheduler):
     (image,) = output_images(server.predict(prompt="a fox", scheduler=scheduler, seed=3, **FAST))
-    assert image.size == (512, 512)
+    assert image.size == (server.native, server.native)
 
 
 def test_scheduler_choice_does_not_leak(server):
@@ -76,7 +77,8 @@ def test_img2img_follows_image_aspect(server):
     image = Image.new("RGB", (300, 200), (200, 30, 30))
     result = server.predict(prompt="a red wall", image=data_uri(image), prompt_strength=0.5, **FAST)
     (out,) = output_images(result)
-    assert out.size == (640, 448)  # 3:2 at about 512x512 pixels, in multiples of 64
+    # 3:2 at about the native pixel count, in multiples of 64
+    assert out.size == {512: (640, 448), 1024: (1280, 832)}[server.native]
     assert "img2img" in result["logs"]
 
 
@@ -196,6 +198,6 @@ def test_async_prediction_delivers_webhook(server):
                 break
         assert event["id"] == prediction_id
         (image,) = output_images(event)
-        assert image.size == (512, 512)
+        assert image.size == (server.native, server.native)
     finally:
         receiver.shutdown()

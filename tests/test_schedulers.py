@@ -1,5 +1,5 @@
 import pytest
-from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from predict import SCHEDULERS as SCHEMA_CHOICES
 from sdcog.schedulers import SCHEDULERS, make_scheduler
@@ -27,6 +27,13 @@ def test_karras_option_is_fresh_each_time():
     assert isinstance(plain, DPMSolverMultistepScheduler)
     assert plain.config.use_karras_sigmas is False
     assert "use_karras_sigmas" not in SD15_CONFIG
+
+
+def test_pndm_runs_few_steps_from_a_config_without_its_options():
+    sdxl_config = dict(EulerDiscreteScheduler(steps_offset=1, timestep_spacing="leading").config)
+    scheduler = make_scheduler("PNDM", sdxl_config)
+    scheduler.set_timesteps(3)
+    assert len(scheduler.timesteps) >= 3
 
 
 def test_unknown_name_is_a_clear_error():
