@@ -1,14 +1,24 @@
 import json
 
-from sdcog.weights import component_files, read_pins
+import pytest
+
+from sdcog.weights import PIN_FILE, component_files, read_pins
+
+PIN_FILES = {"sd": PIN_FILE, "sdxl": PIN_FILE.with_name("pins-sdxl.toml")}
 
 
-def test_tiny_weights_have_every_pinned_file(tiny_weights):
-    for pin in read_pins():
-        index = tiny_weights / pin.name / "model_index.json"
-        files = pin.files or component_files(json.loads(index.read_text()), set())
-        for path in files:
-            assert (tiny_weights / pin.name / path).is_file(), f"{pin.name}/{path}"
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_tiny_weights_have_exactly_the_pinned_layout(make_weights, family):
+    weights = make_weights(family)
+    pins = read_pins(PIN_FILES[family])
+    names = {pin.name for pin in pins}
+    expected = set()
+    for pin in pins:
+        index = weights / pin.name / "model_index.json"
+        files = pin.files or component_files(json.loads(index.read_text()), names - {pin.name})
+        expected |= {f"{pin.name}/{path}" for path in files}
+    written = {str(p.relative_to(weights)) for p in weights.rglob("*") if p.is_file()}
+    assert written == expected
 
 
 def test_tiny_weights_are_deterministic(tiny_weights, tmp_path):

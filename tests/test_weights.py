@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from sdcog.weights import Pin, Sums, component_files, download, download_weights, read_pins, sha256
+from sdcog.weights import (
+    PIN_FILE,
+    Pin,
+    Sums,
+    component_files,
+    download,
+    download_weights,
+    read_pins,
+    sha256,
+)
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -237,3 +246,29 @@ def test_single_file_pickle_is_refused_before_download(single_file_hub, tmp_path
     with pytest.raises(ValueError, match=r"model.ckpt is not a .safetensors file"):
         download_weights(tmp_path / "weights", pins, single_file_hub.endpoint)
     assert single_file_hub.requests == []
+
+
+def test_sdxl_pins_download_and_serve(make_weights, tmp_path):
+    """pins-sdxl.toml's entries, each repository served from the tiny SDXL model."""
+    from sdcog.generate import Generator
+    from sdcog.request import Request
+
+    tiny = make_weights("sdxl")
+    hub = Hub(tmp_path / "hub")
+    lines = []
+    for pin in read_pins(PIN_FILE.with_name("pins-sdxl.toml")):
+        shutil.copytree(tiny / pin.name, hub.root / "org" / pin.name)
+        files = f"files = {json.dumps(pin.files)}\n" if pin.files else ""
+        lines.append(f'[{pin.name}]\nrepo = "org/{pin.name}"\nrevision = "{REVISION}"\n{files}')
+    pins = tmp_path / "pins.toml"
+    pins.write_text("\n".join(lines))
+    try:
+        download_weights(tmp_path / "weights", pins, hub.endpoint)
+    finally:
+        hub.httpd.shutdown()
+    assert not (tmp_path / "weights/base/vae").exists()  # [vae] replaces it
+    generator = Generator(tmp_path / "weights")
+    assert generator.pipelines.family == "sdxl" and generator.pipelines.refiner is not None
+    request = Request(prompt="x", num_inference_steps=10, width=256, height=256,
+                      refine="expert_ensemble_refiner")  # fmt: skip
+    assert generator(request)[0].exists()
