@@ -25,6 +25,7 @@ SCHEDULERS = [
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+PROMPT_WEIGHTINGS = ["compel", "none"]
 
 
 class Predictor(BasePredictor):
@@ -113,6 +114,34 @@ class Predictor(BasePredictor):
             "generated.",
             default=True,
         ),
+        prompt_weighting: str = Input(
+            description="compel: weighting syntax (word+++, (words)1.3, .blend(), .and()) and "
+            "long prompts in 77-token chunks; none: the text as written (still chunked).",
+            choices=PROMPT_WEIGHTINGS,
+            default="compel",
+        ),
+        clip_skip: int = Input(
+            description="Skip this many of the text encoder's last layers.", ge=0, le=4, default=0
+        ),
+        lora_weights: list[str] = Input(
+            description="LoRAs for this prediction: https URLs of .safetensors files, or "
+            "Hugging Face owner/repo (diffusers, Kohya or civitai format).",
+            default=[],
+        ),
+        lora_scales: list[float] = Input(
+            description="One scale per LoRA, -4 to 4. Default: lora_scale for each.", default=[]
+        ),
+        lora_scale: float = Input(
+            description="The scale of every LoRA without its own in lora_scales.",
+            ge=-4,
+            le=4,
+            default=1.0,
+        ),
+        textual_inversions: list[str] = Input(
+            description="Textual inversion embeddings (.safetensors URL or owner/repo), each "
+            "as TOKEN=REFERENCE, or REFERENCE when the file names its token.",
+            default=[],
+        ),
     ) -> list[Path]:
         request = Request(
             prompt=prompt,
@@ -134,5 +163,11 @@ class Predictor(BasePredictor):
             high_noise_frac=high_noise_frac,
             refine_steps=refine_steps,
             apply_watermark=apply_watermark,
+            prompt_weighting=prompt_weighting,
+            clip_skip=clip_skip,
+            lora_weights=tuple(lora_weights),
+            lora_scales=tuple(lora_scales),
+            lora_scale=lora_scale,
+            textual_inversions=tuple(textual_inversions),
         )
         return [Path(p) for p in self.generate(request)]

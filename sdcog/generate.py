@@ -8,8 +8,10 @@ from typing import Any
 
 from PIL import Image
 
-from . import images, seeds
+from . import adapters, images, prompts, seeds
+from .downloads import AdapterCache
 from .pipelines import Pipelines, device_and_dtype
+from .prompts import Embeddings
 from .request import Request
 from .safety import SafetyChecker
 from .watermark import apply_watermark
@@ -27,6 +29,7 @@ class Generator:
         self.pipelines = Pipelines.load(weights_dir)
         _, dtype = device_and_dtype()
         self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
+        self.cache = AdapterCache()
         self._output_dir: Path | None = None
 
     def __call__(self, request: Request) -> list[Path]:
@@ -42,12 +45,20 @@ class Generator:
             pipe.vae.disable_tiling()
         print(f"{request.mode} {size[0]}x{size[1]}, {request.scheduler}, seed {seed}")
 
+        loras, inversions = self._fetch_adapters(request)
         inputs = _mode_inputs(request, image, mask, size)
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         results: list[tuple[int, Image.Image]] = []
-        for start in range(0, len(output_seeds), per_batch):
-            batch = output_seeds[start : start + per_batch]
-            results.extend(zip(batch, self._denoise(request, pipe, batch, inputs), strict=True))
+        text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
+        with adapters.applied(text_pipe, self.pipelines.family, loras, inversions) as tokenizers:
+            embeds = prompts.encode(
+                text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,
+                request.prompt_weighting, request.clip_skip, tokenizers,
+            )  # fmt: skip
+            for start in range(0, len(output_seeds), per_batch):
+                batch = output_seeds[start : start + per_batch]
+                denoised = self._denoise(request, pipe, batch, inputs, embeds)
+                results.extend(zip(batch, denoised, strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
 
@@ -58,19 +69,39 @@ class Generator:
             results = self._drop_flagged(results)
         return self._save(results, request)
 
+    def _fetch_adapters(
+        self, request: Request
+    ) -> tuple[list[adapters.Lora], list[adapters.Inversion]]:
+        """Every adapter file, from the cache or downloaded, before any is loaded."""
+        loras = [
+            adapters.Lora(ref, self.cache.fetch(ref, "lora_weights"), scale)
+            for ref, scale in zip(request.lora_weights, request.scales, strict=True)
+        ]
+        inversions = []
+        for item in request.textual_inversions:
+            token, ref = adapters.parse_inversion(item)
+            inversions.append(
+                adapters.Inversion(ref, self.cache.fetch(ref, "textual_inversions"), token)
+            )
+        return loras, inversions
+
     def _denoise(
-        self, request: Request, pipe: Any, batch: list[int], inputs: dict[str, Any]
+        self,
+        request: Request,
+        pipe: Any,
+        batch: list[int],
+        inputs: dict[str, Any],
+        embeds: Embeddings,
     ) -> list[Image.Image]:
         """One batch through the base model, and the refiner if asked for."""
         common = {
-            "prompt": [request.prompt] * len(batch),
-            "negative_prompt": [request.negative_prompt] * len(batch),
+            "num_images_per_prompt": len(batch),
             "num_inference_steps": request.num_inference_steps,
             "guidance_scale": request.guidance_scale,
             "generator": seeds.generators(batch),
         }
         if request.refine == "no_refiner":
-            return pipe(**common, **inputs).images
+            return pipe(**common, **embeds.base, **inputs).images
         refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
         # The refiner gets the base output and, when inpainting, the same mask and size.
         mask = {k: inputs[k] for k in ("mask_image", "width", "height") if "mask_image" in inputs}
@@ -78,17 +109,20 @@ class Generator:
             # The base denoises the high-noise part and hands its latents to the refiner.
             _check_split(refiner.scheduler, request)
             latents = pipe(
-                **common, **inputs, denoising_end=request.high_noise_frac, output_type="latent"
-            ).images
+                **common, **embeds.base, **inputs,
+                denoising_end=request.high_noise_frac, output_type="latent",
+            ).images  # fmt: skip
             return refiner(
-                **common, **mask, image=latents, denoising_start=request.high_noise_frac
-            ).images
+                **common, **embeds.refiner, **mask,
+                image=latents, denoising_start=request.high_noise_frac,
+            ).images  # fmt: skip
         # base_image_refiner: the refiner runs image-to-image over the decoded base image.
-        base_images = pipe(**common, **inputs).images
+        base_images = pipe(**common, **embeds.base, **inputs).images
         steps = request.refine_steps or request.num_inference_steps
         return refiner(
-            **{**common, "num_inference_steps": steps}, **mask, image=base_images, strength=0.3
-        ).images
+            **{**common, "num_inference_steps": steps}, **embeds.refiner, **mask,
+            image=base_images, strength=0.3,
+        ).images  # fmt: skip
 
     def _drop_flagged(
         self, results: list[tuple[int, Image.Image]]

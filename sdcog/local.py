@@ -26,12 +26,19 @@ def free_port() -> int:
 class CogServer:
     """`python -m cog.server.http` for predict.py on 127.0.0.1, as the container runs it."""
 
-    def __init__(self, weights: Path, log: IO[str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        weights: Path,
+        log: IO[str],
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {
             **os.environ,
+            **(env or {}),
             "PORT": str(self.port),
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "WEIGHTS_DIR": str(weights),

@@ -34,6 +34,13 @@ class Request:
     high_noise_frac: float = 0.8
     refine_steps: int | None = None
     apply_watermark: bool = True
+    # Prompts and adapters
+    prompt_weighting: str = "compel"
+    clip_skip: int = 0
+    lora_weights: tuple[str, ...] = ()
+    lora_scales: tuple[float, ...] = ()
+    lora_scale: float = 1.0
+    textual_inversions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Ranges and choices are the schema's job; these rules span several inputs.
@@ -44,6 +51,20 @@ class Request:
                 "prompt_strength: with an image, prompt_strength x num_inference_steps must be "
                 f"at least 1 (got {self.prompt_strength} x {self.num_inference_steps})"
             )
+        if self.lora_scales and len(self.lora_scales) != len(self.lora_weights):
+            raise ValueError(
+                f"lora_scales: give one scale per lora_weights entry (got {len(self.lora_scales)} "
+                f"for {len(self.lora_weights)}), or none and set lora_scale"
+            )
+        if any(not -4 <= scale <= 4 for scale in self.lora_scales):
+            raise ValueError(
+                f"lora_scales: each scale must be from -4 to 4 (got {self.lora_scales})"
+            )
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """One scale per LoRA: lora_scales, or lora_scale for each."""
+        return self.lora_scales or (self.lora_scale,) * len(self.lora_weights)
 
     def check_supported(self, family: str, has_refiner: bool) -> None:
         """Reject what this build cannot do, naming the input."""

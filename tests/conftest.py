@@ -1,5 +1,7 @@
 """Shared fixtures: tiny weights made once per session, and Cog's real HTTP server over them."""
 
+from __future__ import annotations
+
 import base64
 import io
 import json
@@ -42,8 +44,8 @@ def sdxl_weights(make_weights) -> Path:
 
 
 class ServerUnderTest(CogServer):
-    def __init__(self, weights: Path, log_path: Path, family: str) -> None:
-        super().__init__(weights, open(log_path, "w"))
+    def __init__(self, weights: Path, log_path: Path, family: str, env: dict[str, str]) -> None:
+        super().__init__(weights, open(log_path, "w"), env=env)
         self.family = family
         self.native = NATIVE[family]
 
@@ -65,32 +67,42 @@ class ServerUnderTest(CogServer):
         self.log.close()
 
 
-def _serve(family: str, weights: Path, logs: Path):
-    cog = ServerUnderTest(weights, logs / f"server-{family}.log", family)
+ADAPTER_MAX_BYTES = 4_000_000  # tiny LoRAs are far smaller; the oversize test serves more
+
+
+def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer):
+    env = {
+        "HF_ENDPOINT": file_server.url,
+        "ADAPTER_CACHE_DIR": str(tmp / "adapter-cache"),
+        "ADAPTER_MAX_BYTES": str(ADAPTER_MAX_BYTES),
+        "ADAPTER_TIMEOUT_S": "20",
+    }
+    cog = ServerUnderTest(weights, tmp / f"server-{family}.log", family, env)
     yield cog
     cog.stop()
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
-def server(request, make_weights, tmp_path_factory):
+def server(request, make_weights, tmp_path_factory, file_server):
     """Cog's server over tiny weights, once per model family."""
-    yield from _serve(request.param, make_weights(request.param), tmp_path_factory.mktemp("logs"))
+    weights = make_weights(request.param)
+    yield from _serve(request.param, weights, tmp_path_factory.mktemp("server"), file_server)
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
-def flagging_server(request, make_weights, tmp_path_factory):
+def flagging_server(request, make_weights, tmp_path_factory, file_server):
     weights = make_weights(request.param, safety_threshold=-2.0)
-    yield from _serve(request.param, weights, tmp_path_factory.mktemp("logs"))
+    yield from _serve(request.param, weights, tmp_path_factory.mktemp("server"), file_server)
 
 
 @pytest.fixture(scope="session")
-def sd_server(make_weights, tmp_path_factory):
-    yield from _serve("sd", make_weights("sd"), tmp_path_factory.mktemp("logs"))
+def sd_server(make_weights, tmp_path_factory, file_server):
+    yield from _serve("sd", make_weights("sd"), tmp_path_factory.mktemp("server"), file_server)
 
 
 @pytest.fixture(scope="session")
-def sdxl_server(make_weights, tmp_path_factory):
-    yield from _serve("sdxl", make_weights("sdxl"), tmp_path_factory.mktemp("logs"))
+def sdxl_server(make_weights, tmp_path_factory, file_server):
+    yield from _serve("sdxl", make_weights("sdxl"), tmp_path_factory.mktemp("server"), file_server)
 
 
 def data_uri(image: Image.Image, format: str = "PNG") -> str:
@@ -110,30 +122,50 @@ def output_images(result: dict) -> list[Image.Image]:
     return [Image.open(io.BytesIO(decode_output(uri))) for uri in result["output"]]
 
 
-@pytest.fixture(scope="session")
-def file_server():
-    """Serves images from a real HTTP server on 127.0.0.1; returns a function image -> URL."""
-    import threading
-    from http.server import HTTPServer, SimpleHTTPRequestHandler
-    from tempfile import TemporaryDirectory
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving files from a folder, recording each request path.
+    Hugging Face references work too: HF_ENDPOINT points here, and files laid out as
+    api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them."""
 
-    with TemporaryDirectory() as root:
+    def __init__(self, root: Path) -> None:
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.root = root
+        self.requests: list[str] = []
+        server = self
 
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=root, **kwargs)
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def do_GET(self):  # noqa: N802
+                server.requests.append(self.path)
+                super().do_GET()
 
             def log_message(self, *args):
                 pass
 
-        httpd = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        count = iter(range(10**6))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-        def serve(image: Image.Image) -> str:
-            name = f"image-{next(count)}.png"
-            image.save(Path(root) / name)
-            return f"http://127.0.0.1:{httpd.server_port}/{name}"
+    def put(self, name: str, data: bytes) -> str:
+        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / name).write_bytes(data)
+        return f"{self.url}/{name}"
 
-        yield serve
-        httpd.shutdown()
+    def put_image(self, image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return self.put(f"images/{len(self.requests)}-{id(image)}.png", buffer.getvalue())
+
+    def count(self, name: str) -> int:
+        return sum(1 for path in self.requests if path.endswith(name))
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory):
+    files = FileServer(tmp_path_factory.mktemp("served"))
+    yield files
+    files.httpd.shutdown()

@@ -83,7 +83,7 @@ def test_img2img_follows_image_aspect(server):
 
 
 def test_img2img_from_url(server, file_server):
-    url = file_server(Image.new("RGB", (256, 256), (0, 90, 200)))
+    url = file_server.put_image(Image.new("RGB", (256, 256), (0, 90, 200)))
     result = server.predict(prompt="blue", image=url, width=256, height=256, **FAST)
     (out,) = output_images(result)
     assert out.size == (256, 256)

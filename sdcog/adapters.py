@@ -1,0 +1,103 @@
+"""LoRAs and textual inversions, applied to the shared components for one prediction only.
+
+Everything loaded here is removed when the prediction ends, whether it succeeded, failed or was
+cancelled, so the next prediction runs on the pinned weights alone. Embeddings go into copies of
+the tokenizers (the shared ones are never touched) and into rows appended to the text encoders'
+embedding tables, which are cut back afterwards.
+"""
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+
+
+@dataclass(frozen=True)
+class Lora:
+    reference: str
+    path: Path
+    scale: float
+
+
+@dataclass(frozen=True)
+class Inversion:
+    reference: str
+    path: Path
+    token: str | None  # None: the token the file defines (diffusers' {token: embedding} format)
+
+
+def parse_inversion(item: str) -> tuple[str | None, str]:
+    """`TOKEN=REFERENCE` or `REFERENCE` -> (token or None, reference)."""
+    token, sep, reference = item.partition("=")
+    if sep and token and "/" not in token and ":" not in token:
+        return token, reference
+    return None, item
+
+
+# Embedding-file key -> the suffix of the tokenizer and text encoder it belongs to.
+ENCODER_KEYS = {"sd": {"": ""}, "sdxl": {"clip_l": "", "clip_g": "_2"}}
+
+
+def _inversion_parts(family: str, inversion: Inversion) -> tuple[str, dict]:
+    """The token and, per encoder key, what to load into it."""
+    state = load_file(inversion.path)
+    if family == "sdxl":
+        if set(state) != {"clip_l", "clip_g"} or inversion.token is None:
+            raise ValueError(
+                f"textual_inversions: {inversion.reference} must be an SDXL embedding (clip_l and "
+                "clip_g tensors) given as TOKEN=REFERENCE"
+            )
+        return inversion.token, state
+    if inversion.token is None and len(state) != 1:
+        raise ValueError(
+            f"textual_inversions: {inversion.reference} does not name its token; write "
+            "TOKEN=REFERENCE"
+        )
+    return inversion.token or next(iter(state)), {"": state}
+
+
+@contextmanager
+def applied(
+    pipe: DiffusionPipeline, family: str, loras: list[Lora], inversions: list[Inversion]
+) -> Iterator[dict[str, Any]]:
+    """LoRAs (each with its scale) and embeddings on `pipe`'s components, for a with-block that
+    gets the tokenizers to encode prompts with (suffix "" or "_2" -> tokenizer)."""
+    keys = ENCODER_KEYS[family]
+    encoders = {which: getattr(pipe, f"text_encoder{which}") for which in keys.values()}
+    tokenizers = {which: getattr(pipe, f"tokenizer{which}") for which in keys.values()}
+    sizes = {which: e.get_input_embeddings().num_embeddings for which, e in encoders.items()}
+    names: list[str] = []  # recorded before loading: a half-done load is undone too
+    try:
+        for index, lora in enumerate(loras):
+            names.append(f"lora_{index}")
+            try:
+                pipe.load_lora_weights(load_file(lora.path), adapter_name=names[-1])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ValueError(
+                    f"lora_weights: {lora.reference} does not fit this model: {e}"
+                ) from None
+            print(f"lora_weights: {lora.reference} at scale {lora.scale}")
+        if names:
+            pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+        if inversions:
+            tokenizers = {which: copy.deepcopy(t) for which, t in tokenizers.items()}
+        for inversion in inversions:
+            token, parts = _inversion_parts(family, inversion)
+            for key, which in keys.items():
+                pipe.load_textual_inversion(
+                    parts[key], token=inversion.token, tokenizer=tokenizers[which],
+                    text_encoder=encoders[which],
+                )  # fmt: skip
+            print(f"textual_inversions: {inversion.reference} defines {token}")
+        yield tokenizers
+    finally:
+        if names:
+            pipe.unload_lora_weights()
+        for which, encoder in encoders.items():
+            if encoder.get_input_embeddings().num_embeddings != sizes[which]:
+                encoder.resize_token_embeddings(sizes[which])  # keeps the original rows

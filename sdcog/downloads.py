@@ -1,0 +1,173 @@
+"""Downloads for per-prediction adapters (LoRAs, embeddings): safetensors only, size- and
+time-bounded, through one least-recently-used cache keyed by reference and content hash.
+
+A reference is an http(s) URL of a .safetensors file, or a Hugging Face repository `owner/repo`
+holding one safetensors file (or one named pytorch_lora_weights.safetensors).
+"""
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+MAX_FILE_BYTES = int(os.environ.get("ADAPTER_MAX_BYTES", 2 * 1024**3))
+CACHE_BYTES = int(os.environ.get("ADAPTER_CACHE_BYTES", 10 * 1024**3))
+CACHE_DIR = Path(
+    os.environ.get("ADAPTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "sdcog-adapters"
+)
+TIMEOUT_S = float(os.environ.get("ADAPTER_TIMEOUT_S", 120))
+CHUNK = 1 << 20
+REPO = re.compile(r"[\w.-]+/[\w.-]+")
+PREFERRED = "pytorch_lora_weights.safetensors"
+
+
+def check_safetensors_header(path: Path, input_name: str, reference: str) -> None:
+    """Refuse anything but safetensors by reading its header, before any tensor is deserialised:
+    a pickle (.ckpt, .bin, .pt) starts with other bytes and never reaches a loader."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        if not 2 <= size <= min(100 * 1024**2, path.stat().st_size - 8):
+            raise ValueError(
+                f"{input_name}: {reference} is not a safetensors file (pickled weights such as "
+                ".ckpt, .bin or .pt are never loaded)"
+            )
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            raise ValueError(f"{input_name}: {reference} has a broken safetensors header") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size != 8 + size + end:
+        raise ValueError(
+            f"{input_name}: {reference} is truncated or padded ({path.stat().st_size} bytes, "
+            f"its header describes {8 + size + end})"
+        )
+
+
+class AdapterCache:
+    def __init__(
+        self,
+        root: Path = CACHE_DIR,
+        max_bytes: int = CACHE_BYTES,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        timeout_s: float = TIMEOUT_S,
+        endpoint: str | None = None,
+    ) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
+        self.timeout_s = timeout_s
+        self.endpoint = (
+            endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        ).rstrip("/")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_path = root / "index.json"
+        # reference -> {"sha256", "size", "used"}
+        self.index: dict[str, dict] = (
+            json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+        )
+
+    def fetch(self, reference: str, input_name: str) -> Path:
+        """The local file for a reference: from the cache, or downloaded, checked and cached."""
+        entry = self.index.get(reference)
+        if entry and (path := self._path(entry["sha256"])).exists():
+            print(f"{input_name}: {reference} from the cache")
+            entry["used"] = time.time()
+            self._save_index()
+            return path
+        url = self._url(reference, input_name)
+        print(f"{input_name}: downloading {reference}")
+        part = Path(tempfile.mkstemp(dir=self.root, suffix=".part")[1])
+        try:
+            digest = self._download(url, part, input_name, reference)
+            check_safetensors_header(part, input_name, reference)
+            path = self._path(digest)
+            part.replace(path)
+        finally:
+            part.unlink(missing_ok=True)
+        self.index[reference] = {"sha256": digest, "size": path.stat().st_size, "used": time.time()}
+        self._evict(keep=digest)
+        return path
+
+    def _path(self, digest: str) -> Path:
+        return self.root / f"{digest}.safetensors"
+
+    def _url(self, reference: str, input_name: str) -> str:
+        if reference.startswith(("https://", "http://")):
+            if not reference.split("?")[0].endswith(".safetensors"):
+                raise ValueError(
+                    f"{input_name}: {reference} must be a .safetensors file (pickled weights such "
+                    "as .ckpt, .bin or .pt are never loaded)"
+                )
+            return reference
+        if not REPO.fullmatch(reference):
+            raise ValueError(
+                f"{input_name}: {reference!r} is neither an http(s) URL of a .safetensors file "
+                "nor a Hugging Face owner/repo"
+            )
+        response = requests.get(f"{self.endpoint}/api/models/{reference}", timeout=self.timeout_s)
+        if response.status_code == 404:
+            raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
+        response.raise_for_status()
+        names = [s["rfilename"] for s in response.json().get("siblings", [])]
+        candidates = [n for n in names if n.endswith(".safetensors")]
+        if PREFERRED in candidates:
+            candidates = [PREFERRED]
+        if len(candidates) != 1:
+            raise ValueError(
+                f"{input_name}: {reference} holds {len(candidates)} safetensors files "
+                f"({', '.join(candidates) or 'none'}); give the URL of one"
+            )
+        return f"{self.endpoint}/{reference}/resolve/main/{candidates[0]}"
+
+    def _download(self, url: str, dest: Path, input_name: str, reference: str) -> str:
+        digest = hashlib.sha256()
+        deadline = time.monotonic() + self.timeout_s
+        too_big = ValueError(
+            f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit"
+        )
+        try:
+            with requests.get(url, stream=True, timeout=self.timeout_s) as response:
+                response.raise_for_status()
+                if int(response.headers.get("Content-Length", 0)) > self.max_file_bytes:
+                    raise too_big
+                written = 0
+                with open(dest, "wb") as f:
+                    for chunk in response.iter_content(CHUNK):
+                        written += len(chunk)
+                        if written > self.max_file_bytes:
+                            raise too_big
+                        if time.monotonic() > deadline:
+                            raise ValueError(
+                                f"{input_name}: {reference} took longer than {self.timeout_s} s"
+                            )
+                        digest.update(chunk)
+                        f.write(chunk)
+        except requests.RequestException as e:
+            raise ValueError(f"{input_name}: could not download {reference}: {e}") from None
+        return digest.hexdigest()
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used files until the cache fits its size bound (never `keep`,
+        the file in use now)."""
+        by_age = sorted(self.index.items(), key=lambda item: item[1]["used"])
+        total = sum({e["sha256"]: e["size"] for _, e in by_age}.values())
+        for reference, entry in by_age:
+            if total <= self.max_bytes:
+                break
+            if entry["sha256"] == keep:
+                continue
+            del self.index[reference]
+            if all(e["sha256"] != entry["sha256"] for e in self.index.values()):
+                self._path(entry["sha256"]).unlink(missing_ok=True)
+                total -= entry["size"]
+        self._save_index()
+
+    def _save_index(self) -> None:
+        self.index_path.write_text(json.dumps(self.index, indent=1))

@@ -1,0 +1,140 @@
+"""Prompt encoding with compel: weighting syntax, prompts longer than 77 tokens, clip skip.
+
+compel parses `word+++`, `(words)1.3`, `.blend()` and `.and()` and encodes long prompts in
+77-token chunks. With prompt_weighting "none" the text goes to the same encoder unparsed, so a
+prompt without syntax gives the same embeddings either way and long prompts are chunked in both.
+"""
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from compel import Compel, ReturnedEmbeddingsType
+from compel.diffusers_textual_inversion_manager import DiffusersTextualInversionManager
+from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
+from diffusers import DiffusionPipeline
+
+MAX_CHUNKS = 8  # 8 x 75 tokens: beyond that a prompt is refused, never cut
+WEIGHTINGS = ("compel", "none")
+
+
+class _SkipLayers:
+    """A text encoder whose hidden states end `skip` layers early (clip skip beyond what compel's
+    'penultimate' gives). Pooled outputs still come from the full encoder, as in diffusers."""
+
+    def __init__(self, encoder: torch.nn.Module, skip: int) -> None:
+        self.encoder, self.skip = encoder, skip
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        output = self.encoder(*args, **{**kwargs, "output_hidden_states": True})
+        output.hidden_states = output.hidden_states[: len(output.hidden_states) - self.skip]
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "text_model" and not hasattr(self.encoder, "text_model"):
+            # transformers 5 flattened CLIPTextModel; compel still reaches for .text_model to
+            # apply the final layer norm to a penultimate layer.
+            return self.encoder
+        return getattr(self.encoder, name)
+
+
+def _compel(pipe: DiffusionPipeline, tokenizers: dict[str, Any], which: str,
+            kind: ReturnedEmbeddingsType, skip: int | None,
+            pooled: bool = False) -> Compel:  # fmt: skip
+    """compel over text encoder `which` ("" or "_2"); skip: layers to drop beyond what `kind`
+    takes (None: use the encoder as it is)."""
+    encoder = getattr(pipe, f"text_encoder{which}")
+    # compel expands multi-vector embedding tokens through the (first) tokenizer.
+    shim = SimpleNamespace(tokenizer=tokenizers[""], maybe_convert_prompt=pipe.maybe_convert_prompt)
+    inversions = DiffusersTextualInversionManager(shim)
+    return Compel(
+        tokenizer=tokenizers[which],
+        text_encoder=encoder if skip is None else _SkipLayers(encoder, skip),
+        textual_inversion_manager=inversions,
+        returned_embeddings_type=kind,
+        truncate_long_prompts=False,
+        requires_pooled=pooled,
+        device=encoder.device,
+    )
+
+
+def _conjunction(text: str, weighting: str) -> Conjunction:
+    if weighting == "compel":
+        return Compel.parse_prompt_string(text)
+    return Conjunction([FlattenedPrompt([Fragment(text)])])
+
+
+def _encode_pair(compel: Compel, prompt: str, negative: str, weighting: str) -> list[torch.Tensor]:
+    pair = [compel.build_conditioning_tensor_for_conjunction(_conjunction(t, weighting))[0]
+            for t in (prompt, negative)]  # fmt: skip
+    return compel.pad_conditioning_tensors_to_same_length(pair)
+
+
+def _pad_to(compel: Compel, tensors: list[torch.Tensor], length: int) -> list[torch.Tensor]:
+    empty = compel.build_conditioning_tensor("")
+    empty = empty[0] if isinstance(empty, tuple) else empty
+    return [torch.cat([t] + [empty] * ((length - t.shape[1]) // empty.shape[1]), dim=1)
+            for t in tensors]  # fmt: skip
+
+
+@dataclass
+class Embeddings:
+    """Pipeline keyword arguments for the base model and, for SDXL, the refiner."""
+
+    base: dict[str, torch.Tensor]
+    refiner: dict[str, torch.Tensor]
+
+
+def check_length(pipe: DiffusionPipeline, text: str, input_name: str) -> None:
+    chunk = pipe.tokenizer.model_max_length - 2
+    tokens = len(pipe.tokenizer(text, truncation=False).input_ids) - 2
+    if tokens > MAX_CHUNKS * chunk:
+        raise ValueError(
+            f"{input_name}: {tokens} tokens is more than the {MAX_CHUNKS * chunk} that can be "
+            "encoded; shorten it"
+        )
+
+
+def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: str,
+           weighting: str, clip_skip: int, tokenizers: dict[str, Any] | None = None
+           ) -> Embeddings:  # fmt: skip
+    """Embeddings for a prompt and negative prompt; clip_skip as diffusers means it.
+    `tokenizers` ("" / "_2" -> tokenizer) replace the pipeline's (textual inversions)."""
+    tokenizers = tokenizers or {"": pipe.tokenizer, "_2": getattr(pipe, "tokenizer_2", None)}
+    check_length(pipe, prompt, "prompt")
+    check_length(pipe, negative_prompt, "negative_prompt")
+    if family != "sdxl":
+        if clip_skip:  # layer -(clip_skip + 1), through the final layer norm
+            kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED
+            compel = _compel(pipe, tokenizers, "", kind, skip=clip_skip - 1)
+        else:
+            kind = ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
+            compel = _compel(pipe, tokenizers, "", kind, None)
+        positive, negative = _encode_pair(compel, prompt, negative_prompt, weighting)
+        embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+        return Embeddings(base=embeds, refiner={})
+
+    # SDXL: both encoders' penultimate layers side by side; pooled output of the second.
+    kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+    compel_1 = _compel(pipe, tokenizers, "", kind, skip=clip_skip or None)
+    compel_2 = _compel(pipe, tokenizers, "_2", kind, skip=clip_skip or None, pooled=True)
+    pair_1 = _encode_pair(compel_1, prompt, negative_prompt, weighting)
+    pair_2 = _encode_pair(compel_2, prompt, negative_prompt, weighting)
+    length = max(pair_1[0].shape[1], pair_2[0].shape[1])
+    pair_1, pair_2 = _pad_to(compel_1, pair_1, length), _pad_to(compel_2, pair_2, length)
+    pooled = [compel_2.conditioning_provider.get_pooled_embeddings([t], device=compel_2.device)
+              for t in (prompt, negative_prompt)]  # fmt: skip
+    base = {
+        "prompt_embeds": torch.cat([pair_1[0], pair_2[0]], dim=-1),
+        "negative_prompt_embeds": torch.cat([pair_1[1], pair_2[1]], dim=-1),
+        "pooled_prompt_embeds": pooled[0],
+        "negative_pooled_prompt_embeds": pooled[1],
+    }
+    refiner = {
+        "prompt_embeds": pair_2[0],
+        "negative_prompt_embeds": pair_2[1],
+        "pooled_prompt_embeds": pooled[0],
+        "negative_pooled_prompt_embeds": pooled[1],
+    }
+    return Embeddings(base=base, refiner=refiner)

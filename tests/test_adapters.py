@@ -1,0 +1,228 @@
+"""LoRAs, textual inversions, weighting, long prompts and clip skip through Cog's real server,
+for both families. Adapter files are made by the tests and served from 127.0.0.1."""
+
+import json
+import pickle
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from queue import Empty, Queue
+
+import pytest
+from adapter_files import write_embedding, write_lora
+
+from conftest import ADAPTER_MAX_BYTES, output_images
+
+SMALL = {"num_inference_steps": 3, "width": 256, "height": 256, "seed": 5}
+PROMPT = "a lighthouse by the sea"
+
+
+@pytest.fixture(scope="session")
+def adapter_refs(make_weights, file_server, tmp_path_factory):
+    """family -> name -> reference, for LoRAs and embeddings served by file_server."""
+    tmp = tmp_path_factory.mktemp("adapters")
+    refs: dict[str, dict[str, str]] = {}
+    for family in ("sd", "sdxl"):
+        weights = make_weights(family)
+        made = {
+            "a": write_lora(weights, family, tmp / f"{family}-a.safetensors", seed=1),
+            "b": write_lora(weights, family, tmp / f"{family}-b.safetensors", seed=7),
+            "kohya": write_lora(weights, family, tmp / f"{family}-k.safetensors", 3, kohya=True),
+            "embedding": write_embedding(family, tmp / f"{family}-e.safetensors", "<tok>", seed=9),
+        }
+        refs[family] = {
+            name: file_server.put(f"{family}/{path.name}", path.read_bytes())
+            for name, path in made.items()
+        }
+        # The same LoRA as a Hugging Face repository owner/lora-<family>.
+        repo = f"tester/lora-{family}"
+        file_server.put(
+            f"api/models/{repo}",
+            json.dumps(
+                {
+                    "siblings": [
+                        {"rfilename": "pytorch_lora_weights.safetensors"},
+                        {"rfilename": "README.md"},
+                    ]
+                }
+            ).encode(),  # fmt: skip
+        )
+        file_server.put(f"{repo}/resolve/main/pytorch_lora_weights.safetensors",
+                        made["a"].read_bytes())  # fmt: skip
+        refs[family]["repo"] = repo
+        refs[family]["a_bytes"] = made["a"].read_bytes()
+    return refs
+
+
+def run(server, **input) -> list[str]:
+    """The outputs of a prediction that must succeed."""
+    result = server.predict(**{"prompt": PROMPT, **SMALL, **input})
+    output_images(result)
+    return result["output"]
+
+
+def fail(server, **input) -> str:
+    result = server.predict(**{"prompt": PROMPT, **SMALL, **input})
+    assert result["status"] == "failed", result.get("logs")
+    return result["error"]
+
+
+@pytest.fixture
+def baseline(server):
+    return run(server)
+
+
+def test_lora_changes_the_image_and_is_gone_after(server, adapter_refs, baseline):
+    refs = adapter_refs[server.family]
+    assert run(server, lora_weights=[refs["a"]]) != baseline
+    assert run(server) == baseline  # bit-identical to a server that never saw the LoRA
+
+
+def test_lora_scale_matters(server, adapter_refs, baseline):
+    a = adapter_refs[server.family]["a"]
+    full = run(server, lora_weights=[a])
+    assert run(server, lora_weights=[a], lora_scale=0.5) not in (full, baseline)
+    assert run(server, lora_weights=[a], lora_scales=[0.5]) == run(
+        server, lora_weights=[a], lora_scale=0.5
+    )
+    assert run(server, lora_weights=[a], lora_scales=[0.0]) == baseline
+
+
+def test_two_loras_combine_with_their_own_scales(server, adapter_refs, baseline):
+    refs = adapter_refs[server.family]
+    a_alone = run(server, lora_weights=[refs["a"]])
+    both = run(server, lora_weights=[refs["a"], refs["b"]])
+    assert both not in (a_alone, baseline)
+    assert run(server, lora_weights=[refs["a"], refs["b"]], lora_scales=[1, 0]) == a_alone
+    assert run(server) == baseline
+
+
+def test_second_use_comes_from_the_cache(server, adapter_refs, file_server):
+    name = f"{server.family}/cache-{server.port}.safetensors"
+    url = file_server.put(name, adapter_refs[server.family]["a_bytes"])
+    first = server.predict(prompt=PROMPT, lora_weights=[url], **SMALL)
+    second = server.predict(prompt=PROMPT, lora_weights=[url], **SMALL)
+    assert file_server.count(name) == 1
+    assert "from the cache" in second["logs"]
+    assert first["output"] == second["output"]
+
+
+def test_kohya_format_loads(server, adapter_refs, baseline):
+    assert run(server, lora_weights=[adapter_refs[server.family]["kohya"]]) != baseline
+    assert run(server) == baseline
+
+
+def test_hugging_face_repo_reference(server, adapter_refs):
+    refs = adapter_refs[server.family]
+    assert run(server, lora_weights=[refs["repo"]]) == run(server, lora_weights=[refs["a"]])
+
+
+def test_failed_prediction_still_unloads(server, adapter_refs, baseline):
+    # The LoRA loads, then the prompt is refused inside the adapters' lifetime.
+    error = fail(server, lora_weights=[adapter_refs[server.family]["a"]], negative_prompt="x" * 700)
+    assert "negative_prompt: 700 tokens" in error
+    assert run(server) == baseline
+
+
+def test_cancelled_prediction_still_unloads(server, adapter_refs, baseline):
+    events: Queue = Queue()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            events.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        input = {"prompt": PROMPT, **SMALL, "num_inference_steps": 500,
+                 "lora_weights": [adapter_refs[server.family]["a"]]}  # fmt: skip
+        response = server.post(input, headers={"Prefer": "respond-async"},
+                               webhook=f"http://127.0.0.1:{receiver.server_port}/",
+                               webhook_events_filter=["logs", "completed"])  # fmt: skip
+        assert response.status_code == 202
+        prediction = response.json()["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # cancel once the LoRA is in and steps are running
+            event = events.get(timeout=60)
+            if "%|" in (event.get("logs") or ""):
+                break
+        server_cancel = server.url + f"/predictions/{prediction}/cancel"
+        assert __import__("requests").post(server_cancel, timeout=10).status_code == 200
+        while (event := events.get(timeout=60))["status"] not in (
+            "canceled",
+            "failed",
+            "succeeded",
+        ):
+            pass
+        assert event["status"] == "canceled"
+    except Empty:
+        pytest.fail("no webhook event in time")
+    finally:
+        receiver.shutdown()
+    assert run(server) == baseline
+
+
+def test_textual_inversion_is_loaded_for_one_prediction(server, adapter_refs):
+    refs = adapter_refs[server.family]
+    prompt = "a <tok> on a hill"
+    before = run(server, prompt=prompt)
+    # SD 1.x files name their token; SDXL ones (clip_l/clip_g) take it as TOKEN=REFERENCE.
+    item = refs["embedding"] if server.family == "sd" else f"<tok>={refs['embedding']}"
+    assert run(server, prompt=prompt, textual_inversions=[item]) != before
+    assert run(server, prompt=prompt) == before
+
+
+def test_pickles_are_refused(server, file_server, baseline):
+    url = file_server.put("evil.safetensors", pickle.dumps({"weight": [1, 2, 3]}))
+    assert "is not a safetensors file" in fail(server, lora_weights=[url])
+    ckpt = file_server.put("model.ckpt", b"never fetched")
+    assert "must be a .safetensors file" in fail(server, lora_weights=[ckpt])
+    assert file_server.count("model.ckpt") == 0
+    assert run(server) == baseline
+
+
+def test_oversize_and_truncated_downloads_fail_cleanly(server, adapter_refs, file_server, baseline):
+    big = file_server.put("big.safetensors", b"\0" * (ADAPTER_MAX_BYTES + 1))
+    assert "is larger than the" in fail(server, lora_weights=[big])
+    data = adapter_refs[server.family]["a_bytes"]
+    cut = file_server.put(f"{server.family}/cut.safetensors", data[: len(data) // 2])
+    assert "is truncated" in fail(server, lora_weights=[cut])
+    missing = f"{file_server.url}/nowhere.safetensors"
+    assert "could not download" in fail(server, lora_weights=[missing])
+    assert run(server) == baseline
+
+
+def test_lora_for_another_model_fails_clearly(server, adapter_refs, baseline):
+    other = adapter_refs["sdxl" if server.family == "sd" else "sd"]["a"]
+    assert "does not fit this model" in fail(server, lora_weights=[other])
+    assert run(server) == baseline
+
+
+def test_mismatched_scales_fail_naming_the_input(server, adapter_refs):
+    error = fail(server, lora_weights=[adapter_refs[server.family]["a"]], lora_scales=[1, 2])
+    assert "lora_scales: give one scale per lora_weights entry (got 2 for 1)" in error
+
+
+def test_weighting_on_and_off(server):
+    assert run(server, prompt="a red cat") == run(
+        server, prompt="a red cat", prompt_weighting="none"
+    )
+    weighted = run(server, prompt="a red+++ cat")
+    assert weighted != run(server, prompt="a red+++ cat", prompt_weighting="none")
+    assert weighted != run(server, prompt="a red cat")
+
+
+@pytest.mark.parametrize("weighting", ["compel", "none"])
+def test_300_token_prompt_works_and_700_fails(server, weighting):
+    assert run(server, prompt="y" * 300, prompt_weighting=weighting)
+    assert "prompt: 700 tokens" in fail(server, prompt="y" * 700, prompt_weighting=weighting)
+
+
+def test_every_clip_skip(server):
+    outputs = [run(server, clip_skip=skip) for skip in range(5)]
+    assert len({tuple(o) for o in outputs}) == 5

@@ -1,0 +1,84 @@
+"""Prompt encoding in-process on tiny weights, against diffusers' own encoder where it applies."""
+
+import pytest
+import torch
+
+from sdcog.pipelines import Pipelines
+from sdcog.prompts import MAX_CHUNKS, encode
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def loaded(request, make_weights):
+    pipelines = Pipelines.load(make_weights(request.param))
+    return pipelines.base["txt2img"], pipelines.family
+
+
+def diffusers_embeds(pipe, family, prompt, negative="", clip_skip=None):
+    if family == "sdxl":
+        out = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
+                                 do_classifier_free_guidance=True, negative_prompt=negative,
+                                 clip_skip=clip_skip)  # fmt: skip
+        return dict(zip(["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                         "negative_pooled_prompt_embeds"], out, strict=True))  # fmt: skip
+    out = pipe.encode_prompt(prompt, "cpu", 1, True, negative)
+    return {"prompt_embeds": out[0], "negative_prompt_embeds": out[1]}
+
+
+def test_none_matches_diffusers_own_encoding(loaded):
+    pipe, family = loaded
+    for prompt in ("a red cube", "a cat+++ (dog)1.5"):
+        ours = encode(pipe, family, prompt, "blurry", "none", 0).base
+        for name, tensor in diffusers_embeds(pipe, family, prompt, "blurry").items():
+            assert torch.equal(ours[name], tensor), name
+
+
+def test_without_syntax_both_weightings_agree(loaded):
+    pipe, family = loaded
+    compel = encode(pipe, family, "a lighthouse at dusk", "fog", "compel", 0).base
+    none = encode(pipe, family, "a lighthouse at dusk", "fog", "none", 0).base
+    for name in compel:
+        torch.testing.assert_close(compel[name], none[name])
+
+
+def test_weighting_syntax_changes_compel_only(loaded):
+    pipe, family = loaded
+    plain = encode(pipe, family, "a cat", "", "compel", 0).base["prompt_embeds"]
+    weighted = encode(pipe, family, "a cat+++", "", "compel", 0).base["prompt_embeds"]
+    literal = encode(pipe, family, "a cat+++", "", "none", 0).base["prompt_embeds"]
+    assert not torch.allclose(plain, weighted)
+    assert not torch.allclose(weighted, literal)
+    # compel's blend and conjunction parse too
+    for prompt in ('("a cat", "a dog").blend(0.5, 0.5)', '("a cat", "a dog").and()'):
+        assert encode(pipe, family, prompt, "", "compel", 0).base["prompt_embeds"].shape[0] == 1
+
+
+@pytest.mark.parametrize("weighting", ["compel", "none"])
+def test_long_prompts_are_chunked_not_cut(loaded, weighting):
+    pipe, family = loaded
+    prompt = "x" * 300  # one token per character with the tiny tokenizer
+    embeds = encode(pipe, family, prompt, "short", weighting, 0).base
+    assert embeds["prompt_embeds"].shape[1] == 77 * 4  # 300 tokens in chunks of 75
+    assert embeds["negative_prompt_embeds"].shape == embeds["prompt_embeds"].shape
+    changed_tail = prompt[:299] + "y"
+    other = encode(pipe, family, changed_tail, "short", weighting, 0).base["prompt_embeds"]
+    assert not torch.equal(other[:, -77:], embeds["prompt_embeds"][:, -77:])  # the tail counts
+
+
+def test_too_long_is_a_clear_error(loaded):
+    pipe, family = loaded
+    with pytest.raises(ValueError, match=rf"negative_prompt: 700 tokens .* {MAX_CHUNKS * 75}"):
+        encode(pipe, family, "ok", "x" * 700, "compel", 0)
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2, 3, 4])
+def test_clip_skip_means_what_diffusers_means(loaded, clip_skip):
+    pipe, family = loaded
+    ours = encode(pipe, family, "a cat", "", "none", clip_skip).base["prompt_embeds"]
+    ids = pipe.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt")
+    if family == "sdxl":  # diffusers' SDXL path: layer -(clip_skip + 2) of both encoders
+        expected = diffusers_embeds(pipe, family, "a cat", clip_skip=clip_skip)["prompt_embeds"]
+    else:  # layer -(clip_skip + 1) through the final layer norm
+        states = pipe.text_encoder(ids.input_ids, output_hidden_states=True).hidden_states
+        expected = pipe.text_encoder.final_layer_norm(states[-(clip_skip + 1)])
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, encode(pipe, family, "a cat", "", "none", 0).base["prompt_embeds"])
