@@ -22,7 +22,7 @@ CACHE_DIR = Path(
     os.environ.get("ADAPTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "sdcog-adapters"
 )
 TIMEOUT_S = float(os.environ.get("ADAPTER_TIMEOUT_S", 120))
-CHUNK = 1 << 20
+CHUNK = 1 << 14  # small reads, so the deadline is checked often against a slow sender
 REPO = re.compile(r"[\w.-]+/[\w.-]+")
 PREFERRED = "pytorch_lora_weights.safetensors"
 

@@ -1,0 +1,124 @@
+"""The adapter cache against real HTTP servers on 127.0.0.1."""
+
+import json
+import pickle
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdcog.downloads import AdapterCache, check_safetensors_header
+
+
+def safetensors_bytes(tmp_path, n: int, seed: int = 0) -> bytes:
+    torch.manual_seed(seed)
+    path = tmp_path / f"t{n}-{seed}.safetensors"
+    save_file({"w": torch.randn(n)}, path)
+    return path.read_bytes()
+
+
+def cache(tmp_path, file_server, **kwargs) -> AdapterCache:
+    return AdapterCache(root=tmp_path / "cache", endpoint=file_server.url, **kwargs)
+
+
+def test_hit_downloads_nothing_and_survives_a_restart(tmp_path, file_server):
+    url = file_server.put("dl/a.safetensors", safetensors_bytes(tmp_path, 100))
+    first = cache(tmp_path, file_server).fetch(url, "lora_weights")
+    again = cache(tmp_path, file_server).fetch(url, "lora_weights")  # a new process, same folder
+    assert first == again and first.name.endswith(".safetensors")
+    assert file_server.count("dl/a.safetensors") == 1
+
+
+def test_same_content_under_two_references_is_stored_once(tmp_path, file_server):
+    data = safetensors_bytes(tmp_path, 100)
+    c = cache(tmp_path, file_server)
+    one = c.fetch(file_server.put("dl/x.safetensors", data), "lora_weights")
+    two = c.fetch(file_server.put("dl/y.safetensors", data), "lora_weights")
+    assert one == two
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+
+def test_least_recently_used_files_are_evicted(tmp_path, file_server):
+    sizes = {name: safetensors_bytes(tmp_path, 1000, seed=i) for i, name in enumerate("abc")}
+    urls = {name: file_server.put(f"lru/{name}.safetensors", data) for name, data in sizes.items()}
+    c = cache(tmp_path, file_server, max_bytes=2 * len(sizes["a"]) + 10)
+    paths = {}
+    for name in "ab":
+        paths[name] = c.fetch(urls[name], "lora_weights")
+        time.sleep(0.01)
+    c.fetch(urls["a"], "lora_weights")  # a is now the most recently used
+    time.sleep(0.01)
+    paths["c"] = c.fetch(urls["c"], "lora_weights")
+    assert paths["a"].exists() and paths["c"].exists() and not paths["b"].exists()
+    assert set(json.loads((tmp_path / "cache/index.json").read_text())) == {urls["a"], urls["c"]}
+
+
+def test_a_file_larger_than_the_cache_is_still_served(tmp_path, file_server):
+    url = file_server.put("dl/huge.safetensors", safetensors_bytes(tmp_path, 5000))
+    assert cache(tmp_path, file_server, max_bytes=10).fetch(url, "lora_weights").exists()
+
+
+def test_pickle_is_refused_from_its_bytes(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="lora_weights: ref is not a safetensors file"):
+        check_safetensors_header(path, "lora_weights", "ref")
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # torch.save's zip format
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        check_safetensors_header(path, "lora_weights", "ref")
+
+
+def test_size_limit(tmp_path, file_server):
+    url = file_server.put("dl/big.safetensors", safetensors_bytes(tmp_path, 10_000))
+    with pytest.raises(ValueError, match="larger than the 1000 byte limit"):
+        cache(tmp_path, file_server, max_file_bytes=1000).fetch(url, "lora_weights")
+    assert list((tmp_path / "cache").glob("*.part")) == []
+
+
+def test_timeout(tmp_path):
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"\0" * 1000)
+                self.wfile.flush()
+                time.sleep(0.05)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = AdapterCache(root=tmp_path / "cache", timeout_s=1)
+        url = f"http://127.0.0.1:{server.server_port}/slow.safetensors"
+        started = time.monotonic()
+        with pytest.raises(ValueError, match="took longer than 1"):
+            c.fetch(url, "lora_weights")
+        assert time.monotonic() - started < 4
+    finally:
+        server.shutdown()
+
+
+def test_hugging_face_repo_resolution(tmp_path, file_server):
+    data = safetensors_bytes(tmp_path, 10)
+
+    def siblings(*names: str) -> bytes:
+        return json.dumps({"siblings": [{"rfilename": name} for name in names]}).encode()
+
+    file_server.put("api/models/o/one", siblings("m.safetensors", "README.md"))
+    file_server.put("o/one/resolve/main/m.safetensors", data)
+    file_server.put("api/models/o/two", siblings("a.safetensors", "b.safetensors"))
+    c = cache(tmp_path, file_server)
+    assert c.fetch("o/one", "lora_weights").read_bytes() == data
+    with pytest.raises(ValueError, match=r"o/two holds 2 safetensors files \(a.safetensors, b"):
+        c.fetch("o/two", "lora_weights")
+    with pytest.raises(ValueError, match="no Hugging Face repository o/none"):
+        c.fetch("o/none", "lora_weights")
+    with pytest.raises(ValueError, match="neither an http"):
+        c.fetch("ftp://x/y.safetensors", "textual_inversions")
