@@ -102,6 +102,8 @@ def _typed(name: str, value: str, schemas: dict) -> object:
         )
     if "allOf" in prop:
         prop = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
+    if prop.get("type") == "array":
+        prop = prop["items"]
     kind = prop.get("type")
     if kind == "integer":
         return int(value)
@@ -134,12 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     schemas = json.loads((ROOT / ".cog/openapi_schema.json").read_text())["components"]["schemas"]
-    inputs = {}
+    inputs: dict[str, object] = {}
+    properties = schemas["Input"]["properties"]
     for item in args.input:
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"-i {item!r}: expected NAME=VALUE")
-        inputs[name] = _typed(name, value, schemas)
+        typed = _typed(name, value, schemas)
+        if properties[name].get("type") == "array":  # repeat -i NAME=... for several items
+            inputs.setdefault(name, []).append(typed)  # type: ignore[union-attr]
+        else:
+            inputs[name] = typed
 
     with tempfile.NamedTemporaryFile(
         "w+", prefix="cog-server-", suffix=".log", delete=False
