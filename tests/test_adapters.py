@@ -67,9 +67,16 @@ def fail(server, **input) -> str:
     return result["error"]
 
 
+FIRST_BASELINE: dict[str, list[str]] = {}
+
+
 @pytest.fixture
 def baseline(server):
-    return run(server)
+    """The no-adapter output, checked against the one this server gave before any adapter had
+    been loaded: no earlier test may have left anything behind."""
+    output = run(server)
+    assert FIRST_BASELINE.setdefault(server.family, output) == output
+    return output
 
 
 def test_lora_changes_the_image_and_is_gone_after(server, adapter_refs, baseline):
