@@ -18,7 +18,7 @@ from .watermark import apply_watermark
 
 # Pixels denoised in one UNet batch: 9 images at 512x512, 4 at 768x768, 1 from 1536x1536 up.
 MAX_BATCH_PIXELS = 4 * 768 * 768
-# Above this many pixels the VAE decodes in tiles, so 2048x2048 fits in a 24 GB GPU.
+# Above this many pixels the VAE decodes in tiles, to bound its memory at large sizes.
 TILED_DECODE_PIXELS = 1024 * 1024
 
 

@@ -24,8 +24,6 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .schedulers import make_scheduler
 
-MODES = ("txt2img", "img2img", "inpaint")
-
 
 def device_and_dtype() -> tuple[str, torch.dtype]:
     """fp16 on CUDA, fp32 on CPU (CPU kernels for fp16 are slow or missing)."""

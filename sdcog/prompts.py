@@ -16,7 +16,6 @@ from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 from diffusers import DiffusionPipeline
 
 MAX_CHUNKS = 8  # 8 x 75 tokens: beyond that a prompt is refused, never cut
-WEIGHTINGS = ("compel", "none")
 
 
 class _SkipLayers:
