@@ -43,6 +43,11 @@ class Generator:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
+        refiner = None
+        if request.refine != "no_refiner":
+            refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
+            if request.refine == "expert_ensemble_refiner":
+                _check_split(refiner.scheduler, request)
         print(f"{request.mode} {size[0]}x{size[1]}, {request.scheduler}, seed {seed}")
 
         loras, inversions = self._fetch_adapters(request)
@@ -57,7 +62,7 @@ class Generator:
             )  # fmt: skip
             for start in range(0, len(output_seeds), per_batch):
                 batch = output_seeds[start : start + per_batch]
-                denoised = self._denoise(request, pipe, batch, inputs, embeds)
+                denoised = self._denoise(request, pipe, refiner, batch, inputs, embeds)
                 results.extend(zip(batch, denoised, strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
@@ -85,10 +90,11 @@ class Generator:
             )
         return loras, inversions
 
+    @staticmethod
     def _denoise(
-        self,
         request: Request,
         pipe: Any,
+        refiner: Any,
         batch: list[int],
         inputs: dict[str, Any],
         embeds: Embeddings,
@@ -100,14 +106,12 @@ class Generator:
             "guidance_scale": request.guidance_scale,
             "generator": seeds.generators(batch),
         }
-        if request.refine == "no_refiner":
+        if refiner is None:
             return pipe(**common, **embeds.base, **inputs).images
-        refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
         # The refiner gets the base output and, when inpainting, the same mask and size.
         mask = {k: inputs[k] for k in ("mask_image", "width", "height") if "mask_image" in inputs}
         if request.refine == "expert_ensemble_refiner":
             # The base denoises the high-noise part and hands its latents to the refiner.
-            _check_split(refiner.scheduler, request)
             latents = pipe(
                 **common, **embeds.base, **inputs,
                 denoising_end=request.high_noise_frac, output_type="latent",

@@ -124,16 +124,16 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
     pair_1, pair_2 = _pad_to(compel_1, pair_1, length), _pad_to(compel_2, pair_2, length)
     pooled = [compel_2.conditioning_provider.get_pooled_embeddings([t], device=compel_2.device)
               for t in (prompt, negative_prompt)]  # fmt: skip
-    base = {
-        "prompt_embeds": torch.cat([pair_1[0], pair_2[0]], dim=-1),
-        "negative_prompt_embeds": torch.cat([pair_1[1], pair_2[1]], dim=-1),
-        "pooled_prompt_embeds": pooled[0],
-        "negative_pooled_prompt_embeds": pooled[1],
-    }
+    # The refiner conditions on the second encoder alone; the base on both.
     refiner = {
         "prompt_embeds": pair_2[0],
         "negative_prompt_embeds": pair_2[1],
         "pooled_prompt_embeds": pooled[0],
         "negative_pooled_prompt_embeds": pooled[1],
+    }
+    base = {
+        **refiner,
+        "prompt_embeds": torch.cat([pair_1[0], pair_2[0]], dim=-1),
+        "negative_prompt_embeds": torch.cat([pair_1[1], pair_2[1]], dim=-1),
     }
     return Embeddings(base=base, refiner=refiner)

@@ -1,15 +1,10 @@
 """A validated generation request: what predict() hands to the package."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-# SDXL-only inputs and their defaults: an SD 1.x/2.x build rejects any other value.
-SDXL_ONLY = {
-    "refine": "no_refiner",
-    "high_noise_frac": 0.8,
-    "refine_steps": None,
-    "apply_watermark": True,
-}
+# An SD 1.x/2.x build rejects any value of these but their defaults.
+SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark")
 
 
 @dataclass(frozen=True)
@@ -69,8 +64,9 @@ class Request:
     def check_supported(self, family: str, has_refiner: bool) -> None:
         """Reject what this build cannot do, naming the input."""
         if family != "sdxl":
-            for name, default in SDXL_ONLY.items():
-                if getattr(self, name) != default:
+            defaults = {f.name: f.default for f in fields(self)}
+            for name in SDXL_ONLY:
+                if getattr(self, name) != defaults[name]:
                     raise ValueError(
                         f"{name}: only SDXL builds take this input; this one serves an "
                         f"SD 1.x/2.x model (leave {name} out)"
