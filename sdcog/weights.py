@@ -177,22 +177,38 @@ class Sums:
         return actual
 
 
+def _is_current(target: Path, wanted: str) -> bool:
+    """Whether target/ holds what the pin `wanted` describes; if not, clear what is there."""
+    stamp = target / ".pin.json"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return True
+    if target.exists():
+        print(f"{target.name}: the pin changed; removing the old {target}")
+        shutil.rmtree(target)
+    return False
+
+
+def _fetch_repo(pin: Pin, target: Path, endpoint: str, sums: Sums, skip: set[str],
+                weights: bool = True) -> None:  # fmt: skip
+    """The pin's files, or without a list the files of its model_index.json's components."""
+    files = pin.files
+    if files is None:
+        _fetch_file(pin.url("model_index.json", endpoint), target / "model_index.json", sums)
+        files = component_files(
+            json.loads((target / "model_index.json").read_text()), skip, weights
+        )
+    for path in files:
+        _fetch_file(pin.url(path, endpoint), target / path, sums)
+
+
 def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums, skip: set[str]) -> None:
     """Bring weights/<pin.name>/ to exactly the pinned files, downloading only what is missing.
     Components in `skip` are left out: other entries of the pin file replace them."""
     target = weights_dir / pin.name
-    stamp = target / ".pin.json"
     wanted = json.dumps({**asdict(pin), "skip": sorted(skip)})
-    if target.exists() and (not stamp.exists() or stamp.read_text() != wanted):
-        print(f"{pin.name}: the pin changed; removing the old {target}")
-        shutil.rmtree(target)
-    files = pin.files
-    if files is None:
-        _fetch_file(pin.url("model_index.json", endpoint), target / "model_index.json", sums)
-        files = component_files(json.loads((target / "model_index.json").read_text()), skip)
-    for path in files:
-        _fetch_file(pin.url(path, endpoint), target / path, sums)
-    stamp.write_text(wanted)
+    _is_current(target, wanted)  # downloads are checked file by file either way
+    _fetch_repo(pin, target, endpoint, sums, skip)
+    (target / ".pin.json").write_text(wanted)
 
 
 def _fetch_file(url: str, dest: Path, sums: Sums) -> None:
@@ -214,18 +230,12 @@ def fetch_single_file(pin: SingleFilePin, weights_dir: Path, endpoint: str, sums
     target = weights_dir / pin.name
     stamp = target / ".pin.json"
     wanted = json.dumps(asdict(pin))
-    if not (stamp.exists() and stamp.read_text() == wanted):
-        if target.exists():
-            print(f"{pin.name}: the pin changed; removing the old {target}")
-            shutil.rmtree(target)
+    if not _is_current(target, wanted):
         work = weights_dir / f".{pin.name}-single-file"
         checkpoint = work / "checkpoint.safetensors"
         _fetch_file(pin.url, checkpoint, sums)
         config = Pin(f"{pin.name}-config", pin.config_repo, pin.config_revision)
-        index = work / "config/model_index.json"
-        _fetch_file(config.url("model_index.json", endpoint), index, sums)
-        for path in component_files(json.loads(index.read_text()), set(), weights=False):
-            _fetch_file(config.url(path, endpoint), work / "config" / path, sums)
+        _fetch_repo(config, work / "config", endpoint, sums, set(), weights=False)
         print(f"{pin.name}: converting {pin.url} to diffusers' layout")
         convert_single_file(checkpoint, work / "config", target)
         shutil.rmtree(work)
