@@ -169,3 +169,51 @@ def file_server(tmp_path_factory):
     files = FileServer(tmp_path_factory.mktemp("served"))
     yield files
     files.httpd.shutdown()
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 that queues the JSON of every webhook POST."""
+
+    TERMINAL = ("succeeded", "failed", "canceled")
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        from queue import Queue
+
+        self.events: Queue = Queue()
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                events.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def next(self, timeout: float = 60) -> dict:
+        from queue import Empty
+
+        try:
+            return self.events.get(timeout=timeout)
+        except Empty:
+            pytest.fail(f"no webhook within {timeout} s")
+
+    def final(self) -> dict:
+        """Events up to the one that ends the prediction."""
+        while (event := self.next())["status"] not in self.TERMINAL:
+            pass
+        return event
+
+
+@pytest.fixture
+def webhooks():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.httpd.shutdown()

@@ -1,11 +1,7 @@
 """End to end through Cog's real HTTP server on tiny weights: what a container's client sees.
 Every test runs for both families (SD 1.x/2.x and SDXL)."""
 
-import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from queue import Empty, Queue
 
 import numpy as np
 import pytest
@@ -162,42 +158,15 @@ def test_all_flagged_fails_clearly_and_can_be_disabled(flagging_server):
     )
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    events: Queue
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.events.put(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-def test_async_prediction_delivers_webhook(server):
-    events: Queue = Queue()
-    handler = type("Receiver", (_Receiver,), {"events": events})
-    receiver = HTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    try:
-        response = server.post(
-            {"prompt": "async", "seed": 5, **FAST},
-            headers={"Prefer": "respond-async"},
-            webhook=f"http://127.0.0.1:{receiver.server_port}/hook",
-            webhook_events_filter=["completed"],
-        )
-        assert response.status_code == 202
-        prediction_id = response.json()["id"]
-        while True:
-            try:
-                event = events.get(timeout=60)
-            except Empty:
-                pytest.fail("no completed webhook within 60 s")
-            if event["status"] in ("succeeded", "failed", "canceled"):
-                break
-        assert event["id"] == prediction_id
-        (image,) = output_images(event)
-        assert image.size == (server.native, server.native)
-    finally:
-        receiver.shutdown()
+def test_async_prediction_delivers_webhook(server, webhooks):
+    response = server.post(
+        {"prompt": "async", "seed": 5, **FAST},
+        headers={"Prefer": "respond-async"},
+        webhook=webhooks.url,
+        webhook_events_filter=["completed"],
+    )
+    assert response.status_code == 202
+    event = webhooks.final()
+    assert event["id"] == response.json()["id"]
+    (image,) = output_images(event)
+    assert image.size == (server.native, server.native)
