@@ -26,6 +26,24 @@ SCHEDULERS = [
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "none"]
+# "none", then sdcog.request.CONTROL_KINDS (a test keeps the two equal).
+CONTROLNETS = [
+    "none", "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble",
+    "tile",
+]  # fmt: skip
+CONTROLNET_HELP = "ControlNet kind (none: off). A kind needs its weights pinned in this build."
+CONTROL_IMAGE_HELP = "The ControlNet's image: a photo to preprocess, or a ready control map."
+CONTROL_SCALE_HELP = "How strongly the ControlNet steers (0: not at all)."
+CONTROL_START_HELP = "Fraction of the denoising at which the ControlNet starts acting."
+CONTROL_END_HELP = "Fraction of the denoising at which the ControlNet stops acting."
+CONTROL_PREPROCESS_HELP = (
+    "Turn the image into the kind's control map first (edges, depth, pose...); false: the "
+    "image already is one."
+)
+CONTROL_MODEL_HELP = (
+    "Optional: another diffusers-format ControlNet for this slot, as Hugging Face owner/repo or "
+    "the URL of its .safetensors weights (config.json beside it)."
+)
 
 
 class Predictor(BasePredictor):
@@ -142,32 +160,35 @@ class Predictor(BasePredictor):
             "as TOKEN=REFERENCE, or REFERENCE when the file names its token.",
             default=[],
         ),
+        controlnet_1: str = Input(description=CONTROLNET_HELP, choices=CONTROLNETS, default="none"),
+        controlnet_1_image: Optional[Path] = Input(description=CONTROL_IMAGE_HELP, default=None),
+        controlnet_1_conditioning_scale: float = Input(
+            description=CONTROL_SCALE_HELP, ge=0, le=4, default=1.0
+        ),
+        controlnet_1_start: float = Input(description=CONTROL_START_HELP, ge=0, le=1, default=0.0),
+        controlnet_1_end: float = Input(description=CONTROL_END_HELP, ge=0, le=1, default=1.0),
+        controlnet_1_preprocess: bool = Input(description=CONTROL_PREPROCESS_HELP, default=True),
+        controlnet_1_model: Optional[str] = Input(description=CONTROL_MODEL_HELP, default=None),
+        controlnet_2: str = Input(description=CONTROLNET_HELP, choices=CONTROLNETS, default="none"),
+        controlnet_2_image: Optional[Path] = Input(description=CONTROL_IMAGE_HELP, default=None),
+        controlnet_2_conditioning_scale: float = Input(
+            description=CONTROL_SCALE_HELP, ge=0, le=4, default=1.0
+        ),
+        controlnet_2_start: float = Input(description=CONTROL_START_HELP, ge=0, le=1, default=0.0),
+        controlnet_2_end: float = Input(description=CONTROL_END_HELP, ge=0, le=1, default=1.0),
+        controlnet_2_preprocess: bool = Input(description=CONTROL_PREPROCESS_HELP, default=True),
+        controlnet_2_model: Optional[str] = Input(description=CONTROL_MODEL_HELP, default=None),
+        controlnet_3: str = Input(description=CONTROLNET_HELP, choices=CONTROLNETS, default="none"),
+        controlnet_3_image: Optional[Path] = Input(description=CONTROL_IMAGE_HELP, default=None),
+        controlnet_3_conditioning_scale: float = Input(
+            description=CONTROL_SCALE_HELP, ge=0, le=4, default=1.0
+        ),
+        controlnet_3_start: float = Input(description=CONTROL_START_HELP, ge=0, le=1, default=0.0),
+        controlnet_3_end: float = Input(description=CONTROL_END_HELP, ge=0, le=1, default=1.0),
+        controlnet_3_preprocess: bool = Input(description=CONTROL_PREPROCESS_HELP, default=True),
+        controlnet_3_model: Optional[str] = Input(description=CONTROL_MODEL_HELP, default=None),
     ) -> list[Path]:
-        request = Request(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            width=width,
-            height=height,
-            num_outputs=num_outputs,
-            scheduler=scheduler,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            image=image,
-            mask=mask,
-            prompt_strength=prompt_strength,
-            disable_safety_checker=disable_safety_checker,
-            output_format=output_format,
-            output_quality=output_quality,
-            refine=refine,
-            high_noise_frac=high_noise_frac,
-            refine_steps=refine_steps,
-            apply_watermark=apply_watermark,
-            prompt_weighting=prompt_weighting,
-            clip_skip=clip_skip,
-            lora_weights=tuple(lora_weights),
-            lora_scales=tuple(lora_scales),
-            lora_scale=lora_scale,
-            textual_inversions=tuple(textual_inversions),
-        )
+        # Every argument above, by name: sdcog.request.Request validates and groups them.
+        inputs = {name: value for name, value in locals().items() if name != "self"}
+        request = Request.from_inputs(inputs)
         return [Path(p) for p in self.generate(request)]

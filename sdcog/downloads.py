@@ -12,6 +12,7 @@ import re
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -25,6 +26,20 @@ TIMEOUT_S = float(os.environ.get("ADAPTER_TIMEOUT_S", 120))
 CHUNK = 1 << 14  # small reads, so the deadline is checked often against a slow sender
 REPO = re.compile(r"[\w.-]+/[\w.-]+")
 PREFERRED = "pytorch_lora_weights.safetensors"
+# A diffusers model's weight files, in order of preference.
+MODEL_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
+MAX_JSON_BYTES = 1 << 20
+
+
+def check_json(path: Path, input_name: str, reference: str) -> None:
+    """A config file must be a small JSON object; anything else is refused before use."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError("too large")
+        if not isinstance(json.loads(path.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{input_name}: {reference} is not a JSON config: {e}") from None
 
 
 def check_safetensors_header(path: Path, input_name: str, reference: str) -> None:
@@ -75,28 +90,74 @@ class AdapterCache:
 
     def fetch(self, reference: str, input_name: str) -> Path:
         """The local file for a reference: from the cache, or downloaded, checked and cached."""
-        entry = self.index.get(reference)
-        if entry and (path := self._path(entry["sha256"])).exists():
-            print(f"{input_name}: {reference} from the cache")
+        return self._cached(reference, lambda: self._url(reference, input_name), input_name)
+
+    def fetch_model(self, reference: str, input_name: str) -> Path:
+        """A diffusers-format model (a ControlNet) as a folder: its config.json and its
+        safetensors weights, each fetched and cached like an adapter file."""
+        urls: dict[str, str] = {}
+
+        def url(which: str) -> str:
+            if not urls:
+                urls.update(self._model_urls(reference, input_name))
+            return urls[which]
+
+        weights = self._cached(reference, lambda: url("weights"), input_name)
+        config = self._cached(f"{reference}#config.json", lambda: url("config"), input_name)
+        folder = self.root / f"model-{weights.stem[:16]}-{config.stem[:16]}"
+        if not folder.exists():
+            staging = Path(tempfile.mkdtemp(dir=self.root))
+            (staging / "config.json").symlink_to(config)
+            (staging / "diffusion_pytorch_model.safetensors").symlink_to(weights)
+            staging.rename(folder)
+        return folder
+
+    def _cached(self, key: str, url: Callable[[], str], input_name: str) -> Path:
+        """The cached file for `key`, or the file at url() downloaded, checked and cached."""
+        entry = self.index.get(key)
+        if entry and (path := self._path(entry["sha256"], entry.get("suffix"))).exists():
+            print(f"{input_name}: {key} from the cache")
             entry["used"] = time.time()
             self._save_index()
             return path
-        url = self._url(reference, input_name)
-        print(f"{input_name}: downloading {reference}")
+        source = url()
+        suffix = ".json" if source.split("?")[0].endswith(".json") else ".safetensors"
+        print(f"{input_name}: downloading {key}")
         part = Path(tempfile.mkstemp(dir=self.root, suffix=".part")[1])
         try:
-            digest = self._download(url, part, input_name, reference)
-            check_safetensors_header(part, input_name, reference)
-            path = self._path(digest)
+            digest = self._download(source, part, input_name, key)
+            if suffix == ".json":
+                check_json(part, input_name, key)
+            else:
+                check_safetensors_header(part, input_name, key)
+            path = self._path(digest, suffix)
             part.replace(path)
         finally:
             part.unlink(missing_ok=True)
-        self.index[reference] = {"sha256": digest, "size": path.stat().st_size, "used": time.time()}
+        self.index[key] = {
+            "sha256": digest, "suffix": suffix, "size": path.stat().st_size, "used": time.time(),
+        }  # fmt: skip
         self._evict(keep=digest)
         return path
 
-    def _path(self, digest: str) -> Path:
-        return self.root / f"{digest}.safetensors"
+    def _path(self, digest: str, suffix: str | None = None) -> Path:
+        return self.root / f"{digest}{suffix or '.safetensors'}"
+
+    def _model_urls(self, reference: str, input_name: str) -> dict[str, str]:
+        """config.json and weights of a diffusers model: a .safetensors URL with config.json
+        beside it, or a Hugging Face repository (its fp16 weights when it ships them)."""
+        if reference.startswith(("https://", "http://")):
+            weights = self._url(reference, input_name)
+            return {"weights": weights, "config": weights.rsplit("/", 1)[0] + "/config.json"}
+        names = self._repo_files(reference, input_name)
+        choice = next((n for n in MODEL_WEIGHTS if n in names), None)
+        if "config.json" not in names or choice is None:
+            raise ValueError(
+                f"{input_name}: {reference} is not a diffusers-format model (it needs "
+                f"config.json and {' or '.join(MODEL_WEIGHTS)})"
+            )
+        base = f"{self.endpoint}/{reference}/resolve/main"
+        return {"weights": f"{base}/{choice}", "config": f"{base}/config.json"}
 
     def _url(self, reference: str, input_name: str) -> str:
         if reference.startswith(("https://", "http://")):
@@ -106,16 +167,7 @@ class AdapterCache:
                     "as .ckpt, .bin or .pt are never loaded)"
                 )
             return reference
-        if not REPO.fullmatch(reference):
-            raise ValueError(
-                f"{input_name}: {reference!r} is neither an http(s) URL of a .safetensors file "
-                "nor a Hugging Face owner/repo"
-            )
-        response = requests.get(f"{self.endpoint}/api/models/{reference}", timeout=self.timeout_s)
-        if response.status_code == 404:
-            raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
-        response.raise_for_status()
-        names = [s["rfilename"] for s in response.json().get("siblings", [])]
+        names = self._repo_files(reference, input_name)
         candidates = [n for n in names if n.endswith(".safetensors")]
         if PREFERRED in candidates:
             candidates = [PREFERRED]
@@ -125,6 +177,18 @@ class AdapterCache:
                 f"({', '.join(candidates) or 'none'}); give the URL of one"
             )
         return f"{self.endpoint}/{reference}/resolve/main/{candidates[0]}"
+
+    def _repo_files(self, reference: str, input_name: str) -> list[str]:
+        if not REPO.fullmatch(reference):
+            raise ValueError(
+                f"{input_name}: {reference!r} is neither an http(s) URL of a .safetensors file "
+                "nor a Hugging Face owner/repo"
+            )
+        response = requests.get(f"{self.endpoint}/api/models/{reference}", timeout=self.timeout_s)
+        if response.status_code == 404:
+            raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
+        response.raise_for_status()
+        return [s["rfilename"] for s in response.json().get("siblings", [])]
 
     def _download(self, url: str, dest: Path, input_name: str, reference: str) -> str:
         digest = hashlib.sha256()
@@ -165,7 +229,7 @@ class AdapterCache:
                 continue
             del self.index[reference]
             if all(e["sha256"] != entry["sha256"] for e in self.index.values()):
-                self._path(entry["sha256"]).unlink(missing_ok=True)
+                self._path(entry["sha256"], entry.get("suffix")).unlink(missing_ok=True)
                 total -= entry["size"]
         self._save_index()
 

@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from . import adapters, images, prompts, seeds
+from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .pipelines import Pipelines, device_and_dtype
 from .prompts import Embeddings
@@ -30,15 +31,23 @@ class Generator:
         _, dtype = device_and_dtype()
         self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
         self.cache = AdapterCache()
+        self.controlnets = ControlNets(weights_dir, self.pipelines.base["txt2img"].unet, self.cache)
         self._output_dir: Path | None = None
 
     def __call__(self, request: Request) -> list[Path]:
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
         image, mask = _read_inputs(request)
-        size = images.output_size(request.width, request.height, self.pipelines.native_size, image)
+        control_images = [
+            images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
+        ]
+        # Without an image, the first control image gives the output's aspect.
+        guide = image or next(iter(control_images), None)
+        size = images.output_size(request.width, request.height, self.pipelines.native_size, guide)
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
-        pipe = self.pipelines.get(request.mode, request.scheduler)
+        steering = self.controlnets.prepare(request.controlnets, control_images, size)
+        controlnet = steering.controlnet if steering else None
+        pipe = self.pipelines.get(request.mode, request.scheduler, controlnet)
         if size[0] * size[1] > TILED_DECODE_PIXELS:
             pipe.vae.enable_tiling()
         else:
@@ -52,6 +61,8 @@ class Generator:
 
         loras, inversions = self._fetch_adapters(request)
         inputs = _mode_inputs(request, image, mask, size)
+        if steering:
+            inputs.update(steering.arguments(pipe))
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         results: list[tuple[int, Image.Image]] = []
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's

@@ -7,6 +7,8 @@ encoder.
 """
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,43 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
+    ControlNetUnionModel,
     DiffusionPipeline,
+    ModelMixin,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLControlNetUnionImg2ImgPipeline,
+    StableDiffusionXLControlNetUnionInpaintPipeline,
+    StableDiffusionXLControlNetUnionPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.utils import logging as diffusers_logging
 
 from .schedulers import make_scheduler
+
+# (family, union ControlNet?) -> mode -> the ControlNet pipeline over the base's components.
+CONTROL_PIPELINES = {
+    ("sd", False): {
+        "txt2img": StableDiffusionControlNetPipeline,
+        "img2img": StableDiffusionControlNetImg2ImgPipeline,
+        "inpaint": StableDiffusionControlNetInpaintPipeline,
+    },
+    ("sdxl", False): {
+        "txt2img": StableDiffusionXLControlNetPipeline,
+        "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
+        "inpaint": StableDiffusionXLControlNetInpaintPipeline,
+    },
+    ("sdxl", True): {
+        "txt2img": StableDiffusionXLControlNetUnionPipeline,
+        "img2img": StableDiffusionXLControlNetUnionImg2ImgPipeline,
+        "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline,
+    },
+}
 
 
 def device_and_dtype() -> tuple[str, torch.dtype]:
@@ -108,9 +141,22 @@ class Pipelines:
             native_size=txt2img.unet.config.sample_size * txt2img.vae_scale_factor,
         )
 
-    def get(self, mode: str, scheduler: str) -> DiffusionPipeline:
-        """The mode's pipeline with a fresh scheduler built from the model's original config."""
+    def get(
+        self, mode: str, scheduler: str, controlnet: ModelMixin | list[ModelMixin] | None = None
+    ) -> DiffusionPipeline:
+        """The mode's pipeline with a fresh scheduler built from the model's original config;
+        with `controlnet`, a ControlNet pipeline over the same components for this request."""
         pipe = self.base[mode]
+        if controlnet is not None:
+            first = controlnet[0] if isinstance(controlnet, list) else controlnet
+            union = isinstance(first, ControlNetUnionModel)
+            # dtype: without it from_pipe casts the shared UNet to fp32. The watermark is ours
+            # to apply (from_pipe does not carry add_watermarker=False over).
+            extra = {"add_watermarker": False} if self.family == "sdxl" else {}
+            with _quiet():  # from_pipe's cast to the same dtype warns about every model
+                pipe = CONTROL_PIPELINES[self.family, union][mode].from_pipe(
+                    pipe, controlnet=controlnet, dtype=pipe.unet.dtype, **extra
+                )
         pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"])
         return pipe
 
@@ -123,6 +169,16 @@ class Pipelines:
     @property
     def device(self) -> torch.device:
         return self.base["txt2img"].device
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _prepare(pipe: DiffusionPipeline) -> None:

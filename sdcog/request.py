@@ -2,9 +2,76 @@
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark")
+
+# The control kinds predict() offers, and its numbered ControlNet slots (controlnet_1_* ...).
+CONTROL_KINDS = (
+    "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble", "tile",
+)  # fmt: skip
+CONTROL_SLOTS = 3
+
+
+@dataclass(frozen=True)
+class ControlSlot:
+    """One ControlNet of a request: predict()'s controlnet_N, controlnet_N_image, ..."""
+
+    number: int
+    kind: str
+    image: Path
+    conditioning_scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocess: bool = True
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTROL_KINDS:
+            raise ValueError(f"{self.name}: {self.kind!r} is not one of {', '.join(CONTROL_KINDS)}")
+        if not 0 <= self.start < self.end <= 1:
+            raise ValueError(
+                f"{self.name}_start: must be below {self.name}_end, both from 0 to 1 (got "
+                f"{self.start} and {self.end})"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"controlnet_{self.number}"
+
+    @classmethod
+    def from_inputs(cls, number: int, inputs: dict[str, Any]) -> "ControlSlot | None":
+        """Slot `number` from predict()'s arguments, by name; None when the slot is unused."""
+        name = f"controlnet_{number}"
+        kind = inputs.get(name, "none")
+        values = {
+            f.name: inputs[f"{name}_{f.name}"]
+            for f in fields(cls)
+            if f"{name}_{f.name}" in inputs and inputs[f"{name}_{f.name}"] is not None
+        }
+        if kind == "none":
+            for extra in ("image", "model"):
+                if extra in values:
+                    raise ValueError(
+                        f"{name}_{extra}: given without a control kind; set {name} to one of "
+                        f"{', '.join(CONTROL_KINDS)}"
+                    )
+            return None
+        if "image" not in values:
+            raise ValueError(f"{name}: {kind} needs an image; give {name}_image")
+        return cls(number=number, kind=kind, **_typed(cls, values))
+
+
+def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """JSON numbers as the fields' types: Cog hands a float input sent as 1 over as an int, and
+    diffusers rejects an int scale. Lists become tuples (the dataclasses are frozen)."""
+    types = {f.name: f.type for f in fields(cls)}
+    return {
+        key: float(value) if types[key] is float else tuple(value) if isinstance(value, list)
+        else value
+        for key, value in values.items()
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,6 +103,17 @@ class Request:
     lora_scales: tuple[float, ...] = ()
     lora_scale: float = 1.0
     textual_inversions: tuple[str, ...] = ()
+    controlnets: tuple[ControlSlot, ...] = ()
+
+    @classmethod
+    def from_inputs(cls, inputs: dict[str, Any]) -> "Request":
+        """The request from predict()'s arguments, matched by name."""
+        names = {f.name for f in fields(cls)}
+        controlnets = (ControlSlot.from_inputs(n, inputs) for n in range(1, CONTROL_SLOTS + 1))
+        return cls(
+            **_typed(cls, {k: v for k, v in inputs.items() if k in names}),
+            controlnets=tuple(slot for slot in controlnets if slot is not None),
+        )
 
     def __post_init__(self) -> None:
         # Ranges and choices are the schema's job; these rules span several inputs.
@@ -50,6 +128,12 @@ class Request:
             raise ValueError(
                 f"lora_scales: give one scale per lora_weights entry (got {len(self.lora_scales)} "
                 f"for {len(self.lora_weights)}), or none and set lora_scale"
+            )
+        if self.controlnets and self.refine == "expert_ensemble_refiner" and self.mode == "img2img":
+            # diffusers' SDXL ControlNet image-to-image pipelines cannot stop at denoising_end.
+            raise ValueError(
+                "refine: expert_ensemble_refiner cannot hand over from a ControlNet "
+                "image-to-image run; use base_image_refiner"
             )
         if any(not -4 <= scale <= 4 for scale in self.lora_scales):
             raise ValueError(

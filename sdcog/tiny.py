@@ -201,12 +201,22 @@ def write_safety(directory: Path, threshold: float = 1.0) -> None:
 FAMILIES = ("sd", "sdxl")
 
 
-def write_tiny_weights(directory: Path, family: str = "sd", safety_threshold: float = 1.0) -> None:
+def write_tiny_weights(
+    directory: Path, family: str = "sd", safety_threshold: float = 1.0, controls: bool = True
+) -> None:
+    """The family's model and safety checker; with `controls`, its ControlNets and the
+    annotators too (every entry of the family's pin file)."""
+    from .tiny_controls import write_annotators, write_controlnets
+
     if family == "sdxl":
         write_sdxl(directory)
     else:
         write_base(directory / "base")
     write_safety(directory / "safety", threshold=safety_threshold)
+    if controls:
+        unet = UNet2DConditionModel.from_pretrained(directory / "base/unet")
+        write_controlnets(directory, family, unet)
+        write_annotators(directory)
 
 
 # SDXL: two text encoders (the second with a projection), size/crop micro-conditioning, a

@@ -24,9 +24,10 @@ SUMS_FILE = "SHA256SUMS.json"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
-# Only these may hold tensors: pickles (.ckpt, .bin, .pt, .pth) are never loaded.
+# Only these may hold tensors: pickles (.ckpt, .bin, .pt, .pth) are never loaded. ONNX (the pose
+# annotator) is a protobuf graph that onnxruntime reads as data.
 WEIGHT_SUFFIX = ".safetensors"
-DATA_SUFFIXES = {".json", ".txt", WEIGHT_SUFFIX}
+DATA_SUFFIXES = {".json", ".txt", ".onnx", WEIGHT_SUFFIX}
 
 # The files of each kind of component in a diffusers repository. An entry without `files` gets
 # those of every component its model_index.json names.
@@ -78,8 +79,8 @@ class Pin:
         for path in self.files or []:
             if Path(path).suffix not in DATA_SUFFIXES:
                 raise ValueError(
-                    f"pin {self.name}: {path} is not safetensors, JSON or text; pickled weights "
-                    "(.ckpt, .bin, .pt) are never downloaded"
+                    f"pin {self.name}: {path} is not safetensors, ONNX, JSON or text; pickled "
+                    "weights (.ckpt, .bin, .pt) are never downloaded"
                 )
 
     def url(self, path: str, endpoint: str) -> str:

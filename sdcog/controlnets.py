@@ -1,0 +1,172 @@
+"""ControlNets: the pinned models (loaded once), and per request the models, control maps and
+pipeline arguments for up to three slots.
+
+A kind is served by its own pin entry (weights/controlnet_<kind>/, e.g. lllyasviel's SD 1.5
+ControlNets) or, for SDXL, by xinsir's union model (weights/controlnet_union/) in the kind's
+control mode. A slot's `model` replaces the pinned one with a diffusers-format ControlNet fetched
+through the adapter cache for this request.
+"""
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ControlNetModel, ControlNetUnionModel, ModelMixin
+from PIL import Image
+
+from .annotators import Annotators
+from .downloads import AdapterCache
+from .request import ControlSlot
+
+# kind -> the pin entry of a ControlNet trained for it (openpose's serves openpose_face too).
+KIND_ENTRIES = {
+    "canny": "controlnet_canny",
+    "depth": "controlnet_depth",
+    "openpose": "controlnet_openpose",
+    "openpose_face": "controlnet_openpose",
+    "lineart": "controlnet_lineart",
+    "softedge": "controlnet_softedge",
+    "scribble": "controlnet_scribble",
+    "tile": "controlnet_tile",
+}
+UNION_ENTRY = "controlnet_union"
+# kind -> control mode of xinsir/controlnet-union-sdxl-1.0 (0 pose, 1 depth, 2 thick lines,
+# 3 thin lines); it has no tile mode.
+UNION_MODES = {
+    "openpose": 0, "openpose_face": 0, "depth": 1, "softedge": 2, "scribble": 2, "canny": 3,
+    "lineart": 3,
+}  # fmt: skip
+CLASSES = {"ControlNetModel": ControlNetModel, "ControlNetUnionModel": ControlNetUnionModel}
+
+
+def check_fits(config: dict, unet_config: Any, what: str) -> None:
+    """A ControlNet mirrors its UNet's encoder: the same text width and SDXL's extra inputs."""
+    kind = config.get("_class_name")
+    if kind not in CLASSES:
+        raise ValueError(f"{what} is a {kind}, not a ControlNet (one of {', '.join(CLASSES)})")
+    for key in ("cross_attention_dim", "addition_embed_type"):
+        if config.get(key) != getattr(unet_config, key):
+            raise ValueError(
+                f"{what} is a ControlNet for another model family ({key} {config.get(key)}, "
+                f"this model's is {getattr(unet_config, key)})"
+            )
+
+
+def load_controlnet(folder: Path, unet_config: Any, dtype: torch.dtype, device: Any) -> ModelMixin:
+    config = json.loads((folder / "config.json").read_text())
+    check_fits(config, unet_config, f"{folder}")
+    variant = "fp16" if (folder / "diffusion_pytorch_model.fp16.safetensors").exists() else None
+    model = CLASSES[config["_class_name"]].from_pretrained(
+        folder, dtype=dtype, variant=variant, local_files_only=True
+    )
+    return model.to(device)
+
+
+@dataclass
+class Steering:
+    """What a request's ControlNets add to one pipeline call."""
+
+    models: list[ModelMixin]
+    modes: list[int] | None  # union control modes; None for plain ControlNets
+    maps: list[Image.Image]
+    scales: list[float]
+    starts: list[float]
+    ends: list[float]
+
+    @property
+    def controlnet(self) -> ModelMixin | list[ModelMixin]:
+        """For from_pipe: one model, or a list that the pipeline wraps as a multi-ControlNet."""
+        return self.models[0] if len(self.models) == 1 else self.models
+
+    def arguments(self, pipe: Any) -> dict[str, Any]:
+        one = len(self.models) == 1
+        # txt2img pipelines take the control map as `image`, the others as `control_image`.
+        params = inspect.signature(pipe.__call__).parameters
+        key = "control_image" if "control_image" in params else "image"
+        args = {
+            key: self.maps[0] if one else self.maps,
+            "controlnet_conditioning_scale": self.scales[0] if one else self.scales,
+            "control_guidance_start": self.starts[0] if one else self.starts,
+            "control_guidance_end": self.ends[0] if one else self.ends,
+        }
+        if self.modes is not None:  # the union pipelines take flat lists, one entry a slot
+            args.update({key: self.maps, "control_mode": self.modes})
+        return args
+
+
+class ControlNets:
+    def __init__(self, weights_dir: Path, unet: Any, cache: AdapterCache) -> None:
+        self.unet_config = unet.config
+        self.dtype, self.device = unet.dtype, unet.device
+        self.cache = cache
+        entries = sorted({*KIND_ENTRIES.values(), UNION_ENTRY})
+        self.pinned = {
+            entry: load_controlnet(weights_dir / entry, unet.config, self.dtype, self.device)
+            for entry in entries
+            if (weights_dir / entry / "config.json").exists()
+        }
+        if self.pinned:
+            print(f"ControlNets: {', '.join(self.pinned)}")
+        self.annotators = Annotators(weights_dir, self.device)
+
+    def prepare(
+        self, slots: tuple[ControlSlot, ...], images: list[Image.Image], size: tuple[int, int]
+    ) -> Steering | None:
+        """Models, modes and maps (at the output size) for the request's slots."""
+        if not slots:
+            return None
+        models, modes = zip(*(self._model(slot) for slot in slots), strict=True)
+        unions = [mode is not None for mode in modes]
+        if any(unions) and not all(unions):
+            mixed = slots[unions.index(False)]
+            raise ValueError(
+                f"{mixed.name}: its ControlNet cannot run together with the union ControlNet "
+                "of the other slots; use kinds the union model serves, or one model kind only"
+            )
+        maps = [self._map(slot, image, size) for slot, image in zip(slots, images, strict=True)]
+        return Steering(
+            models=list(models),
+            modes=list(modes) if all(unions) else None,
+            maps=maps,
+            scales=[slot.conditioning_scale for slot in slots],
+            starts=[slot.start for slot in slots],
+            ends=[slot.end for slot in slots],
+        )
+
+    def _model(self, slot: ControlSlot) -> tuple[ModelMixin, int | None]:
+        if slot.model:
+            what = f"{slot.name}_model: {slot.model}"
+            folder = self.cache.fetch_model(slot.model, f"{slot.name}_model")
+            check_fits(json.loads((folder / "config.json").read_text()), self.unet_config, what)
+            model = load_controlnet(folder, self.unet_config, self.dtype, self.device)
+        elif (entry := KIND_ENTRIES[slot.kind]) in self.pinned:
+            model = self.pinned[entry]
+        elif UNION_ENTRY in self.pinned and slot.kind in UNION_MODES:
+            model = self.pinned[UNION_ENTRY]
+        else:
+            entries = f"[{entry}]"
+            if self.unet_config.addition_embed_type == "text_time" and slot.kind in UNION_MODES:
+                entries = f"[{UNION_ENTRY}] (or {entries})"  # SDXL
+            raise ValueError(
+                f"{slot.name}: this build has no {slot.kind} ControlNet; pin {entries} in "
+                "weights/pins.toml and run script/download-weights"
+            )
+        if not isinstance(model, ControlNetUnionModel):
+            return model, None
+        if slot.kind not in UNION_MODES:
+            raise ValueError(
+                f"{slot.name}: the union ControlNet has no {slot.kind} mode; pin "
+                f"[{KIND_ENTRIES[slot.kind]}] for it"
+            )
+        return model, UNION_MODES[slot.kind]
+
+    def _map(self, slot: ControlSlot, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The control map at the output size: annotated from the resized image, or the given
+        map resized."""
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        if not slot.preprocess:
+            return image
+        return self.annotators(slot.kind, image, f"{slot.name}_preprocess")
