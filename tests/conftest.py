@@ -67,7 +67,8 @@ class ServerUnderTest(CogServer):
         self.log.close()
 
 
-ADAPTER_MAX_BYTES = 4_000_000  # tiny LoRAs are far smaller; the oversize test serves more
+# Tiny LoRAs and ControlNets (SDXL union: 6 MB) are smaller; the oversize test serves more.
+ADAPTER_MAX_BYTES = 8_000_000
 
 
 def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer):
@@ -217,3 +218,42 @@ def webhooks():
     receiver = WebhookReceiver()
     yield receiver
     receiver.httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def adapter_refs(make_weights, file_server, tmp_path_factory):
+    """family -> name -> reference, for LoRAs and embeddings served by file_server."""
+    from adapter_files import write_embedding, write_lora
+
+    tmp = tmp_path_factory.mktemp("adapters")
+    refs: dict[str, dict[str, str]] = {}
+    for family in ("sd", "sdxl"):
+        weights = make_weights(family)
+        made = {
+            "a": write_lora(weights, family, tmp / f"{family}-a.safetensors", seed=1),
+            "b": write_lora(weights, family, tmp / f"{family}-b.safetensors", seed=7),
+            "kohya": write_lora(weights, family, tmp / f"{family}-k.safetensors", 3, kohya=True),
+            "embedding": write_embedding(family, tmp / f"{family}-e.safetensors", "<tok>", seed=9),
+        }
+        refs[family] = {
+            name: file_server.put(f"{family}/{path.name}", path.read_bytes())
+            for name, path in made.items()
+        }
+        # The same LoRA as a Hugging Face repository owner/lora-<family>.
+        repo = f"tester/lora-{family}"
+        file_server.put(
+            f"api/models/{repo}",
+            json.dumps(
+                {
+                    "siblings": [
+                        {"rfilename": "pytorch_lora_weights.safetensors"},
+                        {"rfilename": "README.md"},
+                    ]
+                }
+            ).encode(),  # fmt: skip
+        )
+        file_server.put(f"{repo}/resolve/main/pytorch_lora_weights.safetensors",
+                        made["a"].read_bytes())  # fmt: skip
+        refs[family]["repo"] = repo
+        refs[family]["a_bytes"] = made["a"].read_bytes()
+    return refs

