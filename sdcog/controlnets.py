@@ -55,9 +55,12 @@ def check_fits(config: dict, unet_config: Any, what: str) -> None:
             )
 
 
-def load_controlnet(folder: Path, unet_config: Any, dtype: torch.dtype, device: Any) -> ModelMixin:
+def load_controlnet(
+    folder: Path, unet_config: Any, dtype: torch.dtype, device: Any, what: str
+) -> ModelMixin:
+    """A diffusers-format ControlNet folder, checked against the UNet before its weights load."""
     config = json.loads((folder / "config.json").read_text())
-    check_fits(config, unet_config, f"{folder}")
+    check_fits(config, unet_config, what)
     variant = "fp16" if (folder / "diffusion_pytorch_model.fp16.safetensors").exists() else None
     model = CLASSES[config["_class_name"]].from_pretrained(
         folder, dtype=dtype, variant=variant, local_files_only=True
@@ -104,7 +107,9 @@ class ControlNets:
         self.cache = cache
         entries = sorted({*KIND_ENTRIES.values(), UNION_ENTRY})
         self.pinned = {
-            entry: load_controlnet(weights_dir / entry, unet.config, self.dtype, self.device)
+            entry: load_controlnet(
+                weights_dir / entry, unet.config, self.dtype, self.device, f"[{entry}]"
+            )
             for entry in entries
             if (weights_dir / entry / "config.json").exists()
         }
@@ -127,6 +132,11 @@ class ControlNets:
                 "of the other slots; use kinds the union model serves, or one model kind only"
             )
         maps = [self._map(slot, image, size) for slot, image in zip(slots, images, strict=True)]
+        for slot in slots:
+            print(
+                f"{slot.name}: {slot.kind} at scale {slot.conditioning_scale}, steps "
+                f"{slot.start}-{slot.end}, {'annotated' if slot.preprocess else 'map as given'}"
+            )
         return Steering(
             models=list(models),
             modes=list(modes) if all(unions) else None,
@@ -138,10 +148,9 @@ class ControlNets:
 
     def _model(self, slot: ControlSlot) -> tuple[ModelMixin, int | None]:
         if slot.model:
-            what = f"{slot.name}_model: {slot.model}"
             folder = self.cache.fetch_model(slot.model, f"{slot.name}_model")
-            check_fits(json.loads((folder / "config.json").read_text()), self.unet_config, what)
-            model = load_controlnet(folder, self.unet_config, self.dtype, self.device)
+            what = f"{slot.name}_model: {slot.model}"
+            model = load_controlnet(folder, self.unet_config, self.dtype, self.device, what)
         elif (entry := KIND_ENTRIES[slot.kind]) in self.pinned:
             model = self.pinned[entry]
         elif UNION_ENTRY in self.pinned and slot.kind in UNION_MODES:
