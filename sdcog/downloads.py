@@ -5,6 +5,7 @@ A reference is an http(s) URL of a .safetensors file, or a Hugging Face reposito
 holding one safetensors file (or one named pytorch_lora_weights.safetensors).
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,10 @@ def check_safetensors_header(path: Path, input_name: str, reference: str) -> Non
         )
 
 
+# What a cached file must pass before it is used, by the suffix it is stored under.
+CHECKS = {".json": check_json, ".safetensors": check_safetensors_header}
+
+
 class AdapterCache:
     def __init__(
         self,
@@ -95,15 +100,10 @@ class AdapterCache:
     def fetch_model(self, reference: str, input_name: str) -> Path:
         """A diffusers-format model (a ControlNet) as a folder: its config.json and its
         safetensors weights, each fetched and cached like an adapter file."""
-        urls: dict[str, str] = {}
-
-        def url(which: str) -> str:
-            if not urls:
-                urls.update(self._model_urls(reference, input_name))
-            return urls[which]
-
-        weights = self._cached(reference, lambda: url("weights"), input_name)
-        config = self._cached(f"{reference}#config.json", lambda: url("config"), input_name)
+        # Resolved at most once, and only when a file is not in the cache yet.
+        urls = functools.cache(lambda: self._model_urls(reference, input_name))
+        weights = self._cached(reference, lambda: urls()["weights"], input_name)
+        config = self._cached(f"{reference}#config.json", lambda: urls()["config"], input_name)
         folder = self.root / f"model-{weights.stem[:16]}-{config.stem[:16]}"
         if not folder.exists():
             staging = Path(tempfile.mkdtemp(dir=self.root))
@@ -126,10 +126,7 @@ class AdapterCache:
         part = Path(tempfile.mkstemp(dir=self.root, suffix=".part")[1])
         try:
             digest = self._download(source, part, input_name, key)
-            if suffix == ".json":
-                check_json(part, input_name, key)
-            else:
-                check_safetensors_header(part, input_name, key)
+            CHECKS[suffix](part, input_name, key)
             path = self._path(digest, suffix)
             part.replace(path)
         finally:

@@ -46,9 +46,9 @@ class ControlSlot:
         name = f"controlnet_{number}"
         kind = inputs.get(name, "none")
         values = {
-            f.name: inputs[f"{name}_{f.name}"]
+            f.name: value
             for f in fields(cls)
-            if f"{name}_{f.name}" in inputs and inputs[f"{name}_{f.name}"] is not None
+            if (value := inputs.get(f"{name}_{f.name}")) is not None
         }
         if kind == "none":
             for extra in ("image", "model"):
@@ -67,11 +67,13 @@ def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """JSON numbers as the fields' types: Cog hands a float input sent as 1 over as an int, and
     diffusers rejects an int scale. Lists become tuples (the dataclasses are frozen)."""
     types = {f.name: f.type for f in fields(cls)}
-    return {
-        key: float(value) if types[key] is float else tuple(value) if isinstance(value, list)
-        else value
-        for key, value in values.items()
-    }  # fmt: skip
+    typed = dict(values)
+    for key, value in values.items():
+        if types[key] is float:
+            typed[key] = float(value)
+        elif isinstance(value, list):
+            typed[key] = tuple(value)
+    return typed
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,14 @@ def test_one_unet_in_its_dtype_after_every_modes_controlnet_pipeline(
     generator = Generator(make_weights(family))
     unet = generator.pipelines.base["txt2img"].unet
     pointers = [p.data_ptr() for p in unet.parameters()]
-    used = []
+    used = []  # every pipeline the real Pipelines.get hands out
     get = generator.pipelines.get
-    monkeypatch.setattr(generator.pipelines, "get", lambda *a: used.append(get(*a)) or used[-1])
+
+    def recording_get(*args):
+        used.append(get(*args))
+        return used[-1]
+
+    monkeypatch.setattr(generator.pipelines, "get", recording_get)
     slot = ControlSlot(1, "canny", control_image)
     for extra in ({}, {"image": control_image}, {"image": control_image, "mask": control_image}):
         generator(Request(prompt="x", controlnets=(slot,), **SMALL, **extra))
