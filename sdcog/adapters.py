@@ -61,6 +61,18 @@ def _inversion_parts(family: str, inversion: Inversion) -> tuple[str, dict]:
     return inversion.token or next(iter(state)), {"": state}
 
 
+def _check_width(inversion: Inversion, embedding: Any, width: int) -> None:
+    """diffusers' own error for this names no input and is left unformatted."""
+    tensors = embedding.values() if isinstance(embedding, dict) else [embedding]
+    for tensor in tensors:
+        if tensor.shape[-1] != width:
+            raise ValueError(
+                f"textual_inversions: {inversion.reference} holds embeddings {tensor.shape[-1]} "
+                f"wide, and this model's text encoder takes {width}: an embedding made for "
+                "another Stable Diffusion version?"
+            )
+
+
 @contextmanager
 def applied(
     pipe: DiffusionPipeline, family: str, loras: list[Lora], inversions: list[Inversion]
@@ -89,10 +101,14 @@ def applied(
         for inversion in inversions:
             token, parts = _inversion_parts(family, inversion)
             for key, which in keys.items():
-                pipe.load_textual_inversion(
-                    parts[key], token=inversion.token, tokenizer=tokenizers[which],
-                    text_encoder=encoders[which],
-                )  # fmt: skip
+                _check_width(inversion, parts[key], encoders[which].config.hidden_size)
+                try:
+                    pipe.load_textual_inversion(
+                        parts[key], token=inversion.token, tokenizer=tokenizers[which],
+                        text_encoder=encoders[which],
+                    )  # fmt: skip
+                except ValueError as e:
+                    raise ValueError(f"textual_inversions: {inversion.reference}: {e}") from None
             print(f"textual_inversions: {inversion.reference} defines {token}")
         yield tokenizers
     finally:

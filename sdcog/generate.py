@@ -151,8 +151,9 @@ class Generator:
                 kept.append(result)
         if not kept:
             raise RuntimeError(
-                f"All {len(results)} output(s) were flagged as possibly NSFW by the safety "
-                "checker. Try another prompt or seed, or set disable_safety_checker."
+                f"disable_safety_checker: all {len(results)} output(s) were flagged as possibly "
+                "NSFW by the safety checker. Try another prompt or seed, or set "
+                "disable_safety_checker."
             )
         return kept
 

@@ -4,6 +4,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +16,14 @@ from typing import IO
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# Cog 0.23.1 reports an exception from predict() as "Prediction failed: Prediction failed:
+# ValueError: <message>" (coglet wraps it twice); ours name the input first.
+COG_ERROR_PREFIX = re.compile(r"(?:Prediction failed: )+(?:\w+(?:Error|Exception): )?")
+
+
+def error_message(error: str) -> str:
+    """A failed prediction's error as predict() raised it, without Cog's prefixes."""
+    return COG_ERROR_PREFIX.sub("", error, count=1)
 
 
 def free_port() -> int:

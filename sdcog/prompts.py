@@ -5,6 +5,7 @@ compel parses `word+++`, `(words)1.3`, `.blend()` and `.and()` and encodes long 
 prompt without syntax gives the same embeddings either way and long prompts are chunked in both.
 """
 
+import unicodedata
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -58,15 +59,28 @@ def _compel(pipe: DiffusionPipeline, tokenizers: dict[str, Any], which: str,
     )
 
 
-def _conjunction(text: str, weighting: str) -> Conjunction:
+def clean(text: str) -> str:
+    """Control characters and line, page and tab breaks as plain spaces: CLIP's tokenizer
+    collapses whitespace anyway, and compel's parser stops at some of them (\\v, \\f)."""
+    return "".join(" " if c.isspace() or unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def _conjunction(text: str, weighting: str, input_name: str) -> Conjunction:
+    """The parsed prompt; text compel cannot parse is encoded as written, and the log says so."""
     if weighting == "compel":
-        return Compel.parse_prompt_string(text)
+        try:
+            conjunction = Compel.parse_prompt_string(text)
+        except Exception as e:  # pyparsing's errors, and whatever else a parser bug raises
+            print(f"{input_name}: weighting syntax not understood ({e}); encoded as plain text")
+        else:
+            if conjunction.prompts or not text.strip():
+                return conjunction
+            print(f"{input_name}: weighting syntax leaves nothing to encode; encoded as plain text")
     return Conjunction([FlattenedPrompt([Fragment(text)])])
 
 
-def _encode_pair(compel: Compel, prompt: str, negative: str, weighting: str) -> list[torch.Tensor]:
-    pair = [compel.build_conditioning_tensor_for_conjunction(_conjunction(t, weighting))[0]
-            for t in (prompt, negative)]  # fmt: skip
+def _encode_pair(compel: Compel, conjunctions: list[Conjunction]) -> list[torch.Tensor]:
+    pair = [compel.build_conditioning_tensor_for_conjunction(c)[0] for c in conjunctions]
     return compel.pad_conditioning_tensors_to_same_length(pair)
 
 
@@ -101,8 +115,10 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
     """Embeddings for a prompt and negative prompt; clip_skip as diffusers means it.
     `tokenizers` ("" / "_2" -> tokenizer) replace the pipeline's (textual inversions)."""
     tokenizers = tokenizers or {"": pipe.tokenizer, "_2": getattr(pipe, "tokenizer_2", None)}
-    check_length(pipe, prompt, "prompt")
-    check_length(pipe, negative_prompt, "negative_prompt")
+    texts = {"prompt": clean(prompt), "negative_prompt": clean(negative_prompt)}
+    for name, text in texts.items():
+        check_length(pipe, text, name)
+    conjunctions = [_conjunction(text, weighting, name) for name, text in texts.items()]
     if family != "sdxl":
         if clip_skip:  # layer -(clip_skip + 1), through the final layer norm
             kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED
@@ -110,7 +126,7 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
         else:
             kind = ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
             compel = _compel(pipe, tokenizers, "", kind, None)
-        positive, negative = _encode_pair(compel, prompt, negative_prompt, weighting)
+        positive, negative = _encode_pair(compel, conjunctions)
         embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
         return Embeddings(base=embeds, refiner={})
 
@@ -118,12 +134,12 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
     kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
     compel_1 = _compel(pipe, tokenizers, "", kind, skip=clip_skip or None)
     compel_2 = _compel(pipe, tokenizers, "_2", kind, skip=clip_skip or None, pooled=True)
-    pair_1 = _encode_pair(compel_1, prompt, negative_prompt, weighting)
-    pair_2 = _encode_pair(compel_2, prompt, negative_prompt, weighting)
+    pair_1 = _encode_pair(compel_1, conjunctions)
+    pair_2 = _encode_pair(compel_2, conjunctions)
     length = max(pair_1[0].shape[1], pair_2[0].shape[1])
     pair_1, pair_2 = _pad_to(compel_1, pair_1, length), _pad_to(compel_2, pair_2, length)
     pooled = [compel_2.conditioning_provider.get_pooled_embeddings([t], device=compel_2.device)
-              for t in (prompt, negative_prompt)]  # fmt: skip
+              for t in texts.values()]  # fmt: skip
     # The refiner conditions on the second encoder alone; the base on both.
     refiner = {
         "prompt_embeds": pair_2[0],

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark")
@@ -64,13 +64,21 @@ class ControlSlot:
 
 
 def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """JSON numbers as the fields' types: Cog hands a float input sent as 1 over as an int, and
-    diffusers rejects an int scale. Lists become tuples (the dataclasses are frozen)."""
+    """JSON numbers as the fields' types. Cog hands a float input sent as 1 over as an int, and
+    diffusers rejects an int scale; JSON Schema counts 2.0 as an integer, and Python's range()
+    rejects it. Lists become tuples (the dataclasses are frozen)."""
     types = {f.name: f.type for f in fields(cls)}
     typed = dict(values)
     for key, value in values.items():
-        if types[key] is float:
-            typed[key] = float(value)
+        kinds = (types[key], *get_args(types[key]))
+        if value is None:
+            continue
+        if float in kinds:
+            typed[key] = tuple(map(float, value)) if isinstance(value, list) else float(value)
+        elif int in kinds and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{key}: must be a whole number (got {value})")
+            typed[key] = int(value)
         elif isinstance(value, list):
             typed[key] = tuple(value)
     return typed

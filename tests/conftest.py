@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdcog.local import CogServer
+from sdcog.local import CogServer, error_message
 from sdcog.tiny import FAMILIES, write_tiny_weights
 
 NATIVE = {"sd": 512, "sdxl": 1024}
@@ -61,6 +61,12 @@ class ServerUnderTest(CogServer):
             time.sleep(0.1)
         assert response.status_code == 200, response.text
         return response.json()
+
+    def failure(self, **input) -> str:
+        """The error of a prediction that must fail, as predict() raised it (no Cog prefixes)."""
+        result = self.predict(**input)
+        assert result["status"] == "failed", result.get("logs")
+        return error_message(result["error"])
 
     def stop(self) -> None:
         super().stop()
@@ -234,6 +240,7 @@ def adapter_refs(make_weights, file_server, tmp_path_factory):
             "b": write_lora(weights, family, tmp / f"{family}-b.safetensors", seed=7),
             "kohya": write_lora(weights, family, tmp / f"{family}-k.safetensors", 3, kohya=True),
             "embedding": write_embedding(family, tmp / f"{family}-e.safetensors", "<tok>", seed=9),
+            "narrow": write_embedding(family, tmp / f"{family}-n.safetensors", "<n>", 9, width=16),
         }
         refs[family] = {
             name: file_server.put(f"{family}/{path.name}", path.read_bytes())

@@ -20,9 +20,7 @@ def run(server, **input) -> list[str]:
 
 
 def fail(server, **input) -> str:
-    result = server.predict(**{"prompt": PROMPT, **SMALL, **input})
-    assert result["status"] == "failed", result.get("logs")
-    return result["error"]
+    return server.failure(**{"prompt": PROMPT, **SMALL, **input})
 
 
 FIRST_BASELINE: dict[str, list[str]] = {}
@@ -112,6 +110,14 @@ def test_textual_inversion_is_loaded_for_one_prediction(server, adapter_refs):
     item = refs["embedding"] if server.family == "sd" else f"<tok>={refs['embedding']}"
     assert run(server, prompt=prompt, textual_inversions=[item]) != before
     assert run(server, prompt=prompt) == before
+
+
+def test_embedding_of_another_width_fails_naming_the_input(server, adapter_refs, baseline):
+    ref = adapter_refs[server.family]["narrow"]
+    item = ref if server.family == "sd" else f"<n>={ref}"
+    error = fail(server, prompt="a <n>", textual_inversions=[item])
+    assert error.startswith(f"textual_inversions: {ref} holds embeddings 16 wide, and this model's")
+    assert run(server) == baseline
 
 
 def test_pickles_are_refused(server, file_server, baseline):

@@ -31,9 +31,7 @@ def pixels(server, **input) -> np.ndarray:
 
 
 def fail(server, **input) -> str:
-    result = server.predict(**{**SMALL, **input})
-    assert result["status"] == "failed", result.get("logs")
-    return result["error"]
+    return server.failure(**{**SMALL, **input})
 
 
 def canny(number: int = 1, **settings) -> dict:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sdcog.pipelines import Pipelines
-from sdcog.prompts import MAX_CHUNKS, encode
+from sdcog.prompts import MAX_CHUNKS, clean, encode
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
@@ -82,3 +82,26 @@ def test_clip_skip_means_what_diffusers_means(loaded, clip_skip):
         expected = pipe.text_encoder.final_layer_norm(states[-(clip_skip + 1)])
     assert torch.equal(ours, expected)
     assert not torch.equal(ours, encode(pipe, family, "a cat", "", "none", 0).base["prompt_embeds"])
+
+
+def test_control_characters_are_spaces():
+    assert clean("a\x0bb\x0cc\r\nd\te\x00f\u2028g\x85h") == "a b c  d e f g h"
+
+
+@pytest.mark.parametrize("weighting", ["compel", "none"])
+def test_control_whitespace_encodes_as_a_space(loaded, weighting):
+    pipe, family = loaded
+    plain = encode(pipe, family, "a cat on a mat", "", weighting, 0).base
+    odd = encode(pipe, family, "a cat\x0bon\x0ca mat", "", weighting, 0).base
+    for name in plain:
+        assert torch.equal(odd[name], plain[name]), name
+
+
+@pytest.mark.parametrize("text", ['("a", "b").blend(0.5)', "()"])
+def test_what_compel_cannot_parse_is_encoded_as_written_and_logged(loaded, text, capsys):
+    pipe, family = loaded
+    compel = encode(pipe, family, "x", text, "compel", 0).base
+    literal = encode(pipe, family, "x", text, "none", 0).base
+    for name in compel:
+        assert torch.equal(compel[name], literal[name]), name
+    assert "negative_prompt: weighting syntax" in capsys.readouterr().out

@@ -69,3 +69,13 @@ def test_controlnet_slots_from_predict_inputs_by_name():
 def test_controlnet_inputs_that_cannot_work_name_the_input(inputs, message):
     with pytest.raises(ValueError, match=message):
         Request.from_inputs({"prompt": "x", **inputs})
+
+
+def test_integral_floats_become_ints_and_others_are_refused_by_name():
+    request = Request.from_inputs({"prompt": "x", "num_outputs": 2.0, "seed": 3.0, "width": 512.0})
+    assert (request.num_outputs, request.seed, request.width) == (2, 3, 512)
+    assert all(type(v) is int for v in (request.num_outputs, request.seed, request.width))
+    with pytest.raises(ValueError, match=r"num_inference_steps: must be a whole number \(got 2.5"):
+        Request.from_inputs({"prompt": "x", "num_inference_steps": 2.5})
+    scales = Request.from_inputs({"prompt": "x", "lora_weights": ["a", "b"], "lora_scales": [1, 2]})
+    assert scales.lora_scales == (1.0, 2.0)
