@@ -2,7 +2,8 @@
 time-bounded, through one least-recently-used cache keyed by reference and content hash.
 
 A reference is an http(s) URL of a .safetensors file, or a Hugging Face repository `owner/repo`
-holding one safetensors file (or one named pytorch_lora_weights.safetensors).
+holding one safetensors file (or one named pytorch_lora_weights.safetensors). Every request goes
+through netguard: public addresses only, checked at each redirect.
 """
 
 import functools
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+
+from . import netguard
 
 MAX_FILE_BYTES = int(os.environ.get("ADAPTER_MAX_BYTES", 2 * 1024**3))
 CACHE_BYTES = int(os.environ.get("ADAPTER_CACHE_BYTES", 10 * 1024**3))
@@ -181,11 +184,16 @@ class AdapterCache:
                 f"{input_name}: {reference!r} is neither an http(s) URL of a .safetensors file "
                 "nor a Hugging Face owner/repo"
             )
-        response = requests.get(f"{self.endpoint}/api/models/{reference}", timeout=self.timeout_s)
-        if response.status_code == 404:
-            raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
-        response.raise_for_status()
-        return [s["rfilename"] for s in response.json().get("siblings", [])]
+        api = f"{self.endpoint}/api/models/{reference}"
+        try:
+            response = netguard.get(api, input_name, self.timeout_s)
+            if response.status_code == 404:
+                raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
+            response.raise_for_status()
+            return [s["rfilename"] for s in response.json().get("siblings", [])]
+        except (requests.RequestException, AttributeError, KeyError, TypeError) as e:
+            # Unreachable, or an answer that is not a Hugging Face model listing.
+            raise ValueError(f"{input_name}: could not look up {reference}: {e!r}") from None
 
     def _download(self, url: str, dest: Path, input_name: str, reference: str) -> str:
         digest = hashlib.sha256()
@@ -194,7 +202,7 @@ class AdapterCache:
             f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit"
         )
         try:
-            with requests.get(url, stream=True, timeout=self.timeout_s) as response:
+            with netguard.get(url, input_name, self.timeout_s, stream=True) as response:
                 response.raise_for_status()
                 if int(response.headers.get("Content-Length", 0)) > self.max_file_bytes:
                     raise too_big

@@ -4,6 +4,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args
 
+from . import netguard
+
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark")
 
@@ -12,6 +14,8 @@ CONTROL_KINDS = (
     "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble", "tile",
 )  # fmt: skip
 CONTROL_SLOTS = 3
+# Inputs that are files: each must be one Cog downloaded (see netguard.input_file).
+FILE_INPUTS = ("image", "mask", *(f"controlnet_{n}_image" for n in range(1, CONTROL_SLOTS + 1)))
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,12 @@ class Request:
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any]) -> "Request":
         """The request from predict()'s arguments, matched by name."""
+        inputs = {
+            name: netguard.input_file(value, name)
+            if name in FILE_INPUTS and value is not None
+            else value
+            for name, value in inputs.items()
+        }
         names = {f.name for f in fields(cls)}
         controlnets = (ControlSlot.from_inputs(n, inputs) for n in range(1, CONTROL_SLOTS + 1))
         return cls(

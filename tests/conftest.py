@@ -77,8 +77,12 @@ class ServerUnderTest(CogServer):
 ADAPTER_MAX_BYTES = 8_000_000
 
 
-def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer):
+def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer, **env: str):
     env = {
+        # The test servers are on 127.0.0.1; test_netguard checks the default, strict policy.
+        "ALLOW_PRIVATE_URLS": "1",
+        **dead_proxy_env(),
+        **env,
         "HF_ENDPOINT": file_server.url,
         "ADAPTER_CACHE_DIR": str(tmp / "adapter-cache"),
         "ADAPTER_MAX_BYTES": str(ADAPTER_MAX_BYTES),
@@ -112,6 +116,13 @@ def sdxl_server(make_weights, tmp_path_factory, file_server):
     yield from _serve("sdxl", make_weights("sdxl"), tmp_path_factory.mktemp("server"), file_server)
 
 
+@pytest.fixture(scope="session")
+def strict_server(make_weights, tmp_path_factory, file_server):
+    """An SD server with the default policy: no private URLs, no server paths for file inputs."""
+    tmp = tmp_path_factory.mktemp("server")
+    yield from _serve("sd", make_weights("sd"), tmp, file_server, ALLOW_PRIVATE_URLS="0")
+
+
 def data_uri(image: Image.Image, format: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=format)
@@ -129,10 +140,58 @@ def output_images(result: dict) -> list[Image.Image]:
     return [Image.open(io.BytesIO(decode_output(uri))) for uri in result["output"]]
 
 
+class DeadProxy:
+    """A listener on 127.0.0.1 that counts and drops every connection: the HTTP(S) proxy of every
+    server under test, so a URL that slips past netguard fails here, on this machine, and shows
+    in `connections`. Loopback addresses bypass it (NO_PROXY)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+        def accept() -> None:
+            while True:
+                try:
+                    connection, _ = self.listener.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                connection.close()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+
+DEAD_PROXY = DeadProxy()
+
+
+def dead_proxy_env() -> dict[str, str]:
+    env = {
+        "HTTP_PROXY": DEAD_PROXY.url,
+        "HTTPS_PROXY": DEAD_PROXY.url,
+        "NO_PROXY": "127.0.0.1,localhost,::1",
+    }
+    return {**env, **{name.lower(): value for name, value in env.items()}}
+
+
+@pytest.fixture(autouse=True)
+def in_process_policy(monkeypatch):
+    """In-process tests fetch from 127.0.0.1 and pass local files; test_netguard undoes this to
+    check the default policy. Anything else goes to the dead proxy."""
+    for name, value in dead_proxy_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setenv("ALLOW_LOCAL_INPUT_PATHS", "1")
+
+
 class FileServer:
     """A real HTTP server on 127.0.0.1 serving files from a folder, recording each request path.
     Hugging Face references work too: HF_ENDPOINT points here, and files laid out as
-    api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them."""
+    api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them.
+    `redirects` maps a path to the Location it answers with 302."""
 
     def __init__(self, root: Path) -> None:
         import threading
@@ -140,6 +199,7 @@ class FileServer:
 
         self.root = root
         self.requests: list[str] = []
+        self.redirects: dict[str, str] = {}
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -148,6 +208,12 @@ class FileServer:
 
             def do_GET(self):  # noqa: N802
                 server.requests.append(self.path)
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 super().do_GET()
 
             def log_message(self, *args):
