@@ -9,10 +9,11 @@ import os
 from pathlib import Path as LocalPath
 from typing import Optional
 
-from cog import BasePredictor, Input, Path
+from cog import BasePredictor, Input, Path, concurrent
 
 from sdcog.generate import Generator
 from sdcog.request import Request
+from sdcog.runner import OneAtATime
 
 SIZES = [
     128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1088,
@@ -51,8 +52,12 @@ class Predictor(BasePredictor):
         """Load the pinned weights once: from WEIGHTS_DIR, default weights/ beside this file."""
         weights = os.environ.get("WEIGHTS_DIR") or LocalPath(__file__).parent / "weights"
         self.generate = Generator(LocalPath(weights))
+        self.model = OneAtATime()
 
-    def predict(
+    # Two slots, so a client's next request never finds the last one's slot still closing; the
+    # model itself runs one prediction at a time (sdcog/runner.py).
+    @concurrent(max=2)
+    async def predict(
         self,
         prompt: str = Input(description="What to draw."),
         negative_prompt: str = Input(description="What to steer away from.", default=""),
@@ -191,4 +196,5 @@ class Predictor(BasePredictor):
         # Every argument above, by name: sdcog.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}
         request = Request.from_inputs(inputs)
-        return [Path(p) for p in self.generate(request)]
+        files = await self.model.run(lambda cancelled: self.generate(request, cancelled))
+        return [Path(p) for p in files]

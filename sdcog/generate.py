@@ -2,13 +2,15 @@
 
 import shutil
 import tempfile
+import threading
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from . import adapters, images, prompts, seeds
+from . import adapters, images, prompts, runner, seeds
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .pipelines import Pipelines, device_and_dtype
@@ -32,9 +34,12 @@ class Generator:
         self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
         self.cache = AdapterCache()
         self.controlnets = ControlNets(weights_dir, self.pipelines.base["txt2img"].unet, self.cache)
-        self._output_dir: Path | None = None
+        # Output folders still in use: Cog reads a prediction's files after it returns, while the
+        # next one (the other slot) may already be running.
+        self._output_dirs: deque[Path] = deque()
 
-    def __call__(self, request: Request) -> list[Path]:
+    def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
+        """The request's image files; `cancelled`, once set, stops it at the next step."""
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
         image, mask = _read_inputs(request)
         control_images = [
@@ -73,7 +78,8 @@ class Generator:
             )  # fmt: skip
             for start in range(0, len(output_seeds), per_batch):
                 batch = output_seeds[start : start + per_batch]
-                denoised = self._denoise(request, pipe, refiner, batch, inputs, embeds)
+                stop = runner.stop_if_set(cancelled or threading.Event())
+                denoised = self._denoise(request, pipe, refiner, batch, inputs, embeds, stop)
                 results.extend(zip(batch, denoised, strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
@@ -109,9 +115,11 @@ class Generator:
         batch: list[int],
         inputs: dict[str, Any],
         embeds: Embeddings,
+        stop: Any,
     ) -> list[Image.Image]:
         """One batch through the base model, and the refiner if asked for."""
         common = {
+            "callback_on_step_end": stop,
             "num_images_per_prompt": len(batch),
             "num_inference_steps": request.num_inference_steps,
             "guidance_scale": request.guidance_scale,
@@ -158,16 +166,16 @@ class Generator:
         return kept
 
     def _save(self, results: list[tuple[int, Image.Image]], request: Request) -> list[Path]:
-        # Cog sends the files after predict() returns, so the previous prediction's folder is
-        # removed now rather than then.
-        if self._output_dir is not None:
-            shutil.rmtree(self._output_dir, ignore_errors=True)
-        self._output_dir = Path(tempfile.mkdtemp(prefix="sdcog-"))
+        # With one prediction per slot, the folder from `SLOTS` predictions ago is done with.
+        while len(self._output_dirs) >= runner.SLOTS:
+            shutil.rmtree(self._output_dirs.popleft(), ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
+        self._output_dirs.append(folder)
         token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
         return [
             images.save_image(
                 image,
-                self._output_dir / f"out-{index}-seed{output_seed}-{token}",
+                folder / f"out-{index}-seed{output_seed}-{token}",
                 request.output_format,
                 request.output_quality,
             )

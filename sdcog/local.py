@@ -15,6 +15,8 @@ from typing import IO
 
 import requests
 
+from .runner import SLOTS
+
 ROOT = Path(__file__).resolve().parent.parent
 # Cog 0.23.1 reports an exception from predict() as "Prediction failed: Prediction failed:
 # ValueError: <message>" (coglet wraps it twice); ours name the input first.
@@ -50,6 +52,9 @@ class CogServer:
             **(env or {}),
             "PORT": str(self.port),
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            # `cog build` bakes this in from predict()'s @concurrent(max=...); the server reads
+            # only the variable.
+            "COG_MAX_CONCURRENCY": str(SLOTS),
             "WEIGHTS_DIR": str(weights),
             # The server starts its worker as a bare `python`: this interpreter must come first.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

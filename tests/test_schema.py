@@ -90,3 +90,20 @@ def test_schema_has_the_public_inputs():
     assert len(schemas["scheduler"]["enum"]) == 14
     assert inputs["properties"]["num_outputs"]["maximum"] == 10
     assert schemas["Output"]["items"]["format"] == "uri"
+
+
+def test_concurrency_is_a_literal_and_matches_the_runner():
+    # `cog build` reads @concurrent(max=...) statically and bakes COG_MAX_CONCURRENCY from it;
+    # local servers set the variable from sdcog.runner.SLOTS.
+    from predict import Predictor
+    from sdcog.runner import SLOTS
+
+    tree = ast.parse((ROOT / "predict.py").read_text())
+    (decorator,) = [
+        d
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AsyncFunctionDef) and node.name == "predict"
+        for d in node.decorator_list
+    ]
+    assert ast.unparse(decorator) == f"concurrent(max={SLOTS})"
+    assert Predictor.predict.__cog_concurrent_max__ == SLOTS
