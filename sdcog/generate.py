@@ -75,6 +75,7 @@ class Generator:
             embeds = prompts.encode(
                 text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,
                 request.prompt_weighting, request.clip_skip, tokenizers,
+                refiner_zeros=refiner is not None and refiner.config.force_zeros_for_empty_prompt,
             )  # fmt: skip
             for start in range(0, len(output_seeds), per_batch):
                 batch = output_seeds[start : start + per_batch]

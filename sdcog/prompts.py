@@ -109,11 +109,20 @@ def check_length(pipe: DiffusionPipeline, text: str, input_name: str) -> None:
         )
 
 
+def _zero_negative(embeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    negatives = {k: torch.zeros_like(v) for k, v in embeds.items() if k.startswith("negative_")}
+    return {**embeds, **negatives}
+
+
 def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: str,
-           weighting: str, clip_skip: int, tokenizers: dict[str, Any] | None = None
-           ) -> Embeddings:  # fmt: skip
+           weighting: str, clip_skip: int, tokenizers: dict[str, Any] | None = None,
+           refiner_zeros: bool = False) -> Embeddings:  # fmt: skip
     """Embeddings for a prompt and negative prompt; clip_skip as diffusers means it.
-    `tokenizers` ("" / "_2" -> tokenizer) replace the pipeline's (textual inversions)."""
+    `tokenizers` ("" / "_2" -> tokenizer) replace the pipeline's (textual inversions).
+
+    An SDXL model whose config sets force_zeros_for_empty_prompt (the base's does, the
+    refiner's does not; refiner_zeros gives the refiner's) is conditioned on zeros for an empty
+    negative prompt, as its authors sample and diffusers' pipe(prompt) does."""
     tokenizers = tokenizers or {"": pipe.tokenizer, "_2": getattr(pipe, "tokenizer_2", None)}
     texts = {"prompt": clean(prompt), "negative_prompt": clean(negative_prompt)}
     for name, text in texts.items():
@@ -152,4 +161,9 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
         "prompt_embeds": torch.cat([pair_1[0], pair_2[0]], dim=-1),
         "negative_prompt_embeds": torch.cat([pair_1[1], pair_2[1]], dim=-1),
     }
+    if not texts["negative_prompt"].strip():
+        if pipe.config.force_zeros_for_empty_prompt:
+            base = _zero_negative(base)
+        if refiner_zeros:
+            refiner = _zero_negative(refiner)
     return Embeddings(base=base, refiner=refiner)

@@ -267,6 +267,7 @@ def write_sdxl(directory: Path) -> None:
         tokenizer_2=tokenizer,
         unet=_sdxl_unet(cross_attention_dim=2 * HIDDEN, time_ids=6),
         scheduler=_sdxl_scheduler(),
+        force_zeros_for_empty_prompt=True,  # as the base 1.0 ships it (the refiner: False)
         add_watermarker=False,
     )
     for name in ("unet", "text_encoder", "text_encoder_2"):

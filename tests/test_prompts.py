@@ -105,3 +105,23 @@ def test_what_compel_cannot_parse_is_encoded_as_written_and_logged(loaded, text,
     for name in compel:
         assert torch.equal(compel[name], literal[name]), name
     assert "negative_prompt: weighting syntax" in capsys.readouterr().out
+
+
+def test_empty_negative_prompt_follows_the_models_config(loaded):
+    # SDXL base ships force_zeros_for_empty_prompt: true; diffusers' pipe(prompt) then
+    # conditions on zeros (negative_prompt=None). SD 1.x encodes "".
+    pipe, family = loaded
+    expected = diffusers_embeds(pipe, family, "a red cube", None if family == "sdxl" else "")
+    for weighting in ("compel", "none"):
+        ours = encode(pipe, family, "a red cube", "", weighting, 0)
+        for name, tensor in expected.items():
+            torch.testing.assert_close(ours.base[name], tensor, msg=name)
+        if family == "sdxl":
+            assert not ours.base["negative_prompt_embeds"].any()
+            # The refiner ships force_zeros_for_empty_prompt: false.
+            assert ours.refiner["negative_pooled_prompt_embeds"].any()
+            zeroed = encode(pipe, family, "a red cube", "", weighting, 0, refiner_zeros=True)
+            assert not zeroed.refiner["negative_pooled_prompt_embeds"].any()
+    assert (
+        encode(pipe, family, "a red cube", "fog", "compel", 0).base["negative_prompt_embeds"].any()
+    )

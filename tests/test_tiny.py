@@ -41,3 +41,13 @@ def test_tiny_model_keeps_the_real_latent_geometry(tiny_weights):
     assert len(vae["block_out_channels"]) == 4  # scale factor 2**3 = 8
     assert vae["latent_channels"] == unet["in_channels"] == 4
     assert unet["sample_size"] * 8 == 512
+
+
+def test_tiny_sdxl_carries_the_real_pipeline_configs(sdxl_weights):
+    # stabilityai's model_index.json files: the base zeroes an empty negative prompt, the
+    # refiner does not and conditions on an aesthetic score.
+    base = json.loads((sdxl_weights / "base/model_index.json").read_text())
+    refiner = json.loads((sdxl_weights / "refiner/model_index.json").read_text())
+    assert base["force_zeros_for_empty_prompt"] is True
+    assert refiner["force_zeros_for_empty_prompt"] is False
+    assert refiner["requires_aesthetics_score"] is True
