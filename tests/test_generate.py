@@ -8,6 +8,7 @@ import torch
 from sdcog import generate
 from sdcog.generate import Generator
 from sdcog.request import Request
+from sdcog.runner import SLOTS
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +78,12 @@ def test_file_names_carry_index_seed_and_a_prediction_token(generator):
     assert {f.name for f in first}.isdisjoint(f.name for f in second)
 
 
-def test_previous_outputs_are_removed_by_the_next_prediction(generator):
-    (first,) = generator(Request(prompt="x", num_inference_steps=1, width=128, height=128))
-    assert first.exists()
-    generator(Request(prompt="x", num_inference_steps=1, width=128, height=128))
-    assert not first.parent.exists()
+def test_outputs_are_removed_once_no_slot_can_still_be_sending_them(generator):
+    # Cog reads a prediction's files after it returns, while the other slot's prediction runs:
+    # the last SLOTS predictions' folders stay, older ones go.
+    request = Request(prompt="x", num_inference_steps=1, width=128, height=128)
+    folders = [generator(request)[0].parent for _ in range(SLOTS + 1)]
+    assert [f.exists() for f in folders] == [False] + [True] * SLOTS
 
 
 def test_native_size_comes_from_the_model(generator):
