@@ -18,9 +18,9 @@ import requests
 from .runner import SLOTS
 
 ROOT = Path(__file__).resolve().parent.parent
-# Cog 0.23.1 reports an exception from predict() as "Prediction failed: Prediction failed:
-# ValueError: <message>" (coglet wraps it twice); ours name the input first.
-COG_ERROR_PREFIX = re.compile(r"(?:Prediction failed: )+(?:\w+(?:Error|Exception): )?")
+# Cog 0.23.1 reports an exception from the async predict() as "Prediction failed: Async
+# prediction failed: ValueError: <message>" (coglet wraps it twice); ours name the input first.
+COG_ERROR_PREFIX = re.compile(r"(?:(?:Async p|P)rediction failed: )+(?:\w+(?:Error|Exception): )?")
 
 
 def error_message(error: str) -> str:

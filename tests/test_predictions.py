@@ -147,7 +147,7 @@ def test_mask_without_image_fails_naming_it_once(server):
     # Cog 0.23.1 prefixes our message twice and adds the exception's type; an upgrade that
     # changes this shows here. error_message() (script/predict, the tests) shows it once.
     raw = result["error"]
-    assert raw.startswith("Prediction failed: Prediction failed: ValueError: mask: a mask needs")
+    assert raw.startswith("Prediction failed: Async prediction failed: ValueError: mask: a mask")
     assert error_message(raw) == "mask: a mask needs an image to inpaint; give image as well"
 
 
