@@ -1,14 +1,10 @@
 """Running Cog's real HTTP server for predict.py without Docker (script/predict and the tests)."""
 
-import argparse
-import base64
-import json
 import os
 import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -100,87 +96,3 @@ class CogServer:
         except (requests.RequestException, subprocess.TimeoutExpired):
             self.process.kill()
             self.process.wait()
-
-
-def _typed(name: str, value: str, schemas: dict) -> object:
-    """A `-i name=value` string as the JSON type the schema gives the input (as `cog predict`)."""
-    prop = schemas["Input"]["properties"].get(name)
-    if prop is None:
-        raise SystemExit(
-            f"unknown input {name!r}; inputs: {', '.join(schemas['Input']['properties'])}"
-        )
-    if value.startswith("@"):  # a local file, sent inline as cog predict does
-        path = Path(value[1:])
-        return (
-            f"data:application/octet-stream;base64,{base64.b64encode(path.read_bytes()).decode()}"
-        )
-    if "allOf" in prop:
-        prop = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
-    if prop.get("type") == "array":
-        prop = prop["items"]
-    kind = prop.get("type")
-    if kind == "integer":
-        return int(value)
-    if kind == "number":
-        return float(value)
-    if kind == "boolean":
-        return value.lower() in ("1", "true", "yes")
-    return value
-
-
-def main(argv: list[str] | None = None) -> None:
-    """script/predict: `cog predict` without Docker. Starts the real server, posts, saves files."""
-    parser = argparse.ArgumentParser(prog="script/predict", description=main.__doc__)
-    parser.add_argument(
-        "-i",
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an input; VALUE @path sends a local file",
-    )
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=ROOT / "outputs",
-        help="folder for the images (default: outputs/)",
-    )
-    parser.add_argument("--weights", type=Path, required=True)
-    args = parser.parse_args(argv)
-
-    schemas = json.loads((ROOT / ".cog/openapi_schema.json").read_text())["components"]["schemas"]
-    inputs: dict[str, object] = {}
-    properties = schemas["Input"]["properties"]
-    for item in args.input:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"-i {item!r}: expected NAME=VALUE")
-        typed = _typed(name, value, schemas)
-        if properties[name].get("type") == "array":  # repeat -i NAME=... for several items
-            inputs.setdefault(name, []).append(typed)  # type: ignore[union-attr]
-        else:
-            inputs[name] = typed
-
-    with tempfile.NamedTemporaryFile(
-        "w+", prefix="cog-server-", suffix=".log", delete=False
-    ) as log:
-        print(f"starting Cog's server (log: {log.name}) ...", file=sys.stderr)
-        server = CogServer(args.weights, log)
-        try:
-            response = server.post(inputs)
-        finally:
-            server.stop()
-    result = response.json()
-    if response.status_code != 200:
-        raise SystemExit(f"invalid input ({response.status_code}): {json.dumps(result)}")
-    sys.stderr.write(result.get("logs", ""))
-    if result["status"] != "succeeded":
-        raise SystemExit(f"prediction {result['status']}: {result.get('error')}")
-    args.output.mkdir(parents=True, exist_ok=True)
-    for i, uri in enumerate(result["output"]):
-        header, data = uri.split(",", 1)
-        extension = header.split("/")[1].split(";")[0].replace("jpeg", "jpg")
-        path = args.output / f"output.{i}.{extension}"
-        path.write_bytes(base64.b64decode(data))
-        print(path)

@@ -1,0 +1,182 @@
+"""script/predict: `cog predict` without Docker, through Cog's real server.
+
+The prediction runs asynchronously with its events sent to a webhook on 127.0.0.1, so its logs
+and progress bars show while it runs; Ctrl-C cancels it. The server gets a temporary folder of
+its own (TMPDIR), removed afterwards, so a run leaves nothing in /tmp; its log is kept in
+.cache/cog-server.log, and adapters are cached in .cache/adapters across runs.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+import requests
+
+from .local import ROOT, CogServer, error_message
+
+CACHE = ROOT / ".cache"
+# generate.py's log lines: every output's seed, and those the safety checker left out.
+OUTPUT_SEED = re.compile(r"^output \d+: seed (\d+)$", re.M)
+FLAGGED_SEED = re.compile(r"^output \d+ \(seed (\d+)\) was flagged", re.M)
+TYPES = {"integer": int, "number": float}
+
+
+def typed(name: str, value: str, schemas: dict) -> object:
+    """A `-i name=value` string as the JSON type the schema gives the input (as `cog predict`)."""
+    properties = schemas["Input"]["properties"]
+    if name not in properties:
+        raise SystemExit(f"-i {name}: no such input; inputs: {', '.join(properties)}")
+    if value.startswith("@"):  # a local file, sent inline as cog predict does
+        path = Path(value[1:]).expanduser()
+        if not path.is_file():
+            raise SystemExit(f"-i {name}={value}: no file {path}")
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"data:application/octet-stream;base64,{data}"
+    prop = properties[name]
+    if "allOf" in prop:
+        prop = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]
+    if prop.get("type") == "array":
+        prop = prop["items"]
+    kind = prop.get("type")
+    if kind == "boolean":
+        return value.lower() in ("1", "true", "yes")
+    if kind in TYPES:
+        try:
+            return TYPES[kind](value)
+        except ValueError:
+            raise SystemExit(f"-i {name}={value}: {name} takes a number ({kind})") from None
+    return value
+
+
+def kept_seeds(logs: str) -> list[int]:
+    """The seeds of the returned images, in order, from the prediction's logs."""
+    flagged = set(FLAGGED_SEED.findall(logs))
+    return [int(s) for s in OUTPUT_SEED.findall(logs) if s not in flagged]
+
+
+class Webhook:
+    """An HTTP server on 127.0.0.1 queueing the prediction events Cog's server posts."""
+
+    def __init__(self) -> None:
+        self.events: Queue = Queue()
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                events.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def run(server: CogServer, inputs: dict) -> dict:
+    """The finished prediction, its logs written to stderr as they arrive."""
+    webhook = Webhook()
+    try:
+        response = server.post(
+            inputs,
+            headers={"Prefer": "respond-async"},
+            webhook=webhook.url,
+            webhook_events_filter=["logs", "completed"],
+        )
+        if response.status_code != 202:
+            detail = response.json().get("detail", response.text)
+            problems = [f"{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in detail]
+            raise SystemExit("invalid input: " + "; ".join(problems))
+        shown = 0
+        try:
+            while True:
+                event = webhook.events.get()
+                sys.stderr.write(event.get("logs", "")[shown:])
+                shown = len(event.get("logs", ""))
+                if event["status"] in ("succeeded", "failed", "canceled"):
+                    return event
+        except KeyboardInterrupt:
+            prediction = response.json()["id"]
+            requests.post(f"{server.url}/predictions/{prediction}/cancel", timeout=10)
+            raise SystemExit("\ncancelled") from None
+    finally:
+        webhook.httpd.shutdown()
+
+
+def save(result: dict, folder: Path) -> list[Path]:
+    """The images as out-<index>-seed<seed>-<time>.<ext>: a later run never overwrites them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    seeds = kept_seeds(result.get("logs", ""))
+    paths = []
+    for index, (uri, seed) in enumerate(zip(result["output"], seeds, strict=True)):
+        header, data = uri.split(",", 1)
+        extension = header.split("/")[1].split(";")[0].replace("jpeg", "jpg")
+        path = folder / f"out-{index}-seed{seed}-{stamp}.{extension}"
+        path.write_bytes(base64.b64decode(data))
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """script/predict: `cog predict` without Docker. Starts the real server, runs one
+    prediction, saves its images."""
+    parser = argparse.ArgumentParser(prog="script/predict", description=main.__doc__)
+    parser.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input; VALUE @path sends a local file; repeat for list inputs",
+    )
+    parser.add_argument("-o", "--output", type=Path, default=ROOT / "outputs",
+                        help="folder for the images (default: outputs/)")  # fmt: skip
+    parser.add_argument("--weights", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    schemas = json.loads((ROOT / ".cog/openapi_schema.json").read_text())["components"]["schemas"]
+    inputs: dict[str, Any] = {}
+    for item in args.input:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"-i {item!r}: expected NAME=VALUE")
+        value = typed(name, value, schemas)
+        if schemas["Input"]["properties"][name].get("type") == "array":
+            inputs.setdefault(name, []).append(value)
+        else:
+            inputs[name] = value
+
+    CACHE.mkdir(exist_ok=True)
+    log_path = CACHE / "cog-server.log"
+    with tempfile.TemporaryDirectory(prefix="sdcog-run-") as tmp, open(log_path, "w") as log:
+        print(f"starting Cog's server (log: {log_path}) ...", file=sys.stderr)
+        env = {
+            "TMPDIR": tmp,
+            "ADAPTER_CACHE_DIR": os.environ.get("ADAPTER_CACHE_DIR", str(CACHE / "adapters")),
+        }
+        try:
+            server = CogServer(args.weights, log, env=env)
+        except (RuntimeError, TimeoutError) as e:
+            raise SystemExit(f"Cog's server did not start: {e}") from None
+        try:
+            result = run(server, inputs)
+        finally:
+            server.stop()
+    if result["status"] != "succeeded":
+        error = error_message(result.get("error") or "")
+        raise SystemExit(f"prediction {result['status']}: {error}")
+    for path in save(result, args.output):
+        print(path)
