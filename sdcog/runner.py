@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from cog import CancelationException
+
 # The number in predict.py's @concurrent(max=2), and COG_MAX_CONCURRENCY for local servers.
 SLOTS = 2
 
@@ -47,8 +49,10 @@ class OneAtATime:
             job = asyncio.ensure_future(asyncio.to_thread(work, cancelled))
             try:
                 return await asyncio.shield(job)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, CancelationException):
+                # Cog 0.23.1 sometimes cancels with its own CancelationException, which it then
+                # reports as a failure: it recognises only asyncio's.
                 cancelled.set()
                 # The model is free again only when the thread has stopped.
                 await asyncio.wait([job])
-                raise
+                raise asyncio.CancelledError from None
