@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from loopback import FileServer, WebhookReceiver, dead_proxy_env
 from PIL import Image
 
 from sdcog.local import CogServer, error_message
@@ -133,43 +134,6 @@ def output_images(result: dict) -> list[Image.Image]:
     return [Image.open(io.BytesIO(decode_output(uri))) for uri in result["output"]]
 
 
-class DeadProxy:
-    """A listener on 127.0.0.1 that counts and drops every connection: the HTTP(S) proxy of every
-    server under test, so a URL that slips past netguard fails here, on this machine, and shows
-    in `connections`. Loopback addresses bypass it (NO_PROXY)."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-        def accept() -> None:
-            while True:
-                try:
-                    connection, _ = self.listener.accept()
-                except OSError:
-                    return
-                self.connections += 1
-                connection.close()
-
-        threading.Thread(target=accept, daemon=True).start()
-
-
-DEAD_PROXY = DeadProxy()
-
-
-def dead_proxy_env() -> dict[str, str]:
-    env = {
-        "HTTP_PROXY": DEAD_PROXY.url,
-        "HTTPS_PROXY": DEAD_PROXY.url,
-        "NO_PROXY": "127.0.0.1,localhost,::1",
-    }
-    return {**env, **{name.lower(): value for name, value in env.items()}}
-
-
 @pytest.fixture(autouse=True)
 def in_process_policy(monkeypatch):
     """In-process tests fetch from 127.0.0.1 and pass local files; test_netguard undoes this to
@@ -180,102 +144,11 @@ def in_process_policy(monkeypatch):
     monkeypatch.setenv("ALLOW_LOCAL_INPUT_PATHS", "1")
 
 
-class FileServer:
-    """A real HTTP server on 127.0.0.1 serving files from a folder, recording each request path.
-    Hugging Face references work too: HF_ENDPOINT points here, and files laid out as
-    api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them.
-    `redirects` maps a path to the Location it answers with 302."""
-
-    def __init__(self, root: Path) -> None:
-        import threading
-        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-        self.root = root
-        self.requests: list[str] = []
-        self.redirects: dict[str, str] = {}
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def do_GET(self):  # noqa: N802
-                server.requests.append(self.path)
-                if self.path in server.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def put(self, name: str, data: bytes) -> str:
-        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
-        (self.root / name).write_bytes(data)
-        return f"{self.url}/{name}"
-
-    def put_image(self, image: Image.Image) -> str:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return self.put(f"images/{len(self.requests)}-{id(image)}.png", buffer.getvalue())
-
-    def count(self, name: str) -> int:
-        return sum(1 for path in self.requests if path.endswith(name))
-
-
 @pytest.fixture(scope="session")
 def file_server(tmp_path_factory):
     files = FileServer(tmp_path_factory.mktemp("served"))
     yield files
     files.httpd.shutdown()
-
-
-class WebhookReceiver:
-    """A real HTTP server on 127.0.0.1 that queues the JSON of every webhook POST."""
-
-    TERMINAL = ("succeeded", "failed", "canceled")
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, HTTPServer
-        from queue import Queue
-
-        self.events: Queue = Queue()
-        events = self.events
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                events.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def next(self, timeout: float = 60) -> dict:
-        from queue import Empty
-
-        try:
-            return self.events.get(timeout=timeout)
-        except Empty:
-            pytest.fail(f"no webhook within {timeout} s")
-
-    def final(self) -> dict:
-        """Events up to the one that ends the prediction."""
-        while (event := self.next())["status"] not in self.TERMINAL:
-            pass
-        return event
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ addresses refused are IP literals (resolving them sends nothing), and every prox
 from pathlib import Path
 
 import pytest
+from loopback import DEAD_PROXY
 from PIL import Image
 
-from conftest import DEAD_PROXY, data_uri, output_images
+from conftest import data_uri, output_images
 from sdcog import netguard
 from sdcog.downloads import AdapterCache
 
