@@ -5,6 +5,7 @@ import tempfile
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class Generator:
         if steering:
             inputs.update(steering.arguments(pipe))
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
+        stop = runner.stop_if_set(cancelled or threading.Event())
         results: list[tuple[int, Image.Image]] = []
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
         with adapters.applied(text_pipe, self.pipelines.family, loras, inversions) as tokenizers:
@@ -79,7 +81,6 @@ class Generator:
             )  # fmt: skip
             for start in range(0, len(output_seeds), per_batch):
                 batch = output_seeds[start : start + per_batch]
-                stop = runner.stop_if_set(cancelled or threading.Event())
                 denoised = self._denoise(request, pipe, refiner, batch, inputs, embeds, stop)
                 results.extend(zip(batch, denoised, strict=True))
         for index, (output_seed, _) in enumerate(results):
@@ -116,7 +117,7 @@ class Generator:
         batch: list[int],
         inputs: dict[str, Any],
         embeds: Embeddings,
-        stop: Any,
+        stop: Callable,
     ) -> list[Image.Image]:
         """One batch through the base model, and the refiner if asked for."""
         common = {
