@@ -25,6 +25,10 @@ SCHEDULERS = [
     "UniPCMultistep",
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
+OUTPAINT_SIZES = [
+    0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024,
+]  # fmt: skip
+OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area is painted)."
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "none"]
 # "none", then sdcog.request.CONTROL_KINDS (a test keeps the two equal).
@@ -99,6 +103,42 @@ class Predictor(BasePredictor):
             ge=0,
             le=1,
             default=0.8,
+        ),
+        mask_margin: int = Input(
+            description="Inpainting at full resolution: paint only the mask's bounding box plus "
+            "this margin, at the model's native size, and paste it back (0: the whole image).",
+            ge=0,
+            le=256,
+            default=0,
+        ),
+        outpaint_left: int = Input(description=OUTPAINT_HELP, choices=OUTPAINT_SIZES, default=0),
+        outpaint_right: int = Input(description=OUTPAINT_HELP, choices=OUTPAINT_SIZES, default=0),
+        outpaint_top: int = Input(description=OUTPAINT_HELP, choices=OUTPAINT_SIZES, default=0),
+        outpaint_bottom: int = Input(description=OUTPAINT_HELP, choices=OUTPAINT_SIZES, default=0),
+        outpaint_blur: int = Input(
+            description="Outpainting: width of the blended seam into the original, in pixels.",
+            ge=0,
+            le=64,
+            default=8,
+        ),
+        hires_scale: float = Input(
+            description="Hires fix (text-to-image): first pass at the size divided by this, "
+            "upscaled, then refined at full size (1: off).",
+            ge=1,
+            le=2,
+            default=1.0,
+        ),
+        hires_strength: float = Input(
+            description="Hires fix: how much the second pass changes the upscaled image.",
+            ge=0,
+            le=1,
+            default=0.5,
+        ),
+        hires_steps: Optional[int] = Input(
+            description="Hires fix: steps of the second pass (default: num_inference_steps).",
+            ge=1,
+            le=500,
+            default=None,
         ),
         disable_safety_checker: bool = Input(
             description="Return images even if the safety checker flags them.", default=False

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from . import adapters, images, prompts, runner, seeds
+from . import adapters, canvas, hires, images, prompts, runner, seeds
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .pipelines import Pipelines, device_and_dtype
@@ -43,15 +43,17 @@ class Generator:
         """The request's image files; `cancelled`, once set, stops it at the next step."""
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
         image, mask = _read_inputs(request)
+        picture = _canvas(request, image, mask)
+        if picture:  # the pipeline paints one region of the picture, pasted back at the end
+            image, mask = picture.region()
         control_images = [
             images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
         ]
-        # Without an image, the first control image gives the output's aspect.
-        guide = image or next(iter(control_images), None)
-        size = images.output_size(request.width, request.height, self.pipelines.native_size, guide)
+        size = self._size(request, image or next(iter(control_images), None))
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
-        steering = self.controlnets.prepare(request.controlnets, control_images, size)
+        first = hires.first_size(size, request.hires_scale) if request.hires_scale > 1 else size
+        steering = self.controlnets.prepare(request.controlnets, control_images, first)
         controlnet = steering.controlnet if steering else None
         pipe = self.pipelines.get(request.mode, request.scheduler, controlnet)
         if size[0] * size[1] > TILED_DECODE_PIXELS:
@@ -63,10 +65,12 @@ class Generator:
             refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
             if request.refine == "expert_ensemble_refiner":
                 _check_split(refiner.scheduler, request)
-        print(f"{request.mode} {size[0]}x{size[1]}, {request.scheduler}, seed {seed}")
+        stage = " (hires fix: first pass)" if first != size else ""
+        print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
+        finish = self._second_pass(request, control_images, size) if first != size else None
 
         loras, inversions = self._fetch_adapters(request)
-        inputs = _mode_inputs(request, image, mask, size)
+        inputs = _mode_inputs(request, image, mask, first)
         if steering:
             inputs.update(steering.arguments(pipe))
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
@@ -82,6 +86,8 @@ class Generator:
             for start in range(0, len(output_seeds), per_batch):
                 batch = output_seeds[start : start + per_batch]
                 denoised = self._denoise(request, pipe, refiner, batch, inputs, embeds, stop)
+                if finish:
+                    denoised = finish(denoised, _common(request, batch, stop) | embeds.base)
                 results.extend(zip(batch, denoised, strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
@@ -89,9 +95,33 @@ class Generator:
         if request.apply_watermark and self.pipelines.family == "sdxl":
             marked = apply_watermark([image for _, image in results])
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
+        if picture:  # after the watermark, which marks what was generated and nothing else
+            results = [(s, picture.paste(image)) for s, image in results]
         if not request.disable_safety_checker:
             results = self._drop_flagged(results)
         return self._save(results, request)
+
+    def _size(self, request: Request, guide: Image.Image | None) -> tuple[int, int]:
+        """The size the pipeline runs at (hires fix: its second pass). Outpainting: the padded
+        picture's; mask_margin: the crop's aspect at the native pixel count; else the request's,
+        or from the image (or first control image) and the native size."""
+        native = self.pipelines.native_size
+        if request.outpaint_sides != (0, 0, 0, 0):
+            return images.snap(guide.width), images.snap(guide.height)
+        if request.mask_margin:
+            return images.output_size(None, None, native, guide)
+        return images.output_size(request.width, request.height, native, guide)
+
+    def _second_pass(
+        self, request: Request, control_images: list[Image.Image], size: tuple[int, int]
+    ) -> hires.SecondPass:
+        steering = self.controlnets.prepare(request.controlnets, control_images, size)
+        pipe = self.pipelines.get("img2img", request.scheduler, steering and steering.controlnet)
+        steps = request.hires_steps_run
+        print(f"hires fix: second pass {size[0]}x{size[1]}, strength {request.hires_strength}, "
+              f"{steps} steps")  # fmt: skip
+        inputs = steering.arguments(pipe) if steering else {}
+        return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
 
     def _fetch_adapters(
         self, request: Request
@@ -120,13 +150,7 @@ class Generator:
         stop: Callable,
     ) -> list[Image.Image]:
         """One batch through the base model, and the refiner if asked for."""
-        common = {
-            "callback_on_step_end": stop,
-            "num_images_per_prompt": len(batch),
-            "num_inference_steps": request.num_inference_steps,
-            "guidance_scale": request.guidance_scale,
-            "generator": seeds.generators(batch),
-        }
+        common = _common(request, batch, stop)
         if refiner is None:
             return pipe(**common, **embeds.base, **inputs).images
         # The refiner gets the base output and, when inpainting, the same mask and size.
@@ -197,6 +221,27 @@ def _check_split(scheduler: Any, request: Request) -> None:
             f"{request.scheduler} steps leave the {'refiner' if refiner_steps == 0 else 'base'} "
             "no step; use more num_inference_steps or another high_noise_frac"
         )
+
+
+def _common(request: Request, batch: list[int], stop: Callable) -> dict[str, Any]:
+    """The arguments every denoising pass of a batch shares."""
+    return {
+        "callback_on_step_end": stop,
+        "num_images_per_prompt": len(batch),
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "generator": seeds.generators(batch),
+    }
+
+
+def _canvas(
+    request: Request, image: Image.Image | None, mask: Image.Image | None
+) -> canvas.Canvas | None:
+    if request.outpaint_sides != (0, 0, 0, 0):
+        return canvas.outpaint(image, mask, request.outpaint_sides, request.outpaint_blur)
+    if request.mask_margin:
+        return canvas.masked_area(image, mask, request.mask_margin)
+    return None
 
 
 def _read_inputs(request: Request) -> tuple[Image.Image | None, Image.Image | None]:

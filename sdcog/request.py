@@ -118,6 +118,16 @@ class Request:
     lora_scale: float = 1.0
     textual_inversions: tuple[str, ...] = ()
     controlnets: tuple[ControlSlot, ...] = ()
+    # Outpainting, inpainting at full resolution, hires fix
+    outpaint_left: int = 0
+    outpaint_top: int = 0
+    outpaint_right: int = 0
+    outpaint_bottom: int = 0
+    outpaint_blur: int = 8
+    mask_margin: int = 0
+    hires_scale: float = 1.0
+    hires_strength: float = 0.5
+    hires_steps: int | None = None
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any]) -> "Request":
@@ -155,10 +165,55 @@ class Request:
                 "refine: expert_ensemble_refiner cannot hand over from a ControlNet "
                 "image-to-image run; use base_image_refiner"
             )
+        self._check_image_recipes()
         if any(not -4 <= scale <= 4 for scale in self.lora_scales):
             raise ValueError(
                 f"lora_scales: each scale must be from -4 to 4 (got {self.lora_scales})"
             )
+
+    def _check_image_recipes(self) -> None:
+        sized = self.width is not None or self.height is not None
+        if self.outpaint_sides != (0, 0, 0, 0):
+            if self.image is None:
+                raise ValueError("outpaint_left: outpainting needs an image to extend; give image")
+            if sized:
+                raise ValueError(
+                    "width: with outpainting the size is the image's plus the outpaint_* "
+                    "padding; leave width and height out"
+                )
+        if self.mask_margin:
+            if self.mask is None:
+                raise ValueError("mask_margin: inpainting at full resolution needs a mask")
+            if self.outpaint_sides != (0, 0, 0, 0):
+                raise ValueError("mask_margin: not together with outpainting; set it to 0")
+            if sized:
+                raise ValueError(
+                    "width: with mask_margin the output keeps the image's size; leave width and "
+                    "height out"
+                )
+        if self.hires_scale > 1:
+            if self.image is not None:
+                raise ValueError(
+                    "hires_scale: hires fix is for text-to-image; with an image use "
+                    "prompt_strength, or mask_margin for inpainting"
+                )
+            if self.refine != "no_refiner":
+                raise ValueError("hires_scale: not together with a refiner; use no_refiner")
+            if int(self.hires_steps_run * self.hires_strength) < 1:
+                raise ValueError(
+                    "hires_strength: hires_strength x hires_steps must be at least 1 (got "
+                    f"{self.hires_strength} x {self.hires_steps_run})"
+                )
+        elif self.hires_steps is not None:
+            raise ValueError("hires_steps: only with hires_scale above 1")
+
+    @property
+    def outpaint_sides(self) -> tuple[int, int, int, int]:
+        return (self.outpaint_left, self.outpaint_top, self.outpaint_right, self.outpaint_bottom)
+
+    @property
+    def hires_steps_run(self) -> int:
+        return self.hires_steps or self.num_inference_steps
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -183,6 +238,6 @@ class Request:
 
     @property
     def mode(self) -> str:
-        if self.mask is not None:
+        if self.mask is not None or self.outpaint_sides != (0, 0, 0, 0):
             return "inpaint"
         return "txt2img" if self.image is None else "img2img"
