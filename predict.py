@@ -31,6 +31,7 @@ OUTPAINT_SIZES = [
 OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area is painted)."
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "none"]
+IP_ADAPTERS = ["standard", "plus", "plus_face"]
 # "none", then sdcog.request.CONTROL_KINDS (a test keeps the two equal).
 CONTROLNETS = [
     "none", "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble",
@@ -139,6 +140,18 @@ class Predictor(BasePredictor):
             ge=1,
             le=500,
             default=None,
+        ),
+        ip_adapter_image: Optional[Path] = Input(
+            description="IP-Adapter: an image as a prompt (its style and content steer).",
+            default=None,
+        ),
+        ip_adapter_scale: float = Input(
+            description="IP-Adapter: how strongly the image steers.", ge=0, le=1.5, default=0.6
+        ),
+        ip_adapter: str = Input(
+            description="IP-Adapter kind: standard, plus (finer detail), plus_face (faces).",
+            choices=IP_ADAPTERS,
+            default="standard",
         ),
         disable_safety_checker: bool = Input(
             description="Return images even if the safety checker flags them.", default=False

@@ -14,6 +14,7 @@ from PIL import Image
 from . import adapters, canvas, hires, images, prompts, runner, seeds
 from .controlnets import ControlNets
 from .downloads import AdapterCache
+from .ip_adapters import IPAdapters
 from .pipelines import Pipelines, device_and_dtype
 from .prompts import Embeddings
 from .request import Request
@@ -35,6 +36,7 @@ class Generator:
         self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
         self.cache = AdapterCache()
         self.controlnets = ControlNets(weights_dir, self.pipelines.base["txt2img"].unet, self.cache)
+        self.ip_adapters = IPAdapters.load(weights_dir, self.pipelines.family, self.pipelines.base)
         # Output folders still in use: Cog reads a prediction's files after it returns, while the
         # next one (the other slot) may already be running.
         self._output_dirs: deque[Path] = deque()
@@ -49,6 +51,10 @@ class Generator:
         control_images = [
             images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
         ]
+        ip_image = None
+        if request.ip_adapter_image:
+            self.ip_adapters.check(request.ip_adapter)
+            ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
         size = self._size(request, image or next(iter(control_images), None))
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
@@ -73,11 +79,19 @@ class Generator:
         inputs = _mode_inputs(request, image, mask, first)
         if steering:
             inputs.update(steering.arguments(pipe))
+        if ip_image:  # every pass of the base model sees it (hires fix: both)
+            inputs["ip_adapter_image"] = ip_image
+            if finish:
+                finish.inputs["ip_adapter_image"] = ip_image
+        ip_adapter = request.ip_adapter if ip_image else None
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         stop = runner.stop_if_set(cancelled or threading.Event())
         results: list[tuple[int, Image.Image]] = []
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
-        with adapters.applied(text_pipe, self.pipelines.family, loras, inversions) as tokenizers:
+        with (
+            adapters.applied(text_pipe, self.pipelines.family, loras, inversions) as tokenizers,
+            self.ip_adapters.applied(pipe, ip_adapter, request.ip_adapter_scale),
+        ):
             embeds = prompts.encode(
                 text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,
                 request.prompt_weighting, request.clip_skip, tokenizers,

@@ -15,7 +15,10 @@ CONTROL_KINDS = (
 )  # fmt: skip
 CONTROL_SLOTS = 3
 # Inputs that are files: each must be one Cog downloaded (see netguard.input_file).
-FILE_INPUTS = ("image", "mask", *(f"controlnet_{n}_image" for n in range(1, CONTROL_SLOTS + 1)))
+FILE_INPUTS = (
+    "image", "mask", "ip_adapter_image",
+    *(f"controlnet_{n}_image" for n in range(1, CONTROL_SLOTS + 1)),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class Request:
     hires_scale: float = 1.0
     hires_strength: float = 0.5
     hires_steps: int | None = None
+    # IP-Adapter
+    ip_adapter_image: Path | None = None
+    ip_adapter_scale: float = 0.6
+    ip_adapter: str = "standard"
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any]) -> "Request":

@@ -204,9 +204,10 @@ FAMILIES = ("sd", "sdxl")
 def write_tiny_weights(
     directory: Path, family: str = "sd", safety_threshold: float = 1.0, controls: bool = True
 ) -> None:
-    """The family's model and safety checker; with `controls`, its ControlNets and the
-    annotators too (every entry of the family's pin file)."""
+    """The family's model and safety checker; with `controls`, its ControlNets, annotators and
+    IP-Adapters too (every entry of the family's pin file)."""
     from .tiny_controls import write_annotators, write_controlnets
+    from .tiny_ip import write_ip_adapters
 
     if family == "sdxl":
         write_sdxl(directory)
@@ -217,6 +218,7 @@ def write_tiny_weights(
         unet = UNet2DConditionModel.from_pretrained(directory / "base/unet")
         write_controlnets(directory, family, unet)
         write_annotators(directory)
+        write_ip_adapters(directory, family, unet)
 
 
 # SDXL: two text encoders (the second with a projection), size/crop micro-conditioning, a

@@ -1,0 +1,129 @@
+"""IP-Adapter (an image as a prompt): loaded once, switched on per request in memory.
+
+Pinned as [ip_adapter] (h94/IP-Adapter): the ViT-H image encoder, which SD 1.5's adapters and
+SDXL's `_vit-h` ones share, and one file per kind. In setup each pinned kind goes through
+diffusers' own loader into the UNet once; its attention processors (holding the adapter's
+to_k_ip/to_v_ip weights) and its image projection are kept, and the UNet gets its own back. A
+request with ip_adapter_image swaps the kept ones in and out again afterwards (references only,
+nothing is copied or read from disk); a request without it runs on the UNet exactly as a build
+without IP-Adapter pins has it. (diffusers' unload_ip_adapter() would drop the image encoder, so
+loading per request would re-read it every time.)
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+ENTRY = "ip_adapter"
+ENCODER = "models/image_encoder"
+# ip_adapter input -> the pinned file, per family (SDXL: the adapters for the ViT-H encoder).
+FILES = {
+    "sd": {
+        "standard": "models/ip-adapter_sd15.safetensors",
+        "plus": "models/ip-adapter-plus_sd15.safetensors",
+        "plus_face": "models/ip-adapter-plus-face_sd15.safetensors",
+    },
+    "sdxl": {
+        "standard": "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+        "plus": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+        "plus_face": "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors",
+    },
+}
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    processors: dict[str, Any]
+    projection: torch.nn.Module
+
+
+def read_adapter(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """An adapter file split into diffusers' {"image_proj": ..., "ip_adapter": ...}."""
+    state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    with safe_open(path, framework="pt") as f:
+        for key in f.keys():
+            part, _, name = key.partition(".")
+            state[part][name] = f.get_tensor(key)
+    return state
+
+
+class IPAdapters:
+    def __init__(self, unet: UNet2DConditionModel, adapters: dict[str, _Adapter]) -> None:
+        self.unet = unet
+        self.adapters = adapters
+        self._own = (
+            dict(unet.attn_processors),
+            unet.encoder_hid_proj,
+            unet.config.encoder_hid_dim_type,
+        )
+
+    @classmethod
+    def load(
+        cls, weights_dir: Path, family: str, pipes: dict[str, DiffusionPipeline]
+    ) -> "IPAdapters":
+        """Every pinned kind, loaded into (and taken out of) the pipelines' shared UNet; the image
+        encoder registered on each pipeline. Without the pin: no kinds."""
+        unet = pipes["txt2img"].unet
+        folder = weights_dir / ENTRY
+        if not (folder / ENCODER / "config.json").exists():
+            return cls(unet, {})
+        encoder = CLIPVisionModelWithProjection.from_pretrained(folder / ENCODER, dtype=unet.dtype)
+        encoder.to(unet.device)
+        size = encoder.config.image_size
+        extractor = CLIPImageProcessor(size=size, crop_size=size)
+        for pipe in pipes.values():
+            pipe.register_modules(image_encoder=encoder, feature_extractor=extractor)
+        ip_adapters = cls(unet, {})
+        for kind, name in FILES[family].items():
+            if (folder / name).exists():
+                unet._load_ip_adapter_weights([read_adapter(folder / name)])
+                ip_adapters.adapters[kind] = _Adapter(
+                    dict(unet.attn_processors), unet.encoder_hid_proj
+                )
+                ip_adapters._switch_off()
+        print(f"IP-Adapters: {', '.join(ip_adapters.adapters) or 'none'}")
+        return ip_adapters
+
+    def check(self, kind: str) -> None:
+        if not self.adapters:
+            raise ValueError(
+                f"ip_adapter_image: this build has no IP-Adapter (pin [{ENTRY}] in "
+                "weights/pins.toml); leave ip_adapter_image out"
+            )
+        if kind not in self.adapters:
+            pinned = ", ".join(self.adapters) or "none"
+            raise ValueError(
+                f"ip_adapter: {kind} is not pinned in this build (pinned: {pinned}; pin "
+                f"[{ENTRY}] with its file in weights/pins.toml)"
+            )
+
+    @contextmanager
+    def applied(self, pipe: DiffusionPipeline, kind: str | None, scale: float) -> Iterator[None]:
+        """Kind `kind` at `scale` in the UNet for a with-block; None: nothing changes."""
+        if kind is None:
+            yield
+            return
+        self.check(kind)
+        adapter = self.adapters[kind]
+        # The projection first: a resampler's own attention layers count among the processors.
+        self.unet.encoder_hid_proj = adapter.projection
+        self.unet.config.encoder_hid_dim_type = "ip_image_proj"
+        self.unet.set_attn_processor(dict(adapter.processors))  # it empties the dict it gets
+        pipe.set_ip_adapter_scale(scale)
+        try:
+            yield
+        finally:
+            self._switch_off()
+
+    def _switch_off(self) -> None:
+        processors, projection, hid_dim_type = self._own
+        self.unet.encoder_hid_proj = projection
+        self.unet.config.encoder_hid_dim_type = hid_dim_type
+        self.unet.set_attn_processor(dict(processors))
