@@ -90,7 +90,7 @@ class Generator:
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
         with (
             adapters.applied(text_pipe, self.pipelines.family, loras, inversions) as tokenizers,
-            self.ip_adapters.applied(pipe, ip_adapter, request.ip_adapter_scale),
+            self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale),
         ):
             embeds = prompts.encode(
                 text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import IPAdapterMixin
 from safetensors import safe_open
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -83,13 +85,16 @@ class IPAdapters:
         ip_adapters = cls(unet, {})
         for kind, name in FILES[family].items():
             if (folder / name).exists():
-                unet._load_ip_adapter_weights([read_adapter(folder / name)])
-                ip_adapters.adapters[kind] = _Adapter(
-                    dict(unet.attn_processors), unet.encoder_hid_proj
-                )
-                ip_adapters._switch_off()
+                ip_adapters.add(kind, read_adapter(folder / name))
         print(f"IP-Adapters: {', '.join(ip_adapters.adapters) or 'none'}")
         return ip_adapters
+
+    def add(self, kind: str, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """One adapter through diffusers' loader into the UNet, kept, and taken out again."""
+        self.unet._load_ip_adapter_weights([state])
+        processors = dict(self.unet.attn_processors)
+        self.adapters[kind] = _Adapter(processors, self.unet.encoder_hid_proj)
+        self._switch_off()
 
     def check(self, kind: str) -> None:
         if not self.adapters:
@@ -105,7 +110,7 @@ class IPAdapters:
             )
 
     @contextmanager
-    def applied(self, pipe: DiffusionPipeline, kind: str | None, scale: float) -> Iterator[None]:
+    def applied(self, kind: str | None, scale: float) -> Iterator[None]:
         """Kind `kind` at `scale` in the UNet for a with-block; None: nothing changes."""
         if kind is None:
             yield
@@ -116,7 +121,8 @@ class IPAdapters:
         self.unet.encoder_hid_proj = adapter.projection
         self.unet.config.encoder_hid_dim_type = "ip_image_proj"
         self.unet.set_attn_processor(dict(adapter.processors))  # it empties the dict it gets
-        pipe.set_ip_adapter_scale(scale)
+        # diffusers' own setter; it needs only the UNet of the pipeline it belongs to.
+        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.unet), scale)
         try:
             yield
         finally:

@@ -20,35 +20,38 @@ def _randn(*shape: int, std: float = 0.3) -> torch.Tensor:
     return torch.randn(*shape) * std
 
 
-def _projection(kind: str, cross: int) -> dict[str, torch.Tensor]:
+def projection(kind: str, cross: int, vision: int = VISION, projected: int = VISION,
+               width: int = RESAMPLER) -> dict[str, torch.Tensor]:  # fmt: skip
+    """An adapter's image_proj part, original key names: standard maps the encoder's projected
+    embedding (`projected` wide); plus and plus_face resample its hidden states (`vision`)."""
     if kind == "standard":
         return {
-            "proj.weight": _randn(4 * cross, VISION), "proj.bias": _randn(4 * cross),
+            "proj.weight": _randn(4 * cross, projected), "proj.bias": _randn(4 * cross),
             "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross),
         }  # fmt: skip
     state = {
-        "latents": _randn(1, QUERIES, RESAMPLER),
-        "proj_in.weight": _randn(RESAMPLER, VISION), "proj_in.bias": _randn(RESAMPLER),
-        "proj_out.weight": _randn(cross, RESAMPLER), "proj_out.bias": _randn(cross),
+        "latents": _randn(1, QUERIES, width),
+        "proj_in.weight": _randn(width, vision), "proj_in.bias": _randn(width),
+        "proj_out.weight": _randn(cross, width), "proj_out.bias": _randn(cross),
         "norm_out.weight": torch.ones(cross), "norm_out.bias": torch.zeros(cross),
     }  # fmt: skip
     for i in range(DEPTH):
         for norm in (f"layers.{i}.0.norm1", f"layers.{i}.0.norm2", f"layers.{i}.1.0"):
             state |= {
-                f"{norm}.weight": torch.ones(RESAMPLER),
-                f"{norm}.bias": torch.zeros(RESAMPLER),
+                f"{norm}.weight": torch.ones(width),
+                f"{norm}.bias": torch.zeros(width),
             }
         state |= {
-            f"layers.{i}.0.to_q.weight": _randn(64, RESAMPLER),  # one 64-wide head
-            f"layers.{i}.0.to_kv.weight": _randn(128, RESAMPLER),
-            f"layers.{i}.0.to_out.weight": _randn(RESAMPLER, 64),
-            f"layers.{i}.1.1.weight": _randn(4 * RESAMPLER, RESAMPLER),
-            f"layers.{i}.1.3.weight": _randn(RESAMPLER, 4 * RESAMPLER),
+            f"layers.{i}.0.to_q.weight": _randn(width, width),  # 64-wide heads
+            f"layers.{i}.0.to_kv.weight": _randn(2 * width, width),
+            f"layers.{i}.0.to_out.weight": _randn(width, width),
+            f"layers.{i}.1.1.weight": _randn(4 * width, width),
+            f"layers.{i}.1.3.weight": _randn(width, 4 * width),
         }
     return state
 
 
-def _attention(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+def attention(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """to_k_ip/to_v_ip for each cross-attention layer, numbered 1, 3, 5, ... as the originals."""
     state = {}
     cross = [n for n in unet.attn_processors if n.endswith("attn2.processor")]
@@ -71,7 +74,7 @@ def write_ip_adapters(directory: Path, family: str, unet: UNet2DConditionModel) 
     CLIPVisionModelWithProjection(config).save_pretrained(folder / ENCODER, safe_serialization=True)
     cross = unet.config.cross_attention_dim
     for kind, name in FILES[family].items():
-        state = {f"image_proj.{k}": v for k, v in _projection(kind, cross).items()}
-        state |= {f"ip_adapter.{k}": v for k, v in _attention(unet).items()}
+        state = {f"image_proj.{k}": v for k, v in projection(kind, cross).items()}
+        state |= {f"ip_adapter.{k}": v for k, v in attention(unet).items()}
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         save_file(state, folder / name)
