@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .request import Request
+
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 
@@ -74,3 +76,14 @@ def masked_area(image: Image.Image, mask: Image.Image, margin: int) -> Canvas:
     grown = cv2.dilate(np.asarray(mask), np.ones((grow, grow), np.uint8))
     feathered = Image.fromarray(grown).filter(ImageFilter.GaussianBlur(sigma))
     return Canvas(image, feathered, box)
+
+
+def for_request(
+    request: Request, image: Image.Image | None, mask: Image.Image | None
+) -> Canvas | None:
+    """The request's canvas: outpainting or mask_margin; None for neither."""
+    if request.outpaint_sides != (0, 0, 0, 0):
+        return outpaint(image, mask, request.outpaint_sides, request.outpaint_blur)
+    if request.mask_margin:
+        return masked_area(image, mask, request.mask_margin)
+    return None

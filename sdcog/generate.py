@@ -44,13 +44,18 @@ class Generator:
     def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
         """The request's image files; `cancelled`, once set, stops it at the next step."""
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
-        image, mask = _read_inputs(request)
-        picture = _canvas(request, image, mask)
+        image, mask = images.read_inputs(request)
+        picture = canvas.for_request(request, image, mask)
         if picture:  # the pipeline paints one region of the picture, pasted back at the end
             image, mask = picture.region()
         control_images = [
             images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
         ]
+        if picture:  # control maps line up with the picture, so they take the same region
+            control_images = [
+                c.resize(picture.picture.size, Image.Resampling.LANCZOS).crop(picture.box)
+                for c in control_images
+            ]
         ip_image = None
         if request.ip_adapter_image:
             self.ip_adapters.check(request.ip_adapter)
@@ -246,27 +251,6 @@ def _common(request: Request, batch: list[int], stop: Callable) -> dict[str, Any
         "guidance_scale": request.guidance_scale,
         "generator": seeds.generators(batch),
     }
-
-
-def _canvas(
-    request: Request, image: Image.Image | None, mask: Image.Image | None
-) -> canvas.Canvas | None:
-    if request.outpaint_sides != (0, 0, 0, 0):
-        return canvas.outpaint(image, mask, request.outpaint_sides, request.outpaint_blur)
-    if request.mask_margin:
-        return canvas.masked_area(image, mask, request.mask_margin)
-    return None
-
-
-def _read_inputs(request: Request) -> tuple[Image.Image | None, Image.Image | None]:
-    image = images.read_image(request.image, "image") if request.image else None
-    mask = images.read_image(request.mask, "mask", mode="L") if request.mask else None
-    if image is not None and mask is not None and mask.size != image.size:
-        raise ValueError(
-            f"mask: its size {mask.width}x{mask.height} differs from the image's "
-            f"{image.width}x{image.height}; give a mask of the same size"
-        )
-    return image, mask
 
 
 def _mode_inputs(

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .request import Request
+
 SIZE_STEP = 64
 MIN_SIZE = 128
 MAX_SIZE = 2048
@@ -56,3 +58,15 @@ def save_image(image: Image.Image, path: Path, output_format: str, quality: int)
     options = {} if pil_format == "PNG" else {"quality": quality}
     image.save(path, format=pil_format, **options)
     return path
+
+
+def read_inputs(request: Request) -> tuple[Image.Image | None, Image.Image | None]:
+    """The request's image and mask (same size), each decoded or refused naming its input."""
+    image = read_image(request.image, "image") if request.image else None
+    mask = read_image(request.mask, "mask", mode="L") if request.mask else None
+    if image is not None and mask is not None and mask.size != image.size:
+        raise ValueError(
+            f"mask: its size {mask.width}x{mask.height} differs from the image's "
+            f"{image.width}x{image.height}; give a mask of the same size"
+        )
+    return image, mask

@@ -42,6 +42,7 @@ def _png() -> str:
 NARROWER = {
     "num_inference_steps": {"maximum": 3},
     "refine_steps": {"maximum": 2},
+    "hires_steps": {"maximum": 3},
     "num_outputs": {"maximum": 2},
     "mask_margin": {"maximum": 0},  # runs at the native size: too slow here (test_image_recipes)
     "prompt": {"maxLength": 200},

@@ -60,6 +60,17 @@ def test_mask_margin_paints_the_crop_and_leaves_the_rest_untouched(server):
     assert server.predict(**request)["output"] == result["output"]
 
 
+def test_mask_margin_with_controlnet_crops_the_control_map_alike(server):
+    image = photo(256, 192)
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (96, 64, 136, 104))
+    result = server.predict(prompt="a window", image=data_uri(image), mask=data_uri(mask),
+                            mask_margin=16, controlnet_1="canny",
+                            controlnet_1_image=data_uri(photo(512, 384)), **FAST)  # fmt: skip
+    out = pixels(result)
+    assert np.array_equal(out[:40], np.asarray(image)[:40])
+
+
 def test_hires_fix_runs_two_passes_at_the_logged_sizes(server):
     size = 256 if server.family == "sd" else 512
     request = {"prompt": "a city at night", "width": size, "height": size, **FAST}
