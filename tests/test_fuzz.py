@@ -25,10 +25,10 @@ from sdcog.local import error_message
 
 # Per family and mode; tiny SDXL (refiner, union ControlNet) costs about 4x as much per case.
 EXAMPLES = {
-    ("sd", GenerationMode.POSITIVE): 120,
-    ("sd", GenerationMode.NEGATIVE): 150,
-    ("sdxl", GenerationMode.POSITIVE): 30,
-    ("sdxl", GenerationMode.NEGATIVE): 60,
+    ("sd", GenerationMode.POSITIVE): 100,
+    ("sd", GenerationMode.NEGATIVE): 120,
+    ("sdxl", GenerationMode.POSITIVE): 25,
+    ("sdxl", GenerationMode.NEGATIVE): 50,
 }
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 
