@@ -44,22 +44,7 @@ class Generator:
     def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
         """The request's image files; `cancelled`, once set, stops it at the next step."""
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
-        image, mask = images.read_inputs(request)
-        picture = canvas.for_request(request, image, mask)
-        if picture:  # the pipeline paints one region of the picture, pasted back at the end
-            image, mask = picture.region()
-        control_images = [
-            images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
-        ]
-        if picture:  # control maps line up with the picture, so they take the same region
-            control_images = [
-                c.resize(picture.picture.size, Image.Resampling.LANCZOS).crop(picture.box)
-                for c in control_images
-            ]
-        ip_image = None
-        if request.ip_adapter_image:
-            self.ip_adapters.check(request.ip_adapter)
-            ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
+        picture, image, mask, control_images, ip_image = self._read_images(request)
         size = self._size(request, image or next(iter(control_images), None))
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
@@ -119,6 +104,27 @@ class Generator:
         if not request.disable_safety_checker:
             results = self._drop_flagged(results)
         return self._save(results, request)
+
+    def _read_images(self, request: Request) -> tuple[Any, ...]:
+        """The canvas (or None), the image and mask the pipeline paints (the canvas's region of
+        them), the control images over the same region, and the IP-Adapter image (or None)."""
+        image, mask = images.read_inputs(request)
+        picture = canvas.for_request(request, image, mask)
+        if picture:  # the pipeline paints one region of the picture, pasted back at the end
+            image, mask = picture.region()
+        control_images = [
+            images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
+        ]
+        if picture:  # control maps line up with the picture, so they take the same region
+            control_images = [
+                c.resize(picture.picture.size, Image.Resampling.LANCZOS).crop(picture.box)
+                for c in control_images
+            ]
+        ip_image = None
+        if request.ip_adapter_image:
+            self.ip_adapters.check(request.ip_adapter)
+            ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
+        return picture, image, mask, control_images, ip_image
 
     def _size(self, request: Request, guide: Image.Image | None) -> tuple[int, int]:
         """The size the pipeline runs at (hires fix: its second pass). Outpainting: the padded
