@@ -5,20 +5,20 @@ import tempfile
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from . import adapters, canvas, hires, images, prompts, runner, seeds
+from . import adapters, canvas, denoise, hires, images, prompts, runner, seeds
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
 from .pipelines import Pipelines, device_and_dtype
-from .prompts import Embeddings
 from .request import Request
 from .safety import SafetyChecker
+from .timings import Timings
 from .watermark import apply_watermark
 
 # Pixels denoised in one UNet batch: 9 images at 512x512, 4 at 768x768, 1 from 1536x1536 up.
@@ -44,7 +44,9 @@ class Generator:
     def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
         """The request's image files; `cancelled`, once set, stops it at the next step."""
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
-        picture, image, mask, control_images, ip_image = self._read_images(request)
+        timings = Timings()
+        with timings.stage("read"):
+            picture, image, mask, control_images, ip_image = self._read_images(request)
         size = self._size(request, image or next(iter(control_images), None))
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
@@ -60,12 +62,11 @@ class Generator:
         if request.refine != "no_refiner":
             refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
             if request.refine == "expert_ensemble_refiner":
-                _check_split(refiner.scheduler, request)
+                denoise.check_split(refiner.scheduler, request)
         stage = " (hires fix: first pass)" if first != size else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
         finish = self._second_pass(request, control_images, size) if first != size else None
 
-        loras, inversions = self._fetch_adapters(request)
         inputs = _mode_inputs(request, image, mask, first)
         if steering:
             inputs.update(steering.arguments(pipe))
@@ -78,32 +79,44 @@ class Generator:
         stop = runner.stop_if_set(cancelled or threading.Event())
         results: list[tuple[int, Image.Image]] = []
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
-        with (
-            adapters.applied(text_pipe, self.pipelines.family, loras, inversions) as tokenizers,
-            self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale),
-        ):
-            embeds = prompts.encode(
-                text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,
-                request.prompt_weighting, request.clip_skip, tokenizers,
-                refiner_zeros=refiner is not None and refiner.config.force_zeros_for_empty_prompt,
-            )  # fmt: skip
-            for start in range(0, len(output_seeds), per_batch):
-                batch = output_seeds[start : start + per_batch]
-                denoised = self._denoise(request, pipe, refiner, batch, inputs, embeds, stop)
-                if finish:
-                    denoised = finish(denoised, _common(request, batch, stop) | embeds.base)
-                results.extend(zip(batch, denoised, strict=True))
+        with ExitStack() as loaded:  # LoRAs, embeddings, IP-Adapter: out again when it closes
+            with timings.stage("adapters"):
+                loras, inversions = self._fetch_adapters(request)
+                tokenizers = loaded.enter_context(
+                    adapters.applied(text_pipe, self.pipelines.family, loras, inversions)
+                )
+                loaded.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
+            zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
+            with timings.stage("prompts"):
+                embeds = prompts.encode(
+                    text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,
+                    request.prompt_weighting, request.clip_skip, tokenizers,
+                    refiner_zeros=zeros,
+                )  # fmt: skip
+            with timings.denoising(pipe.vae):
+                for start in range(0, len(output_seeds), per_batch):
+                    batch = output_seeds[start : start + per_batch]
+                    denoised = denoise.run(request, pipe, refiner, batch, inputs, embeds, stop)
+                    if finish:
+                        shared = denoise.arguments(request, batch, stop) | embeds.base
+                        denoised = finish(denoised, shared)
+                    results.extend(zip(batch, denoised, strict=True))
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
 
         if request.apply_watermark and self.pipelines.family == "sdxl":
-            marked = apply_watermark([image for _, image in results])
+            with timings.stage("watermark"):
+                marked = apply_watermark([image for _, image in results])
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
         if picture:  # after the watermark, which marks what was generated and nothing else
             results = [(s, picture.paste(image)) for s, image in results]
         if not request.disable_safety_checker:
-            results = self._drop_flagged(results)
-        return self._save(results, request)
+            with timings.stage("safety"):
+                results = self._drop_flagged(results)
+        with timings.stage("encode"):
+            files = self._save(results, request)
+        print(timings.line())
+        return files
 
     def _read_images(self, request: Request) -> tuple[Any, ...]:
         """The canvas (or None), the image and mask the pipeline paints (the canvas's region of
@@ -164,40 +177,6 @@ class Generator:
             )
         return loras, inversions
 
-    @staticmethod
-    def _denoise(
-        request: Request,
-        pipe: Any,
-        refiner: Any,
-        batch: list[int],
-        inputs: dict[str, Any],
-        embeds: Embeddings,
-        stop: Callable,
-    ) -> list[Image.Image]:
-        """One batch through the base model, and the refiner if asked for."""
-        common = _common(request, batch, stop)
-        if refiner is None:
-            return pipe(**common, **embeds.base, **inputs).images
-        # The refiner gets the base output and, when inpainting, the same mask and size.
-        mask = {k: inputs[k] for k in ("mask_image", "width", "height") if "mask_image" in inputs}
-        if request.refine == "expert_ensemble_refiner":
-            # The base denoises the high-noise part and hands its latents to the refiner.
-            latents = pipe(
-                **common, **embeds.base, **inputs,
-                denoising_end=request.high_noise_frac, output_type="latent",
-            ).images  # fmt: skip
-            return refiner(
-                **common, **embeds.refiner, **mask,
-                image=latents, denoising_start=request.high_noise_frac,
-            ).images  # fmt: skip
-        # base_image_refiner: the refiner runs image-to-image over the decoded base image.
-        base_images = pipe(**common, **embeds.base, **inputs).images
-        steps = request.refine_steps or request.num_inference_steps
-        return refiner(
-            **{**common, "num_inference_steps": steps}, **embeds.refiner, **mask,
-            image=base_images, strength=0.3,
-        ).images  # fmt: skip
-
     def _drop_flagged(
         self, results: list[tuple[int, Image.Image]]
     ) -> list[tuple[int, Image.Image]]:
@@ -232,31 +211,6 @@ class Generator:
             )
             for index, (output_seed, image) in enumerate(results)
         ]
-
-
-def _check_split(scheduler: Any, request: Request) -> None:
-    """Both models must get at least one of the scheduler's timesteps at high_noise_frac."""
-    scheduler.set_timesteps(request.num_inference_steps)
-    train_steps = scheduler.config.num_train_timesteps
-    cutoff = round(train_steps * (1 - request.high_noise_frac))
-    refiner_steps = int((scheduler.timesteps < cutoff).sum())
-    if not 0 < refiner_steps < len(scheduler.timesteps):
-        raise ValueError(
-            f"high_noise_frac: at {request.high_noise_frac}, {request.num_inference_steps} "
-            f"{request.scheduler} steps leave the {'refiner' if refiner_steps == 0 else 'base'} "
-            "no step; use more num_inference_steps or another high_noise_frac"
-        )
-
-
-def _common(request: Request, batch: list[int], stop: Callable) -> dict[str, Any]:
-    """The arguments every denoising pass of a batch shares."""
-    return {
-        "callback_on_step_end": stop,
-        "num_images_per_prompt": len(batch),
-        "num_inference_steps": request.num_inference_steps,
-        "guidance_scale": request.guidance_scale,
-        "generator": seeds.generators(batch),
-    }
 
 
 def _mode_inputs(

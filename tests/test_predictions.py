@@ -216,3 +216,12 @@ def test_control_whitespace_in_prompts_is_a_space(server):
         prompt="a cat\x0bon\x0ca\r\nmat", negative_prompt="dark\x1ffog", seed=1, **FAST
     )
     assert output_images(odd) and odd["output"] == plain["output"]
+
+
+def test_logs_carry_stage_timings(server):
+    logs = server.predict(prompt="x", width=128, height=128, **FAST)["logs"]
+    (line,) = re.findall(r"^timings \(ms\): .*$", logs, re.M)
+    stages = dict(re.findall(r"(\w+) (\d+)", line.split(": ", 1)[1]))
+    assert set(stages) == {"read", "adapters", "prompts", "denoise", "decode", "watermark",
+                           "safety", "encode"}  # fmt: skip
+    assert int(stages["denoise"]) > 0

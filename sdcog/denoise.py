@@ -1,0 +1,70 @@
+"""Denoising one batch: the base model, and the SDXL refiner when asked for (handing over
+latents at high_noise_frac, or reworking the decoded image)."""
+
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from . import seeds
+from .prompts import Embeddings
+from .request import Request
+
+
+def arguments(request: Request, batch: list[int], stop: Callable) -> dict[str, Any]:
+    """The arguments every denoising pass of a batch shares."""
+    return {
+        "callback_on_step_end": stop,
+        "num_images_per_prompt": len(batch),
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "generator": seeds.generators(batch),
+    }
+
+
+def check_split(scheduler: Any, request: Request) -> None:
+    """Both models must get at least one of the scheduler's timesteps at high_noise_frac."""
+    scheduler.set_timesteps(request.num_inference_steps)
+    train_steps = scheduler.config.num_train_timesteps
+    cutoff = round(train_steps * (1 - request.high_noise_frac))
+    refiner_steps = int((scheduler.timesteps < cutoff).sum())
+    if not 0 < refiner_steps < len(scheduler.timesteps):
+        raise ValueError(
+            f"high_noise_frac: at {request.high_noise_frac}, {request.num_inference_steps} "
+            f"{request.scheduler} steps leave the {'refiner' if refiner_steps == 0 else 'base'} "
+            "no step; use more num_inference_steps or another high_noise_frac"
+        )
+
+
+def run(
+    request: Request,
+    pipe: Any,
+    refiner: Any,
+    batch: list[int],
+    inputs: dict[str, Any],
+    embeds: Embeddings,
+    stop: Callable,
+) -> list[Image.Image]:
+    """One batch through the base model, and the refiner if asked for."""
+    common = arguments(request, batch, stop)
+    if refiner is None:
+        return pipe(**common, **embeds.base, **inputs).images
+    # The refiner gets the base output and, when inpainting, the same mask and size.
+    mask = {k: inputs[k] for k in ("mask_image", "width", "height") if "mask_image" in inputs}
+    if request.refine == "expert_ensemble_refiner":
+        # The base denoises the high-noise part and hands its latents to the refiner.
+        latents = pipe(
+            **common, **embeds.base, **inputs,
+            denoising_end=request.high_noise_frac, output_type="latent",
+        ).images  # fmt: skip
+        return refiner(
+            **common, **embeds.refiner, **mask,
+            image=latents, denoising_start=request.high_noise_frac,
+        ).images  # fmt: skip
+    # base_image_refiner: the refiner runs image-to-image over the decoded base image.
+    base_images = pipe(**common, **embeds.base, **inputs).images
+    steps = request.refine_steps or request.num_inference_steps
+    return refiner(
+        **{**common, "num_inference_steps": steps}, **embeds.refiner, **mask,
+        image=base_images, strength=0.3,
+    ).images  # fmt: skip
