@@ -32,7 +32,9 @@ class Canvas:
     def paste(self, painted: Image.Image) -> Image.Image:
         """The picture with `painted` (any size: resized to the box) blended in through the mask."""
         left, top, right, bottom = self.box
-        painted = painted.convert("RGB").resize((right - left, bottom - top), Image.LANCZOS)
+        painted = painted.convert("RGB").resize(
+            (right - left, bottom - top), Image.Resampling.LANCZOS
+        )
         region = Image.composite(painted, self.picture.crop(self.box), self.mask.crop(self.box))
         result = self.picture.copy()
         result.paste(region, (left, top))
@@ -82,7 +84,7 @@ def for_request(
     request: Request, image: Image.Image | None, mask: Image.Image | None
 ) -> Canvas | None:
     """The request's canvas: outpainting or mask_margin; None for neither."""
-    if request.outpaint_sides != (0, 0, 0, 0):
+    if request.outpainting:
         return outpaint(image, mask, request.outpaint_sides, request.outpaint_blur)
     if request.mask_margin:
         return masked_area(image, mask, request.mask_margin)

@@ -63,17 +63,16 @@ class Generator:
             refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
             if request.refine == "expert_ensemble_refiner":
                 denoise.check_split(refiner.scheduler, request)
-        stage = " (hires fix: first pass)" if first != size else ""
+        hires_fix = first != size
+        stage = " (hires fix: first pass)" if hires_fix else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
-        finish = self._second_pass(request, control_images, size) if first != size else None
+        finish = self._second_pass(request, control_images, ip_image, size) if hires_fix else None
 
         inputs = _mode_inputs(request, image, mask, first)
         if steering:
             inputs.update(steering.arguments(pipe))
         if ip_image:  # every pass of the base model sees it (hires fix: both)
             inputs["ip_adapter_image"] = ip_image
-            if finish:
-                finish.inputs["ip_adapter_image"] = ip_image
         ip_adapter = request.ip_adapter if ip_image else None
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         stop = runner.stop_if_set(cancelled or threading.Event())
@@ -144,14 +143,18 @@ class Generator:
         picture's; mask_margin: the crop's aspect at the native pixel count; else the request's,
         or from the image (or first control image) and the native size."""
         native = self.pipelines.native_size
-        if request.outpaint_sides != (0, 0, 0, 0):
+        if request.outpainting:
             return images.snap(guide.width), images.snap(guide.height)
         if request.mask_margin:
             return images.output_size(None, None, native, guide)
         return images.output_size(request.width, request.height, native, guide)
 
     def _second_pass(
-        self, request: Request, control_images: list[Image.Image], size: tuple[int, int]
+        self,
+        request: Request,
+        control_images: list[Image.Image],
+        ip_image: Image.Image | None,
+        size: tuple[int, int],
     ) -> hires.SecondPass:
         steering = self.controlnets.prepare(request.controlnets, control_images, size)
         pipe = self.pipelines.get("img2img", request.scheduler, steering and steering.controlnet)
@@ -159,6 +162,8 @@ class Generator:
         print(f"hires fix: second pass {size[0]}x{size[1]}, strength {request.hires_strength}, "
               f"{steps} steps")  # fmt: skip
         inputs = steering.arguments(pipe) if steering else {}
+        if ip_image:
+            inputs["ip_adapter_image"] = ip_image
         return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
 
     def _fetch_adapters(

@@ -180,7 +180,7 @@ class Request:
 
     def _check_image_recipes(self) -> None:
         sized = self.width is not None or self.height is not None
-        if self.outpaint_sides != (0, 0, 0, 0):
+        if self.outpainting:
             if self.image is None:
                 raise ValueError("outpaint_left: outpainting needs an image to extend; give image")
             if sized:
@@ -191,7 +191,7 @@ class Request:
         if self.mask_margin:
             if self.mask is None:
                 raise ValueError("mask_margin: inpainting at full resolution needs a mask")
-            if self.outpaint_sides != (0, 0, 0, 0):
+            if self.outpainting:
                 raise ValueError("mask_margin: not together with outpainting; set it to 0")
             if sized:
                 raise ValueError(
@@ -217,6 +217,10 @@ class Request:
     @property
     def outpaint_sides(self) -> tuple[int, int, int, int]:
         return (self.outpaint_left, self.outpaint_top, self.outpaint_right, self.outpaint_bottom)
+
+    @property
+    def outpainting(self) -> bool:
+        return any(self.outpaint_sides)
 
     @property
     def hires_steps_run(self) -> int:
@@ -245,6 +249,6 @@ class Request:
 
     @property
     def mode(self) -> str:
-        if self.mask is not None or self.outpaint_sides != (0, 0, 0, 0):
+        if self.mask is not None or self.outpainting:
             return "inpaint"
         return "txt2img" if self.image is None else "img2img"

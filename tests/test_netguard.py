@@ -3,6 +3,7 @@ through Cog's server with the default policy. No test sends a packet off this ma
 addresses refused are IP literals (resolving them sends nothing), and every proxy is DEAD_PROXY.
 """
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ def test_server_paths_are_refused_unless_allowed(monkeypatch, tmp_path):
         netguard.input_file("/etc/hostname", "image")
     with pytest.raises(ValueError, match="^mask: .* is a path on the server"):
         netguard.input_file(tmp_path / "m.png", "mask")  # a Path outside Cog's download folder
-    downloaded = Path(__import__("tempfile").gettempdir()) / "tmpabc123photo.png"
+    downloaded = Path(tempfile.gettempdir()) / "tmpabc123photo.png"
     assert netguard.input_file(downloaded, "image") == downloaded
     monkeypatch.setenv("ALLOW_LOCAL_INPUT_PATHS", "1")
     assert netguard.input_file("/etc/hostname", "image") == Path("/etc/hostname")
