@@ -1,17 +1,19 @@
 """Request -> pipeline -> images: one prediction from start to files on disk."""
 
+import os
 import shutil
 import tempfile
 import threading
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from . import adapters, canvas, denoise, hires, images, prompts, runner, seeds
+from . import adapters, canvas, denoise, hires, images, prompts, runner, seeds, speed
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
@@ -81,6 +83,7 @@ class Generator:
         with ExitStack() as loaded:  # LoRAs, embeddings, IP-Adapter: out again when it closes
             with timings.stage("adapters"):
                 loras, inversions = self._fetch_adapters(request)
+                loaded.enter_context(speed.unfused(text_pipe.unet, when=bool(loras)))
                 tokenizers = loaded.enter_context(
                     adapters.applied(text_pipe, self.pipelines.family, loras, inversions)
                 )
@@ -207,15 +210,15 @@ class Generator:
         folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
         self._output_dirs.append(folder)
         token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
-        return [
-            images.save_image(
-                image,
-                folder / f"out-{index}-seed{output_seed}-{token}",
-                request.output_format,
-                request.output_quality,
-            )
-            for index, (output_seed, image) in enumerate(results)
-        ]
+
+        def save(index: int, output_seed: int, image: Image.Image) -> Path:
+            name = folder / f"out-{index}-seed{output_seed}-{token}"
+            return images.save_image(image, name, request.output_format, request.output_quality)
+
+        # The encoders release the GIL: one thread per core encodes the outputs side by side.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            jobs = [pool.submit(save, i, s, image) for i, (s, image) in enumerate(results)]
+            return [job.result() for job in jobs]
 
 
 def _mode_inputs(

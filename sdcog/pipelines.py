@@ -36,6 +36,7 @@ from diffusers import (
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 
+from . import speed
 from .schedulers import make_scheduler
 
 # (family, union ControlNet?) -> mode -> the ControlNet pipeline over the base's components.
@@ -186,3 +187,4 @@ def _prepare(pipe: DiffusionPipeline) -> None:
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe.vae.enable_slicing()  # decode one image at a time: bounded memory for batches
+    speed.apply(pipe, speed.fast_path())
