@@ -58,3 +58,17 @@ def test_quality_changes_lossy_size(tmp_path):
     low = save_image(image, tmp_path / "low", "jpg", 10).stat().st_size
     high = save_image(image, tmp_path / "high", "jpg", 95).stat().st_size
     assert low < high
+
+
+def png_compression_level(path) -> int:
+    """zlib's FLEVEL of the first IDAT chunk: 0 is its fastest setting, 2 the default."""
+    data = path.read_bytes()
+    start = data.index(b"IDAT") + 4
+    return data[start + 1] >> 6
+
+
+def test_png_is_lossless_with_the_fast_zlib_setting(tmp_path):
+    image = Image.effect_noise((128, 128), 64).convert("RGB")
+    path = save_image(image, tmp_path / "out", "png", 80)
+    assert png_compression_level(path) == 0
+    assert Image.open(path).tobytes() == image.tobytes()
