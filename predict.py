@@ -153,6 +153,20 @@ class Predictor(BasePredictor):
             choices=IP_ADAPTERS,
             default="standard",
         ),
+        deepcache_interval: int = Input(
+            description="DeepCache: run the UNet in full every this many steps and reuse its "
+            "deep features in between (1: off; 3: about 2x faster, slightly different images).",
+            ge=1,
+            le=5,
+            default=1,
+        ),
+        deepcache_branch: int = Input(
+            description="DeepCache: where the reused part starts (0: the most reused and "
+            "fastest; higher: more recomputed). SD 1.x/2.x: 0 to 11, SDXL: 0 to 8.",
+            ge=0,
+            le=11,
+            default=0,
+        ),
         disable_safety_checker: bool = Input(
             description="Return images even if the safety checker flags them.", default=False
         ),

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from . import adapters, canvas, denoise, hires, images, prompts, runner, seeds, speed
+from . import adapters, canvas, deepcache, denoise, hires, images, prompts, runner, seeds, speed
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
@@ -88,6 +88,10 @@ class Generator:
                     adapters.applied(text_pipe, self.pipelines.family, loras, inversions)
                 )
                 loaded.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
+            unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
+            cache = loaded.enter_context(
+                deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
+            )
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(
@@ -103,6 +107,8 @@ class Generator:
                         shared = denoise.arguments(request, batch, stop) | embeds.base
                         denoised = finish(denoised, shared)
                     results.extend(zip(batch, denoised, strict=True))
+            for name, state in cache.items():
+                print(f"deepcache: {state.reused} of {state.total} {name} UNet calls reused")
         for index, (output_seed, _) in enumerate(results):
             print(f"output {index}: seed {output_seed}")
 

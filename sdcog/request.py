@@ -135,6 +135,9 @@ class Request:
     ip_adapter_image: Path | None = None
     ip_adapter_scale: float = 0.6
     ip_adapter: str = "standard"
+    # Speed
+    deepcache_interval: int = 1
+    deepcache_branch: int = 0
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any]) -> "Request":

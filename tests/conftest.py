@@ -159,6 +159,16 @@ def webhooks():
 
 
 @pytest.fixture(scope="session")
+def control_image(tmp_path_factory) -> Path:
+    """A 128x128 picture of shapes: edges for every annotator."""
+    from test_annotators import shapes
+
+    path = tmp_path_factory.mktemp("control") / "shapes.png"
+    shapes((128, 128)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def adapter_refs(make_weights, file_server, tmp_path_factory):
     """family -> name -> reference, for LoRAs and embeddings served by file_server."""
     from adapter_files import write_embedding, write_lora

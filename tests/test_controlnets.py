@@ -14,7 +14,6 @@ from diffusers import (
     StableDiffusionXLControlNetUnionPipeline,
 )
 from PIL import Image
-from test_annotators import shapes
 
 from sdcog import generate, pipelines
 from sdcog.generate import Generator
@@ -23,13 +22,6 @@ from sdcog.schedulers import make_scheduler
 from sdcog.tiny import FAMILIES, write_tiny_weights
 
 SMALL = {"num_inference_steps": 3, "width": 128, "height": 128, "seed": 11}
-
-
-@pytest.fixture(scope="module")
-def control_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("control") / "shapes.png"
-    shapes((128, 128)).save(path)
-    return path
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -1,0 +1,124 @@
+"""DeepCache (Ma et al., 2023; Runware's acceleratorOptions.deepCache): a UNet's deep features
+change slowly from step to step, so every `interval`-th UNet call runs in full and the calls in
+between reuse its deep features, computing only the shallow branch around them.
+
+`branch` picks where the cached part starts, as the DeepCache package counts it: down block
+branch // 3, layer branch % 3 (0: the cheapest calls, only the outermost layer is recomputed).
+The same modules are skipped as in the package; unlike it, the count restarts with every
+pipeline call (a hires second pass, the next batch, the refiner's own UNet), and everything is
+removed when the with-block ends.
+"""
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+
+def branches(unet: UNet2DConditionModel) -> int:
+    return 3 * len(unet.down_blocks)
+
+
+@dataclass
+class _State:
+    interval: int
+    full: bool = True
+    calls: int = 0  # UNet calls since the pipeline call began
+    last: tuple[float, tuple[int, ...]] | None = None  # timestep and shape of the last call
+    outputs: dict[torch.nn.Module, Any] = field(default_factory=dict)
+    reused: int = 0
+    total: int = 0
+
+    def begin(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        timestep = float(args[1] if len(args) > 1 else kwargs["timestep"])
+        # Timesteps fall within a pipeline call: one that rises, or a new shape, starts another.
+        if self.last is None or timestep > self.last[0] or sample.shape != self.last[1]:
+            self.calls = 0
+            self.outputs.clear()
+        self.last = (timestep, sample.shape)
+        self.full = self.calls % self.interval == 0
+        self.calls += 1
+        self.total += 1
+        self.reused += not self.full
+
+
+def _skipped(unet: UNet2DConditionModel, branch: int) -> list[torch.nn.Module]:
+    """The modules whose outputs are reused between full calls: everything deeper than the
+    branch, counted from the outside in on both the way down and the way up."""
+    block, layer = divmod(branch, 3)
+    skipped: list[torch.nn.Module] = [unet.mid_block]
+    for index, down in enumerate(unet.down_blocks):
+        if index > block or (index == block and layer == 0):
+            skipped.append(down)
+        elif index == block:
+            layers = [*down.resnets, *getattr(down, "attentions", [])]
+            skipped += [m for m in layers if _position(down, m) >= layer]
+            skipped += list(down.downsamplers or [])
+    for index, up in enumerate(reversed(unet.up_blocks)):
+        if index > block:
+            skipped.append(up)
+        elif index == block:  # the up path's layers count from its end
+            count = len(up.resnets)
+            layers = [*up.resnets, *getattr(up, "attentions", [])]
+            skipped += [m for m in layers if count - 1 - _position(up, m) > layer]
+    return skipped
+
+
+def _position(block: torch.nn.Module, module: torch.nn.Module) -> int:
+    for modules in (block.resnets, getattr(block, "attentions", [])):
+        for index, candidate in enumerate(modules):
+            if candidate is module:
+                return index
+    raise ValueError(f"{module} is not a layer of {block}")
+
+
+@contextmanager
+def _reusing(module: torch.nn.Module, state: _State) -> Iterator[None]:
+    """`module` runs on full calls and returns its last output on the others."""
+    own = module.__dict__.get("forward")
+    run = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if state.full or module not in state.outputs:
+            state.outputs[module] = run(*args, **kwargs)
+        return state.outputs[module]
+
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward  # the class's forward again
+        else:
+            module.forward = own
+
+
+@contextmanager
+def cached(
+    unets: dict[str, UNet2DConditionModel], interval: int, branch: int
+) -> Iterator[dict[str, _State]]:
+    """DeepCache on each UNet for a with-block; interval 1: nothing changes. Yields each UNet's
+    counts (total calls, reused) by name."""
+    if interval == 1:
+        yield {}
+        return
+    for unet in unets.values():
+        if not 0 <= branch < branches(unet):
+            raise ValueError(
+                f"deepcache_branch: this model's UNet has branches 0 to {branches(unet) - 1} "
+                f"(got {branch})"
+            )
+    states = {}
+    with ExitStack() as stack:
+        for name, unet in unets.items():
+            state = states[name] = _State(interval)
+            stack.callback(state.outputs.clear)  # frees the cached features
+            handle = unet.register_forward_pre_hook(state.begin, with_kwargs=True)
+            stack.callback(handle.remove)
+            for module in _skipped(unet, branch):
+                stack.enter_context(_reusing(module, state))
+        yield states
