@@ -1,4 +1,4 @@
-"""LoRAs and textual inversions, applied to the shared components for one prediction only.
+"""Textual inversions, applied to the shared components for one prediction only (LoRAs: loras.py).
 
 Everything loaded here is removed when the prediction ends, whether it succeeded, failed or was
 cancelled, so the next prediction runs on the pinned weights alone. Embeddings go into copies of
@@ -15,13 +15,6 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
-
-
-@dataclass(frozen=True)
-class Lora:
-    reference: str
-    path: Path
-    scale: float
 
 
 @dataclass(frozen=True)
@@ -75,27 +68,15 @@ def _check_width(inversion: Inversion, embedding: Any, width: int) -> None:
 
 @contextmanager
 def applied(
-    pipe: DiffusionPipeline, family: str, loras: list[Lora], inversions: list[Inversion]
+    pipe: DiffusionPipeline, family: str, inversions: list[Inversion]
 ) -> Iterator[dict[str, Any]]:
-    """LoRAs (each with its scale) and embeddings on `pipe`'s components, for a with-block that
-    gets the tokenizers to encode prompts with (suffix "" or "_2" -> tokenizer)."""
+    """The embeddings on `pipe`'s text encoders, for a with-block that gets the tokenizers to
+    encode prompts with (suffix "" or "_2" -> tokenizer)."""
     keys = ENCODER_KEYS[family]
     encoders = {which: getattr(pipe, f"text_encoder{which}") for which in keys.values()}
     tokenizers = {which: getattr(pipe, f"tokenizer{which}") for which in keys.values()}
     sizes = {which: e.get_input_embeddings().num_embeddings for which, e in encoders.items()}
-    names: list[str] = []  # recorded before loading: a half-done load is undone too
     try:
-        for index, lora in enumerate(loras):
-            names.append(f"lora_{index}")
-            try:
-                pipe.load_lora_weights(load_file(lora.path), adapter_name=names[-1])
-            except (ValueError, KeyError, RuntimeError) as e:
-                raise ValueError(
-                    f"lora_weights: {lora.reference} does not fit this model: {e}"
-                ) from None
-            print(f"lora_weights: {lora.reference} at scale {lora.scale}")
-        if names:
-            pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
         if inversions:
             tokenizers = {which: copy.deepcopy(t) for which, t in tokenizers.items()}
         for inversion in inversions:
@@ -112,8 +93,6 @@ def applied(
             print(f"textual_inversions: {inversion.reference} defines {token}")
         yield tokenizers
     finally:
-        if names:
-            pipe.unload_lora_weights()
         for which, encoder in encoders.items():
             if encoder.get_input_embeddings().num_embeddings != sizes[which]:
                 encoder.resize_token_embeddings(sizes[which])  # keeps the original rows

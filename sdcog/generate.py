@@ -17,6 +17,7 @@ from . import adapters, canvas, deepcache, denoise, hires, images, prompts, runn
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
+from .loras import Lora, WarmLoras
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .safety import SafetyChecker
@@ -37,6 +38,7 @@ class Generator:
         _, dtype = device_and_dtype()
         self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
         self.cache = AdapterCache()
+        self.loras = WarmLoras(self.pipelines.base["txt2img"])
         self.controlnets = ControlNets(weights_dir, self.pipelines.base["txt2img"].unet, self.cache)
         self.ip_adapters = IPAdapters.load(weights_dir, self.pipelines.family, self.pipelines.base)
         # Output folders still in use: Cog reads a prediction's files after it returns, while the
@@ -84,8 +86,9 @@ class Generator:
             with timings.stage("adapters"):
                 loras, inversions = self._fetch_adapters(request)
                 loaded.enter_context(speed.unfused(text_pipe.unet, when=bool(loras)))
+                loaded.enter_context(self.loras.applied(loras))
                 tokenizers = loaded.enter_context(
-                    adapters.applied(text_pipe, self.pipelines.family, loras, inversions)
+                    adapters.applied(text_pipe, self.pipelines.family, inversions)
                 )
                 loaded.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
             unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
@@ -175,12 +178,10 @@ class Generator:
             inputs["ip_adapter_image"] = ip_image
         return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
 
-    def _fetch_adapters(
-        self, request: Request
-    ) -> tuple[list[adapters.Lora], list[adapters.Inversion]]:
+    def _fetch_adapters(self, request: Request) -> tuple[list[Lora], list[adapters.Inversion]]:
         """Every adapter file, from the cache or downloaded, before any is loaded."""
         loras = [
-            adapters.Lora(ref, self.cache.fetch(ref, "lora_weights"), scale)
+            Lora(ref, self.cache.fetch(ref, "lora_weights"), scale)
             for ref, scale in zip(request.lora_weights, request.scales, strict=True)
         ]
         inversions = []

@@ -1,0 +1,115 @@
+"""LoRAs kept warm: loaded once, then kept in the model for the next request that uses them.
+
+diffusers (through peft) wraps each layer a LoRA touches in a LoRA layer that holds every loaded
+adapter. Between requests those wrappers are parked: the original layers go back in their place,
+so a plain request runs the pinned model exactly as a fresh server does, with no wrapper's cost.
+A request with LoRAs puts the wrappers back and activates its adapters: one already warm is
+neither read nor injected again. At most WARM_LORAS adapters of WARM_BYTES in all are kept; the
+least recently used go first.
+
+LoRAs are not fused into the weights: unfusing in fp16 does not give the original weights back
+bit for bit, and plain requests must stay exact.
+"""
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
+
+WARM_LORAS = 4
+WARM_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Lora:
+    reference: str
+    path: Path  # named after its content's sha256 by the download cache
+    scale: float
+
+    @property
+    def adapter_name(self) -> str:
+        return f"lora_{self.path.stem[:16]}"
+
+
+class WarmLoras:
+    def __init__(self, pipe: DiffusionPipeline) -> None:
+        self.pipe = pipe
+        names = ("unet", "text_encoder", "text_encoder_2")  # what a LoRA may touch
+        self.models = [model for name in names if (model := getattr(pipe, name, None))]
+        self.warm: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, oldest first
+        self._parked: list[tuple[torch.nn.Module, str, BaseTunerLayer]] = []
+
+    @contextmanager
+    def applied(self, loras: list[Lora]) -> Iterator[None]:
+        """The LoRAs, each at its scale, active for a with-block; parked again after it."""
+        if not loras:
+            yield
+            return
+        scales: dict[str, float] = {}  # the same file twice: its scales add up
+        for lora in loras:
+            scales[lora.adapter_name] = scales.get(lora.adapter_name, 0.0) + lora.scale
+        self._unpark()
+        try:
+            for lora in loras:
+                self._load(lora)
+                print(f"lora_weights: {lora.reference} at scale {lora.scale}")
+            self.pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
+            self._evict(keep=set(scales))  # after: peft warns when an active adapter goes
+            yield
+        finally:
+            self._park()
+
+    def _load(self, lora: Lora) -> None:
+        name = lora.adapter_name
+        if name in self.warm:
+            self.warm.move_to_end(name)
+            return
+        before = self._lora_bytes()
+        try:
+            self.pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as e:
+            self.pipe.unload_lora_weights()  # a half-loaded adapter cannot be told apart
+            self.warm.clear()
+            raise ValueError(
+                f"lora_weights: {lora.reference} does not fit this model: {e}"
+            ) from None
+        self.warm[name] = self._lora_bytes() - before
+
+    def _evict(self, keep: set[str]) -> None:
+        """The least recently used adapters out, down to the bounds (this request's stay)."""
+        while len(self.warm) > WARM_LORAS or sum(self.warm.values()) > WARM_BYTES:
+            oldest = next((name for name in self.warm if name not in keep), None)
+            if oldest is None:
+                return
+            self.pipe.delete_adapters(oldest)
+            del self.warm[oldest]
+
+    def _lora_bytes(self) -> int:
+        return sum(
+            p.numel() * p.element_size()
+            for model in self.models
+            for name, p in model.named_parameters()
+            if "lora_" in name
+        )
+
+    def _park(self) -> None:
+        """Every LoRA wrapper out, its original layer back in its place."""
+        self._parked = []
+        for model in self.models:
+            for name, module in list(model.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    parent_name, _, attribute = name.rpartition(".")
+                    parent = model.get_submodule(parent_name)
+                    self._parked.append((parent, attribute, module))
+                    setattr(parent, attribute, module.get_base_layer())
+
+    def _unpark(self) -> None:
+        for parent, attribute, wrapper in self._parked:
+            setattr(parent, attribute, wrapper)
+        self._parked = []
