@@ -62,10 +62,9 @@ def load_controlnet(
     config = json.loads((folder / "config.json").read_text())
     check_fits(config, unet_config, what)
     variant = "fp16" if (folder / "diffusion_pytorch_model.fp16.safetensors").exists() else None
-    model = CLASSES[config["_class_name"]].from_pretrained(
-        folder, dtype=dtype, variant=variant, local_files_only=True
+    return CLASSES[config["_class_name"]].from_pretrained(
+        folder, dtype=dtype, variant=variant, local_files_only=True, device_map=str(device)
     )
-    return model.to(device)
 
 
 @dataclass

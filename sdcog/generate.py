@@ -21,7 +21,7 @@ from .loras import Lora, WarmLoras
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .safety import SafetyChecker
-from .timings import Timings
+from .timings import SETUP_STAGES, Timings
 from .watermark import apply_watermark
 
 # Pixels denoised in one UNet batch: 9 images at 512x512, 4 at 768x768, 1 from 1536x1536 up.
@@ -34,13 +34,22 @@ class Generator:
     """Holds the loaded model; each call runs one request and returns its image files."""
 
     def __init__(self, weights_dir: Path) -> None:
-        self.pipelines = Pipelines.load(weights_dir)
-        _, dtype = device_and_dtype()
-        self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
+        setup = Timings(SETUP_STAGES, "setup")
+        with setup.stage("pipelines"):
+            self.pipelines = Pipelines.load(weights_dir)
+        base = self.pipelines.base["txt2img"]
+        with setup.stage("safety"):
+            _, dtype = device_and_dtype()
+            self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
         self.cache = AdapterCache()
-        self.loras = WarmLoras(self.pipelines.base["txt2img"])
-        self.controlnets = ControlNets(weights_dir, self.pipelines.base["txt2img"].unet, self.cache)
-        self.ip_adapters = IPAdapters.load(weights_dir, self.pipelines.family, self.pipelines.base)
+        self.loras = WarmLoras(base)
+        with setup.stage("controlnets"):
+            self.controlnets = ControlNets(weights_dir, base.unet, self.cache)
+        with setup.stage("ip_adapters"):
+            self.ip_adapters = IPAdapters.load(
+                weights_dir, self.pipelines.family, self.pipelines.base
+            )
+        print(setup.line())
         # Output folders still in use: Cog reads a prediction's files after it returns, while the
         # next one (the other slot) may already be running.
         self._output_dirs: deque[Path] = deque()

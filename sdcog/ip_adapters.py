@@ -76,8 +76,9 @@ class IPAdapters:
         folder = weights_dir / ENTRY
         if not (folder / ENCODER / "config.json").exists():
             return cls(unet, {})
-        encoder = CLIPVisionModelWithProjection.from_pretrained(folder / ENCODER, dtype=unet.dtype)
-        encoder.to(unet.device)
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            folder / ENCODER, dtype=unet.dtype, device_map=unet.device
+        )
         size = encoder.config.image_size
         extractor = CLIPImageProcessor(size=size, crop_size=size)
         for pipe in pipes.values():

@@ -98,7 +98,8 @@ class Pipelines:
     def load(cls, weights_dir: Path) -> "Pipelines":
         family = family_of(weights_dir / "base")
         device, dtype = device_and_dtype()
-        local = {"dtype": dtype, "local_files_only": True}
+        # Straight to the device: no CPU copy of the weights on the way.
+        local = {"dtype": dtype, "local_files_only": True, "device_map": device}
         if family == "sdxl":
             # The watermark is applied after the refiner, and only when asked for.
             common = {**local, "add_watermarker": False}
@@ -113,7 +114,7 @@ class Pipelines:
             shared["vae"] = AutoencoderKL.from_pretrained(weights_dir / "vae", **local)
         txt2img = AutoPipelineForText2Image.from_pretrained(
             weights_dir / "base", **base_only, **shared, **common
-        ).to(device)
+        )
         _prepare(txt2img)
         configs = {"base": dict(txt2img.scheduler.config)}
 
@@ -125,7 +126,7 @@ class Pipelines:
                 text_encoder_2=txt2img.text_encoder_2,
                 tokenizer_2=txt2img.tokenizer_2,
                 **common,
-            ).to(device)
+            )
             _prepare(refine)
             refiner = {
                 "txt2img": refine,

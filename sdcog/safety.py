@@ -22,8 +22,8 @@ class SafetyChecker:
                 f"no safety checker at {safety_dir}: run script/download-weights"
             )
         checker = StableDiffusionSafetyChecker.from_pretrained(
-            safety_dir / "safety_checker", dtype=dtype, local_files_only=True
-        ).to(device)
+            safety_dir / "safety_checker", dtype=dtype, local_files_only=True, device_map=device
+        )
         processor = CLIPImageProcessor.from_pretrained(safety_dir / "feature_extractor")
         return cls(checker=checker, processor=processor)
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 
 STAGES = ("read", "adapters", "prompts", "denoise", "decode", "watermark", "safety", "encode")
+# setup(): each part of the model, loaded straight to the device.
+SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters")
 
 
 def _sync() -> None:
@@ -20,8 +22,9 @@ def _sync() -> None:
 
 
 class Timings:
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(STAGES, 0.0)
+    def __init__(self, stages: tuple[str, ...] = STAGES, label: str = "timings") -> None:
+        self.label = label
+        self.seconds = dict.fromkeys(stages, 0.0)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -57,5 +60,5 @@ class Timings:
             self.seconds["denoise"] -= self.seconds["decode"] - decode_before
 
     def line(self) -> str:
-        stages = ", ".join(f"{name} {self.seconds[name] * 1000:.0f}" for name in STAGES)
-        return f"timings (ms): {stages}"
+        stages = ", ".join(f"{name} {seconds * 1000:.0f}" for name, seconds in self.seconds.items())
+        return f"{self.label} (ms): {stages}"

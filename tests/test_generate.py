@@ -93,3 +93,13 @@ def test_native_size_comes_from_the_model(generator):
 def test_setup_without_weights_says_what_to_run(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="script/download-weights"):
         Generator(tmp_path)
+
+
+def test_setup_loads_straight_to_the_device_without_dispatch_hooks(generator):
+    # device_map=<device> loads each file onto the device; it must not leave accelerate's
+    # per-module hooks (a cost on every call) or a device-mapped pipeline (which refuses .to()).
+    pipe = generator.pipelines.base["txt2img"]
+    models = [pipe.unet, pipe.vae, pipe.text_encoder, generator.safety.checker]
+    assert not any(hasattr(m, "_hf_hook") for model in models for m in model.modules())
+    assert not pipe._is_pipeline_device_mapped()
+    assert {p.device.type for model in models for p in model.parameters()} == {"cpu"}

@@ -2,6 +2,7 @@
 Every test runs for both families (SD 1.x/2.x and SDXL)."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,11 @@ def test_logs_carry_stage_timings(server):
     assert set(stages) == {"read", "adapters", "prompts", "denoise", "decode", "watermark",
                            "safety", "encode"}  # fmt: skip
     assert int(stages["denoise"]) > 0
+
+
+def test_setup_logs_its_stage_timings(server):
+    text = Path(server.log.name).read_text()
+    (line,) = re.findall(r"setup \(ms\): .*$", text, re.M)
+    stages = dict(re.findall(r"(\w+) (\d+)", line.split(": ", 1)[1]))
+    assert set(stages) == {"pipelines", "safety", "controlnets", "ip_adapters"}
+    assert int(stages["pipelines"]) > 0
