@@ -13,7 +13,19 @@ from typing import Any
 
 from PIL import Image
 
-from . import adapters, canvas, deepcache, denoise, hires, images, prompts, runner, seeds, speed
+from . import (
+    adapters,
+    canvas,
+    deepcache,
+    denoise,
+    hires,
+    images,
+    prompts,
+    runner,
+    seeds,
+    speed,
+    torch_compile,
+)
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
@@ -49,6 +61,9 @@ class Generator:
             self.ip_adapters = IPAdapters.load(
                 weights_dir, self.pipelines.family, self.pipelines.base
             )
+        with setup.stage("compile"):  # opt in: SDCOG_COMPILE
+            refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
+            torch_compile.compile_unets(base, refiner, self.pipelines.native_size)
         print(setup.line())
         # Output folders still in use: Cog reads a prediction's files after it returns, while the
         # next one (the other slot) may already be running.
@@ -91,19 +106,9 @@ class Generator:
         stop = runner.stop_if_set(cancelled or threading.Event())
         results: list[tuple[int, Image.Image]] = []
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
-        with ExitStack() as loaded:  # LoRAs, embeddings, IP-Adapter: out again when it closes
+        with ExitStack() as loaded:  # what the request changes: undone when it closes
             with timings.stage("adapters"):
-                loras, inversions = self._fetch_adapters(request)
-                loaded.enter_context(speed.unfused(text_pipe.unet, when=bool(loras)))
-                loaded.enter_context(self.loras.applied(loras))
-                tokenizers = loaded.enter_context(
-                    adapters.applied(text_pipe, self.pipelines.family, inversions)
-                )
-                loaded.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
-            unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
-            cache = loaded.enter_context(
-                deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
-            )
+                tokenizers, cache = self._patch_models(loaded, request, ip_adapter, refiner)
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(
@@ -137,6 +142,28 @@ class Generator:
             files = self._save(results, request)
         print(timings.line())
         return files
+
+    def _patch_models(
+        self, stack: ExitStack, request: Request, ip_adapter: str | None, refiner: Any
+    ) -> tuple[dict[str, Any], dict[str, deepcache._State]]:
+        """LoRAs, embeddings, the IP-Adapter and DeepCache on the shared models, each undone
+        when `stack` closes. Returns the tokenizers to encode prompts with, and DeepCache's
+        counts."""
+        text_pipe = self.pipelines.base["txt2img"]
+        loras, inversions = self._fetch_adapters(request)
+        plain = not loras and ip_adapter is None and request.deepcache_interval == 1
+        stack.enter_context(torch_compile.eager_unless(plain))
+        stack.enter_context(speed.unfused(text_pipe.unet, when=bool(loras)))
+        stack.enter_context(self.loras.applied(loras))
+        tokenizers = stack.enter_context(
+            adapters.applied(text_pipe, self.pipelines.family, inversions)
+        )
+        stack.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
+        unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
+        cache = stack.enter_context(
+            deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
+        )
+        return tokenizers, cache
 
     def _read_images(self, request: Request) -> tuple[Any, ...]:
         """The canvas (or None), the image and mask the pipeline paints (the canvas's region of

@@ -9,7 +9,7 @@ fused_qkv is on by default):
   LoRAs, `unfused()` puts the unfused attention back.
 Each keeps images within 2/255 (mean abs difference) of the plain path; tests check it.
 
-Opt in, at setup: SDCOG_COMPILE=1 compiles the UNets with torch.compile (see compile.py).
+Opt in, at setup: SDCOG_COMPILE=1 compiles the UNets with torch.compile (torch_compile.py).
 """
 
 import os

@@ -13,7 +13,7 @@ import torch
 
 STAGES = ("read", "adapters", "prompts", "denoise", "decode", "watermark", "safety", "encode")
 # setup(): each part of the model, loaded straight to the device.
-SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters")
+SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters", "compile")
 
 
 def _sync() -> None:
