@@ -65,9 +65,25 @@ def clean(text: str) -> str:
     return "".join(" " if c.isspace() or unicodedata.category(c) == "Cc" else c for c in text)
 
 
+# Every weighting construct of compel's syntax needs one of these characters.
+SYNTAX = frozenset('()[]+-"\\')
+
+
+def _plain(text: str) -> bool:
+    """Text that compel's parser gives back unchanged at weight 1: no syntax, and already in
+    the parser's spacing (single spaces, none at the ends, one after each comma). Such text skips
+    the parser, which costs 12 ms a prompt on a CPU core."""
+    words = text.split(" ")
+    return (
+        not SYNTAX.intersection(text)
+        and all(words)
+        and all(rest.startswith(" ") for rest in text.split(",")[1:])
+    )
+
+
 def _conjunction(text: str, weighting: str, input_name: str) -> Conjunction:
     """The parsed prompt; text compel cannot parse is encoded as written, and the log says so."""
-    if weighting == "compel":
+    if weighting == "compel" and not _plain(text):
         try:
             conjunction = Compel.parse_prompt_string(text)
         except Exception as e:  # pyparsing's errors, and whatever else a parser bug raises

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from compel import Compel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sdcog.pipelines import Pipelines
-from sdcog.prompts import MAX_CHUNKS, clean, encode
+from sdcog.prompts import MAX_CHUNKS, SYNTAX, _conjunction, _plain, clean, encode
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
@@ -125,3 +128,32 @@ def test_empty_negative_prompt_follows_the_models_config(loaded):
     assert (
         encode(pipe, family, "a red cube", "fog", "compel", 0).base["negative_prompt_embeds"].any()
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_characters=sorted(SYNTAX),
+                             blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+               max_size=60))  # fmt: skip
+def test_text_that_skips_the_parser_means_the_same(text):
+    text = clean(text)  # as encode() hands prompts on
+    try:
+        parsed = Compel.parse_prompt_string(text)
+    except Exception:
+        parsed = None
+    fast = _conjunction(text, "compel", "prompt")
+    if parsed is not None and (parsed.prompts or not text.strip()):
+        assert repr(fast) == repr(parsed)
+    else:  # what the parser cannot read is encoded as written either way
+        assert repr(fast) == repr(_conjunction(text, "none", "prompt"))
+
+
+WORD = st.text(st.characters(blacklist_characters=sorted(SYNTAX | {" ", ","}),
+                             blacklist_categories=("Cc", "Cs", "Z")), min_size=1)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(WORD, st.sampled_from([" ", ", "])), min_size=1, max_size=12))
+def test_prompt_like_text_skips_the_parser_and_means_the_same(words):
+    text = "".join(w + sep for w, sep in words)[: -len(words[-1][1])]
+    assert _plain(text)
+    test_text_that_skips_the_parser_means_the_same.hypothesis.inner_test(text)
