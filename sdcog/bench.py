@@ -1,0 +1,219 @@
+"""script/bench: seconds per image for a plain diffusers call, our Generator in-process and a
+prediction through Cog's server, on the same weights, seed and inputs, in one run.
+
+Each path runs its cases (warm-up, then N timed runs) and is freed before the next loads, so the
+memory peak is one model's. Ratios are to the plain diffusers call measured in this same run.
+Stage timings are the medians of the timings lines our predictions log.
+"""
+
+import argparse
+import gc
+import io
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import bench_paths as paths
+from .pipelines import device_and_dtype, family_of
+from .timings import STAGES
+
+STAGE_PATTERN = re.compile(r"^timings \(ms\): (.*)$", re.M)
+
+
+@dataclass
+class Result:
+    seconds: list[float] = field(default_factory=list)
+    stages: list[dict[str, float]] = field(default_factory=list)
+    peak_bytes: int = 0
+    image: np.ndarray | None = None
+    logs: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def stage_medians(self) -> dict[str, float]:
+        if not self.stages:
+            return {}
+        return {k: statistics.median(s[k] for s in self.stages) for k in self.stages[0]}
+
+
+def parse_stages(logs: str) -> dict[str, float]:
+    match = STAGE_PATTERN.search(logs)
+    if not match:
+        return {}
+    return {name: float(ms) for name, ms in re.findall(r"(\w+) (\d+)", match.group(1))}
+
+
+def measure(
+    call: Callable[[], tuple[np.ndarray, str]], warmup: int, runs: int, pids: list[int] | None
+) -> Result:
+    """Warm-up calls, then timed ones; the memory peak (of `pids`, or this process) is over the
+    timed ones."""
+    result = Result()
+    for _ in range(warmup):
+        call()
+    paths.reset_peak(pids)
+    for _ in range(runs):
+        start = time.perf_counter()
+        result.image, result.logs = call()
+        paths.sync()
+        result.seconds.append(time.perf_counter() - start)
+        if stages := parse_stages(result.logs):
+            result.stages.append(stages)
+    result.peak_bytes = paths.peak(pids)
+    return result
+
+
+def captured(call: Callable[[], list[Path]]) -> tuple[np.ndarray, str]:
+    """Our generator's first image and its logs."""
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        files = call()
+    return np.asarray(Image.open(files[0]).convert("RGB")), buffer.getvalue()
+
+
+def plain_read(weights: Path) -> tuple[float, int]:
+    """Seconds and bytes to read every safetensors file the build loads, as plain file reads."""
+    start, total = time.perf_counter(), 0
+    for path in sorted(weights.rglob("*.safetensors")):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                total += len(chunk)
+    return time.perf_counter() - start, total
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="script/bench", description=__doc__)
+    parser.add_argument("weights", type=Path, help="a weights folder (real, tiny or full-size)")
+    parser.add_argument("--size", type=int, help="image side (default: the model's native)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 50 SD, 30 SDXL")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cases", default=",".join(paths.CASES), help="comma-separated")
+    parser.add_argument("--paths", default="diffusers,generator,server", help="comma-separated")
+    parser.add_argument("--out", type=Path, help="append the report (markdown) to this file")
+    args = parser.parse_args(argv)
+
+    family = family_of(args.weights / "base")
+    size = args.size or (1024 if family == "sdxl" else 512)
+    steps = args.steps or (30 if family == "sdxl" else 50)
+    workdir = Path(tempfile.mkdtemp(prefix="sdcog-bench-"))
+    setup = paths.Setup(args.weights, workdir, family, size, steps)
+    cases = [c for c in args.cases.split(",") if setup.supports(c)]
+    chosen = args.paths.split(",")
+    read_s, read_bytes = plain_read(args.weights)
+    results: dict[str, dict[str, Result]] = {}
+    setups: dict[str, float] = {}
+    for name in [p for p in ("diffusers", "generator", "server") if p in chosen]:
+        start = time.perf_counter()
+        runner = setup.open(name)
+        setups[name] = time.perf_counter() - start
+        results[name] = {}
+        for case in cases:
+            if call := runner.call(case):
+                results[name][case] = measure(call, args.warmup, args.runs, runner.pids())
+        runner.close()
+        del runner
+        gc.collect()
+        paths.empty_cache()
+    report = render(setup, results, setups, (read_s, read_bytes), args)
+    print(report)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(report + "\n")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def render(
+    setup: "paths.Setup",
+    results: dict[str, dict[str, Result]],
+    setups: dict[str, float],
+    read: tuple[float, int],
+    args: argparse.Namespace,
+) -> str:
+    device, dtype = device_and_dtype()
+    machine = paths.machine()
+    lines = [
+        f"### {setup.family.upper()} {setup.size}x{setup.size}, {setup.steps} steps, batch 1 "
+        f"({date.today().isoformat()})",
+        "",
+        f"Machine: {machine}; {device} {str(dtype).removeprefix('torch.')}; torch "
+        f"{torch.__version__}, Python {platform.python_version()}. Weights: {args.weights}. "
+        f"{args.warmup} warm-up + {args.runs} timed runs per cell; median (min-max).",
+        "",
+        "| case | path | median s | min-max s | x diffusers | peak memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    raw = results.get("diffusers", {})
+    cases = list(dict.fromkeys(case for by_case in results.values() for case in by_case))
+    for case in cases:
+        base = raw.get(case) or raw.get("txt2img")
+        for name, by_case in results.items():
+            if case not in by_case:
+                continue
+            r = by_case[case]
+            ratio = f"{r.median / base.median:.3f}" if base else "-"
+            spread = f"{min(r.seconds):.3f}-{max(r.seconds):.3f}"
+            lines.append(f"| {case} | {name} | {r.median:.3f} | {spread} | {ratio} | "
+                         f"{_gb(r.peak_bytes)} |")  # fmt: skip
+    lines += ["", *stage_table(results), "", *findings(results, setups, read)]
+    return "\n".join(lines)
+
+
+def stage_table(results: dict[str, dict[str, Result]]) -> list[str]:
+    """Median stage timings (ms) of our paths; transfer: the server's wall time beyond them."""
+    rows = ["| case | path | " + " | ".join(STAGES) + " | transfer |",
+            "|---|---|" + "---|" * (len(STAGES) + 1)]  # fmt: skip
+    for name in ("generator", "server"):
+        for case, r in results.get(name, {}).items():
+            stages = r.stage_medians()
+            if not stages:
+                continue
+            transfer = r.median * 1000 - sum(stages.values()) if name == "server" else None
+            cells = [f"{stages.get(s, 0):.0f}" for s in STAGES]
+            cells.append(f"{transfer:.0f}" if transfer is not None else "-")
+            rows.append(f"| {case} | {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def findings(
+    results: dict[str, dict[str, Result]], setups: dict[str, float], read: tuple[float, int]
+) -> list[str]:
+    read_s, read_bytes = read
+    out = [f"- Plain read of the build's safetensors: {_gb(read_bytes)} in {read_s:.2f} s."]
+    for name, seconds in setups.items():
+        out.append(f"- Setup, {name}: {seconds:.2f} s ({seconds / read_s:.2f}x the plain read).")
+    ours = results.get("generator", {})
+    plain = ours.get("txt2img")
+    raw = results.get("diffusers", {}).get("txt2img")
+    if plain and raw and raw.image is not None:
+        diff = np.abs(plain.image.astype(float) - raw.image.astype(float)).mean()
+        out.append(f"- Generator vs diffusers, txt2img image: mean abs diff {diff:.2f}/255.")
+    if plain and (lora := ours.get("lora")):
+        out.append(f"- Warm LoRA: {lora.median / plain.median:.3f}x a plain request.")
+    if plain and (cached := ours.get("deepcache")):
+        diff = np.abs(cached.image.astype(float) - plain.image.astype(float)).mean()
+        counts = re.findall(r"deepcache: (\d+) of (\d+) base", cached.logs)
+        reused = f"{counts[0][0]} of {counts[0][1]} UNet calls reused" if counts else ""
+        out.append(f"- DeepCache (interval 3): {plain.median / cached.median:.2f}x faster than "
+                   f"plain, {reused}; mean abs diff {diff:.2f}/255.")  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""The three paths script/bench compares, each on the same weights, seed and inputs: a plain
+diffusers pipeline as its documentation loads it, our Generator in-process, and a prediction
+through Cog's HTTP server. Each path answers `call(case)` with a function that makes one image and
+returns it with the logs, or None where the case is not the path's (DeepCache in diffusers)."""
+
+import base64
+import functools
+import http.server
+import io
+import json
+import os
+import platform
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoPipelineForText2Image,
+    DDIMScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+)
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .controlnets import CLASSES, KIND_ENTRIES, UNION_ENTRY, UNION_MODES
+from .local import CogServer
+from .pipelines import CONTROL_PIPELINES, device_and_dtype
+
+CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache")
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+NEGATIVE = "blurry, low quality"
+Call = Callable[[], tuple[np.ndarray, str]]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _rss_peak(pids: list[int]) -> int:
+    """The processes' peak resident memory (VmHWM), summed."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _reset_rss_peak(pids: list[int]) -> None:
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM
+
+
+def reset_peak(pids: list[int] | None = None) -> None:
+    if torch.cuda.is_available() and pids is None:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_rss_peak(pids or [os.getpid()])
+
+
+def peak(pids: list[int] | None = None) -> int:
+    """CUDA's max allocated bytes in this process, or the peak RSS of the processes."""
+    if torch.cuda.is_available() and pids is None:
+        return torch.cuda.max_memory_allocated()
+    if torch.cuda.is_available():
+        return 0  # another process's CUDA peak is not visible from here
+    return _rss_peak(pids or [os.getpid()])
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores CPU"
+
+
+def write_lora(unet_file: Path, path: Path, rank: int = 16) -> Path:
+    """A random LoRA (diffusers' peft key format) on every attention projection of the UNet,
+    shaped from its weights file without loading it."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    with safe_open(unet_file, "pt") as f:
+        for key in f.keys():
+            if key.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")):
+                out_features, in_features = f.get_slice(key).get_shape()
+                module = key.removesuffix(".weight")
+                state[f"unet.{module}.lora_A.weight"] = (
+                    torch.randn(rank, in_features, generator=generator) * 0.01
+                )
+                state[f"unet.{module}.lora_B.weight"] = (
+                    torch.randn(out_features, rank, generator=generator) * 0.01
+                )
+    save_file(state, path)
+    return path
+
+
+class Setup:
+    """The benchmark's inputs: one per case, for every path."""
+
+    def __init__(self, weights: Path, workdir: Path, family: str, size: int, steps: int) -> None:
+        self.weights, self.workdir, self.family = weights, workdir, family
+        self.size, self.steps = size, steps
+        unet_file = next((weights / "base/unet").glob("*.safetensors"))
+        self.lora = write_lora(unet_file, workdir / "lora.safetensors")
+        self.control = workdir / "control.png"
+        edges = np.zeros((size, size), np.uint8)
+        edges[size // 4 : 3 * size // 4 : 8, size // 4 : 3 * size // 4] = 255  # stripes
+        Image.fromarray(edges).convert("RGB").save(self.control)
+        self.controlnet_entry = UNION_ENTRY if family == "sdxl" else KIND_ENTRIES["canny"]
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=workdir)
+        handler.log_message = lambda *args: None
+        self.files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.files.serve_forever, daemon=True).start()
+        # Our paths fetch the LoRA from that loopback server and read the control image.
+        os.environ.update(ALLOW_PRIVATE_URLS="127.0.0.1", ALLOW_LOCAL_INPUT_PATHS="1")
+        os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"]))
+
+    def supports(self, case: str) -> bool:
+        if case == "refiner":
+            return self.family == "sdxl" and (self.weights / "refiner/model_index.json").exists()
+        if case == "controlnet":
+            return (self.weights / self.controlnet_entry / "config.json").exists()
+        return case in CASES
+
+    def inputs(self, case: str) -> dict:
+        """predict()'s inputs for the case."""
+        inputs = {
+            "prompt": PROMPT, "negative_prompt": NEGATIVE, "width": self.size,
+            "height": self.size, "num_inference_steps": self.steps, "guidance_scale": 7.5,
+            "seed": 1, "scheduler": "DDIM",
+        }  # fmt: skip
+        extra = {
+            "refiner": {"refine": "expert_ensemble_refiner", "high_noise_frac": 0.8},
+            "lora": {"lora_weights": [self.lora_url], "lora_scales": [0.8]},
+            "controlnet": {
+                "controlnet_1": "canny",
+                "controlnet_1_image": str(self.control),
+                "controlnet_1_preprocess": False,
+            },  # fmt: skip
+            "deepcache": {"deepcache_interval": 3},
+        }
+        return inputs | extra.get(case, {})
+
+    @property
+    def lora_url(self) -> str:
+        return f"http://127.0.0.1:{self.files.server_port}/lora.safetensors"
+
+    def open(self, path: str) -> "Diffusers | Ours | Served":
+        return {"diffusers": Diffusers, "generator": Ours, "server": Served}[path](self)
+
+
+class Diffusers:
+    """diffusers as its documentation loads it, with our scheduler choice (DDIM) for parity."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        device, dtype = device_and_dtype()
+        local = {"dtype": dtype, "local_files_only": True}
+        extra = {}
+        if (setup.weights / "vae/config.json").exists():
+            extra["vae"] = AutoencoderKL.from_pretrained(setup.weights / "vae", **local)
+        if setup.family == "sd":
+            extra |= {"safety_checker": None, "feature_extractor": None,
+                      "requires_safety_checker": False}  # fmt: skip
+        self.pipe = AutoPipelineForText2Image.from_pretrained(
+            setup.weights / "base", **local, **extra
+        ).to(device)
+        self.pipe.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        self.refiner = None
+        self.device, self.dtype, self.local = device, dtype, local
+        self.lora_loaded = False
+
+    def call(self, case: str) -> Call | None:
+        if self.lora_loaded and case != "lora":
+            self.pipe.unload_lora_weights()
+            self.lora_loaded = False
+        s = self.setup
+        common = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "num_inference_steps": s.steps,
+                  "guidance_scale": 7.5}  # fmt: skip
+        size = {"width": s.size, "height": s.size}
+
+        def seeded() -> torch.Generator:
+            return torch.Generator(self.device).manual_seed(1)
+
+        if case == "deepcache":
+            return None
+        if case == "lora":
+            self.pipe.load_lora_weights(str(s.lora))
+            self.pipe.set_adapters(["default_0"], [0.8])
+            self.lora_loaded = True
+        if case in ("txt2img", "lora"):
+            return lambda: _first(self.pipe(**common, **size, generator=seeded()).images)
+        if case == "refiner":
+            refiner = self._refiner()
+            return lambda: _first(refiner(
+                **common, denoising_start=0.8, generator=seeded(),
+                image=self.pipe(**common, **size, denoising_end=0.8, output_type="latent",
+                                generator=seeded()).images,
+            ).images)  # fmt: skip
+        return self._controlnet(common, size, seeded)
+
+    def _refiner(self) -> StableDiffusionXLImg2ImgPipeline:
+        if self.refiner is None:
+            self.refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                self.setup.weights / "refiner", vae=self.pipe.vae,
+                text_encoder_2=self.pipe.text_encoder_2, tokenizer_2=self.pipe.tokenizer_2,
+                **self.local,
+            ).to(self.device)  # fmt: skip
+            self.refiner.scheduler = DDIMScheduler.from_config(self.refiner.scheduler.config)
+        return self.refiner
+
+    def _controlnet(self, common: dict, size: dict, seeded: Callable) -> Call:
+        s = self.setup
+        folder = s.weights / s.controlnet_entry
+        kind = CLASSES[json.loads((folder / "config.json").read_text())["_class_name"]]
+        variant = "fp16" if any(folder.glob("*.fp16.safetensors")) else None
+        model = kind.from_pretrained(folder, variant=variant, **self.local).to(self.device)
+        union = s.controlnet_entry == UNION_ENTRY
+        pipe = CONTROL_PIPELINES[s.family, union]["txt2img"].from_pipe(
+            self.pipe, controlnet=model, dtype=self.dtype
+        )
+        image = Image.open(s.control)
+        control = (
+            {"control_image": [image], "control_mode": [UNION_MODES["canny"]]}
+            if union
+            else {"image": image}
+        )
+        return lambda: _first(pipe(**common, **size, **control, generator=seeded()).images)
+
+    def pids(self) -> None:
+        return None  # this process
+
+    def close(self) -> None:
+        del self.pipe, self.refiner
+
+
+def _first(images: list) -> tuple[np.ndarray, str]:
+    return np.asarray(images[0].convert("RGB")), ""
+
+
+class Ours:
+    """Our Generator in-process: the predictor's work without the HTTP server."""
+
+    def __init__(self, setup: Setup) -> None:
+        from .generate import Generator
+
+        self.setup = setup
+        self.generator = Generator(setup.weights)
+
+    def call(self, case: str) -> Call:
+        from .bench import captured
+        from .request import Request
+
+        request = Request.from_inputs(self.setup.inputs(case))
+        return lambda: captured(lambda: self.generator(request))
+
+    def pids(self) -> None:
+        return None  # this process
+
+    def close(self) -> None:
+        del self.generator
+
+
+class Served:
+    """A sync prediction through Cog's server; images go back as data URIs, as Cog sends them."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.log = open(setup.workdir / "cog-server.log", "w")
+        self.server = CogServer(setup.weights, self.log, env=dict(os.environ))
+
+    def pids(self) -> list[int]:
+        process = psutil.Process(self.server.process.pid)
+        return [process.pid, *(p.pid for p in process.children(recursive=True))]
+
+    def call(self, case: str) -> Call:
+        inputs = self.setup.inputs(case)
+        if "controlnet_1_image" in inputs:  # a file goes over the wire, as a client sends it
+            data = base64.b64encode(self.setup.control.read_bytes()).decode()
+            inputs["controlnet_1_image"] = f"data:image/png;base64,{data}"
+
+        def call() -> tuple[np.ndarray, str]:
+            result = self.server.post(inputs).json()
+            if result.get("status") != "succeeded":
+                raise RuntimeError(f"{case}: {result.get('error')}")
+            data = result["output"][0].split(",", 1)[1]
+            image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+            return np.asarray(image), result.get("logs", "")
+
+        return call
+
+    def close(self) -> None:
+        self.server.stop()
+        self.log.close()
