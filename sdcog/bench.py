@@ -56,6 +56,15 @@ def parse_stages(logs: str) -> dict[str, float]:
     return {name: float(ms) for name, ms in re.findall(r"(\w+) (\d+)", match.group(1))}
 
 
+def timed(call: Callable[[], tuple[np.ndarray, str]], result: Result) -> None:
+    start = time.perf_counter()
+    result.image, result.logs = call()
+    paths.sync()
+    result.seconds.append(time.perf_counter() - start)
+    if stages := parse_stages(result.logs):
+        result.stages.append(stages)
+
+
 def measure(
     call: Callable[[], tuple[np.ndarray, str]], warmup: int, runs: int, pids: list[int] | None
 ) -> Result:
@@ -66,14 +75,28 @@ def measure(
         call()
     paths.reset_peak(pids)
     for _ in range(runs):
-        start = time.perf_counter()
-        result.image, result.logs = call()
-        paths.sync()
-        result.seconds.append(time.perf_counter() - start)
-        if stages := parse_stages(result.logs):
-            result.stages.append(stages)
+        timed(call, result)
     result.peak_bytes = paths.peak(pids)
     return result
+
+
+def interleaved(runners: dict, cases: list[str], warmup: int, runs: int) -> dict:
+    """Every path loaded at once, their runs taken in turn: a machine whose speed drifts (a
+    shared CPU) slows each path alike. Memory is then only told apart for the server."""
+    results: dict[str, dict[str, Result]] = {name: {} for name in runners}
+    for case in cases:
+        calls = {name: call for name, r in runners.items() if (call := r.call(case))}
+        for name, call in calls.items():
+            for _ in range(warmup):
+                call()
+            results[name][case] = Result()
+        for _ in range(runs):
+            for name, call in calls.items():
+                timed(call, results[name][case])
+        for name in calls:
+            if pids := runners[name].pids():
+                results[name][case].peak_bytes = paths.peak(pids)
+    return results
 
 
 def captured(call: Callable[[], list[Path]]) -> tuple[np.ndarray, str]:
@@ -102,7 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cases", default=",".join(paths.CASES), help="comma-separated")
-    parser.add_argument("--paths", default="diffusers,generator,server", help="comma-separated")
+    parser.add_argument(
+        "--paths", default="diffusers,generator,server",
+        help="comma-separated, in order; generator:A+B runs ours with SDCOG_FAST_PATH=A,B "
+        "(e.g. generator:none,generator:fused_qkv to measure each optimisation)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interleave", action="store_true",
+        help="load every path at once and take their runs in turn (for machines whose speed "
+        "drifts; needs the memory of all paths)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="append the report (markdown) to this file")
     args = parser.parse_args(argv)
 
@@ -116,10 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     read_s, read_bytes = plain_read(args.weights)
     results: dict[str, dict[str, Result]] = {}
     setups: dict[str, float] = {}
-    for name in [p for p in ("diffusers", "generator", "server") if p in chosen]:
+    runners = {}
+    for name in chosen:
         start = time.perf_counter()
         runner = setup.open(name)
         setups[name] = time.perf_counter() - start
+        if args.interleave:
+            runners[name] = runner
+            continue
         results[name] = {}
         for case in cases:
             if call := runner.call(case):
@@ -128,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         del runner
         gc.collect()
         paths.empty_cache()
+    if runners:
+        results = interleaved(runners, cases, args.warmup, args.runs)
+        for runner in runners.values():
+            runner.close()
     report = render(setup, results, setups, (read_s, read_bytes), args)
     print(report)
     if args.out:
@@ -154,7 +194,8 @@ def render(
         "",
         f"Machine: {machine}; {device} {str(dtype).removeprefix('torch.')}; torch "
         f"{torch.__version__}, Python {platform.python_version()}. Weights: {args.weights}. "
-        f"{args.warmup} warm-up + {args.runs} timed runs per cell; median (min-max).",
+        f"{args.warmup} warm-up + {args.runs} timed runs per cell; median (min-max)"
+        f"{'; paths interleaved run by run' if args.interleave else ''}.",
         "",
         "| case | path | median s | min-max s | x diffusers | peak memory |",
         "|---|---|---|---|---|---|",
@@ -169,8 +210,9 @@ def render(
             r = by_case[case]
             ratio = f"{r.median / base.median:.3f}" if base else "-"
             spread = f"{min(r.seconds):.3f}-{max(r.seconds):.3f}"
+            memory = _gb(r.peak_bytes) if r.peak_bytes else "-"
             lines.append(f"| {case} | {name} | {r.median:.3f} | {spread} | {ratio} | "
-                         f"{_gb(r.peak_bytes)} |")  # fmt: skip
+                         f"{memory} |")  # fmt: skip
     lines += ["", *stage_table(results), "", *findings(results, setups, read)]
     return "\n".join(lines)
 
@@ -179,8 +221,8 @@ def stage_table(results: dict[str, dict[str, Result]]) -> list[str]:
     """Median stage timings (ms) of our paths; transfer: the server's wall time beyond them."""
     rows = ["| case | path | " + " | ".join(STAGES) + " | transfer |",
             "|---|---|" + "---|" * (len(STAGES) + 1)]  # fmt: skip
-    for name in ("generator", "server"):
-        for case, r in results.get(name, {}).items():
+    for name in [n for n in results if n != "diffusers"]:
+        for case, r in results[name].items():
             stages = r.stage_medians()
             if not stages:
                 continue

@@ -156,7 +156,11 @@ class Setup:
         return f"http://127.0.0.1:{self.files.server_port}/lora.safetensors"
 
     def open(self, path: str) -> "Diffusers | Ours | Served":
-        return {"diffusers": Diffusers, "generator": Ours, "server": Served}[path](self)
+        """A path by name; generator:A+B is our Generator with SDCOG_FAST_PATH=A,B."""
+        name, _, fast_path = path.partition(":")
+        if name == "generator" and fast_path:
+            return Ours(self, fast_path.replace("+", ","))
+        return {"diffusers": Diffusers, "generator": Ours, "server": Served}[name](self)
 
 
 class Diffusers:
@@ -251,11 +255,19 @@ def _first(images: list) -> tuple[np.ndarray, str]:
 class Ours:
     """Our Generator in-process: the predictor's work without the HTTP server."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, fast_path: str | None = None) -> None:
         from .generate import Generator
 
         self.setup = setup
-        self.generator = Generator(setup.weights)
+        default = os.environ.get("SDCOG_FAST_PATH")
+        if fast_path:
+            os.environ["SDCOG_FAST_PATH"] = fast_path
+        try:
+            self.generator = Generator(setup.weights)
+        finally:
+            os.environ.pop("SDCOG_FAST_PATH", None)
+            if default is not None:
+                os.environ["SDCOG_FAST_PATH"] = default
 
     def call(self, case: str) -> Call:
         from .bench import captured

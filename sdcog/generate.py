@@ -1,12 +1,6 @@
 """Request -> pipeline -> images: one prediction from start to files on disk."""
 
-import os
-import shutil
-import tempfile
 import threading
-import uuid
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -30,6 +24,7 @@ from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
 from .loras import Lora, WarmLoras
+from .outputs import OutputFolders
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .safety import SafetyChecker
@@ -65,9 +60,7 @@ class Generator:
             refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
             torch_compile.compile_unets(base, refiner, self.pipelines.native_size)
         print(setup.line())
-        # Output folders still in use: Cog reads a prediction's files after it returns, while the
-        # next one (the other slot) may already be running.
-        self._output_dirs: deque[Path] = deque()
+        self.outputs = OutputFolders()
 
     def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
         """The request's image files; `cancelled`, once set, stops it at the next step."""
@@ -137,9 +130,9 @@ class Generator:
             results = [(s, picture.paste(image)) for s, image in results]
         if not request.disable_safety_checker:
             with timings.stage("safety"):
-                results = self._drop_flagged(results)
+                results = self.safety.keep_unflagged(results)
         with timings.stage("encode"):
-            files = self._save(results, request)
+            files = self.outputs.save(results, request.output_format, request.output_quality)
         print(timings.line())
         return files
 
@@ -227,41 +220,6 @@ class Generator:
                 adapters.Inversion(ref, self.cache.fetch(ref, "textual_inversions"), token)
             )
         return loras, inversions
-
-    def _drop_flagged(
-        self, results: list[tuple[int, Image.Image]]
-    ) -> list[tuple[int, Image.Image]]:
-        flags = self.safety.flags([image for _, image in results])
-        kept = []
-        for index, (result, flagged) in enumerate(zip(results, flags, strict=True)):
-            if flagged:
-                print(f"output {index} (seed {result[0]}) was flagged as NSFW and left out")
-            else:
-                kept.append(result)
-        if not kept:
-            raise RuntimeError(
-                f"disable_safety_checker: all {len(results)} output(s) were flagged as possibly "
-                "NSFW by the safety checker. Try another prompt or seed, or set "
-                "disable_safety_checker."
-            )
-        return kept
-
-    def _save(self, results: list[tuple[int, Image.Image]], request: Request) -> list[Path]:
-        # With one prediction per slot, the folder from `SLOTS` predictions ago is done with.
-        while len(self._output_dirs) >= runner.SLOTS:
-            shutil.rmtree(self._output_dirs.popleft(), ignore_errors=True)
-        folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
-        self._output_dirs.append(folder)
-        token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
-
-        def save(index: int, output_seed: int, image: Image.Image) -> Path:
-            name = folder / f"out-{index}-seed{output_seed}-{token}"
-            return images.save_image(image, name, request.output_format, request.output_quality)
-
-        # The encoders release the GIL: one thread per core encodes the outputs side by side.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            jobs = [pool.submit(save, i, s, image) for i, (s, image) in enumerate(results)]
-            return [job.result() for job in jobs]
 
 
 def _mode_inputs(

@@ -34,3 +34,22 @@ class SafetyChecker:
         arrays = [np.asarray(image) for image in images]  # the checker blacks these out; unused
         _, flagged = self.checker(clip_input=pixels, images=arrays)
         return [bool(f) for f in flagged]
+
+    def keep_unflagged(
+        self, results: list[tuple[int, Image.Image]]
+    ) -> list[tuple[int, Image.Image]]:
+        """(seed, image) pairs less the flagged ones (each logged); an error if all are."""
+        flags = self.flags([image for _, image in results])
+        kept = []
+        for index, (result, flagged) in enumerate(zip(results, flags, strict=True)):
+            if flagged:
+                print(f"output {index} (seed {result[0]}) was flagged as NSFW and left out")
+            else:
+                kept.append(result)
+        if not kept:
+            raise RuntimeError(
+                f"disable_safety_checker: all {len(results)} output(s) were flagged as possibly "
+                "NSFW by the safety checker. Try another prompt or seed, or set "
+                "disable_safety_checker."
+            )
+        return kept

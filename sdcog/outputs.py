@@ -1,0 +1,40 @@
+"""Output files: each prediction's images encoded into a folder of its own."""
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from . import images, runner
+
+
+class OutputFolders:
+    """Cog reads a prediction's files after it returns, while the next one (the other slot) may
+    already be running: the folders of the last SLOTS predictions are kept."""
+
+    def __init__(self) -> None:
+        self.folders: deque[Path] = deque()
+
+    def save(self, results: list[tuple[int, Image.Image]], fmt: str, quality: int) -> list[Path]:
+        """(seed, image) pairs as files named out-<index>-seed<seed>-<token>.<ext>."""
+        # With one prediction per slot, the folder from SLOTS predictions ago is done with.
+        while len(self.folders) >= runner.SLOTS:
+            shutil.rmtree(self.folders.popleft(), ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
+        self.folders.append(folder)
+        token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
+
+        def save(index: int, seed: int, image: Image.Image) -> Path:
+            return images.save_image(
+                image, folder / f"out-{index}-seed{seed}-{token}", fmt, quality
+            )
+
+        # The encoders release the GIL: one thread per core encodes the outputs side by side.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            jobs = [pool.submit(save, i, seed, image) for i, (seed, image) in enumerate(results)]
+            return [job.result() for job in jobs]
