@@ -81,21 +81,27 @@ def measure(
 
 
 def interleaved(runners: dict, cases: list[str], warmup: int, runs: int) -> dict:
-    """Every path loaded at once, their runs taken in turn: a machine whose speed drifts (a
-    shared CPU) slows each path alike. Memory is then only told apart for the server."""
+    """Every path loaded at once, each round taking one run of every case on every path: a
+    machine whose speed drifts (a shared CPU) slows every cell alike. Memory is then only told
+    apart for the server."""
+    calls = {
+        (case, name): call
+        for case in cases
+        for name, runner in runners.items()
+        if (call := runner.call(case))
+    }
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
     results: dict[str, dict[str, Result]] = {name: {} for name in runners}
-    for case in cases:
-        calls = {name: call for name, r in runners.items() if (call := r.call(case))}
-        for name, call in calls.items():
-            for _ in range(warmup):
-                call()
-            results[name][case] = Result()
-        for _ in range(runs):
-            for name, call in calls.items():
-                timed(call, results[name][case])
-        for name in calls:
-            if pids := runners[name].pids():
-                results[name][case].peak_bytes = paths.peak(pids)
+    for case, name in calls:
+        results[name][case] = Result()
+    for _ in range(runs):
+        for (case, name), call in calls.items():
+            timed(call, results[name][case])
+    for case, name in calls:
+        if pids := runners[name].pids():
+            results[name][case].peak_bytes = paths.peak(pids)
     return results
 
 

@@ -13,6 +13,7 @@ import platform
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -168,26 +169,23 @@ class Diffusers:
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
-        device, dtype = device_and_dtype()
-        local = {"dtype": dtype, "local_files_only": True}
-        extra = {}
-        if (setup.weights / "vae/config.json").exists():
-            extra["vae"] = AutoencoderKL.from_pretrained(setup.weights / "vae", **local)
-        if setup.family == "sd":
+        self.device, self.dtype = device_and_dtype()
+        self.local = {"dtype": self.dtype, "local_files_only": True}
+        self.pipe = self._load()
+        self.refiner = self.lora_pipe = None
+
+    def _load(self) -> Any:
+        s, extra = self.setup, {}
+        if (s.weights / "vae/config.json").exists():
+            extra["vae"] = AutoencoderKL.from_pretrained(s.weights / "vae", **self.local)
+        if s.family == "sd":
             extra |= {"safety_checker": None, "feature_extractor": None,
                       "requires_safety_checker": False}  # fmt: skip
-        self.pipe = AutoPipelineForText2Image.from_pretrained(
-            setup.weights / "base", **local, **extra
-        ).to(device)
-        self.pipe.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
-        self.refiner = None
-        self.device, self.dtype, self.local = device, dtype, local
-        self.lora_loaded = False
+        pipe = AutoPipelineForText2Image.from_pretrained(s.weights / "base", **self.local, **extra)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        return pipe.to(self.device)
 
     def call(self, case: str) -> Call | None:
-        if self.lora_loaded and case != "lora":
-            self.pipe.unload_lora_weights()
-            self.lora_loaded = False
         s = self.setup
         common = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "num_inference_steps": s.steps,
                   "guidance_scale": 7.5}  # fmt: skip
@@ -198,12 +196,15 @@ class Diffusers:
 
         if case == "deepcache":
             return None
-        if case == "lora":
-            self.pipe.load_lora_weights(str(s.lora))
-            self.pipe.set_adapters(["default_0"], [0.8])
-            self.lora_loaded = True
-        if case in ("txt2img", "lora"):
+        if case == "txt2img":
             return lambda: _first(self.pipe(**common, **size, generator=seeded()).images)
+        if case == "lora":  # a pipeline of its own with the LoRA loaded, as one user would
+            if self.lora_pipe is None:
+                self.lora_pipe = self._load()
+                self.lora_pipe.load_lora_weights(str(s.lora))
+                self.lora_pipe.set_adapters(["default_0"], [0.8])
+            pipe = self.lora_pipe
+            return lambda: _first(pipe(**common, **size, generator=seeded()).images)
         if case == "refiner":
             refiner = self._refiner()
             return lambda: _first(refiner(
@@ -245,7 +246,7 @@ class Diffusers:
         return None  # this process
 
     def close(self) -> None:
-        del self.pipe, self.refiner
+        del self.pipe, self.refiner, self.lora_pipe
 
 
 def _first(images: list) -> tuple[np.ndarray, str]:
