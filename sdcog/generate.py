@@ -17,7 +17,6 @@ from . import (
     prompts,
     runner,
     seeds,
-    speed,
     torch_compile,
 )
 from .controlnets import ControlNets
@@ -146,7 +145,6 @@ class Generator:
         loras, inversions = self._fetch_adapters(request)
         plain = not loras and ip_adapter is None and request.deepcache_interval == 1
         stack.enter_context(torch_compile.eager_unless(plain))
-        stack.enter_context(speed.unfused(text_pipe.unet, when=bool(loras)))
         stack.enter_context(self.loras.applied(loras))
         tokenizers = stack.enter_context(
             adapters.applied(text_pipe, self.pipelines.family, inversions)

@@ -30,3 +30,14 @@ def test_bench_compares_the_paths_in_one_run(make_weights, tmp_path, capsys):
     assert "txt2img image: mean abs diff 0.00/255" in report
     assert re.search(r"Setup, generator: [\d.]+ s \([\d.]+x the plain read\)", report)
     assert re.search(r"DeepCache \(interval 3\): [\d.]+x faster than plain, 2 of 3 UNet", report)
+
+
+def test_bench_sdxl_refiner_and_union_controlnet(make_weights, capsys):
+    bench.main([str(make_weights("sdxl")), "--size", "128", "--steps", "4", "--runs", "1",
+                "--cases", "refiner,controlnet", "--paths", "diffusers,generator",
+                "--interleave"])  # fmt: skip
+    report = capsys.readouterr().out
+    for case in ("refiner", "controlnet"):
+        for path in ("diffusers", "generator"):
+            assert re.search(rf"^\| {case} \| {path} \| [\d.]+ \|", report, re.M), (case, path)
+    assert "### SDXL 128x128, 4 steps" in report

@@ -109,3 +109,21 @@ def test_a_lora_that_does_not_fit_drops_the_warm_ones_cleanly(
     assert generator.loras.warm == {} and wrappers(generator) == 0
     assert np.array_equal(pixels(generator), fresh)
     assert np.array_equal(pixels(generator, (a,)), with_a)
+
+
+def test_the_lora_is_merged_for_the_request_not_computed_per_step(
+    generator, adapter_refs, family, monkeypatch
+):
+    calls: list[str] = []
+    real = loras.WarmLoras._merged
+
+    def watching(self, names):
+        for model in self.models:
+            for name, module in model.named_modules():
+                if name.endswith("lora_A." + names[0]):
+                    module.register_forward_hook(lambda *_, n=name: calls.append(n))
+        return real(self, names)
+
+    monkeypatch.setattr(loras.WarmLoras, "_merged", watching)
+    pixels(generator, (adapter_refs[family]["a"],))
+    assert calls == []  # merged: the LoRA layers themselves never ran

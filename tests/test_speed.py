@@ -83,9 +83,10 @@ def test_loras_work_with_fused_attention_and_it_comes_back(pair, adapter_refs):
     lora = {"lora_weights": (adapter_refs[family]["a"],), "lora_scales": (1.0,)}
     before = pixels(fused)
     with_lora = pixels(fused, **lora)
-    # The LoRA's query/key/value layers count (the fused attention would skip them). Only
-    # fused_qkv here: the tiny model under its strong random LoRA turns channels_last's 1e-6
-    # rounding differences into visible ones, which real weights do not.
+    # The LoRA's query/key/value layers count: merged into the separate projections, views of
+    # the fused weights, they reach the fused attention too. Only fused_qkv here: the tiny model
+    # under its strong random LoRA turns channels_last's 1e-6 rounding differences into visible
+    # ones, which real weights do not.
     assert mean_diff(with_lora, pixels(plain, **lora)) <= 0.1
     assert mean_diff(with_lora, before) > 5 * TOLERANCE
     assert speed.is_fused(fused.pipelines.base["txt2img"].unet)
