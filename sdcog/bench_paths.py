@@ -111,7 +111,7 @@ class Setup:
     def __init__(self, weights: Path, workdir: Path, family: str, size: int, steps: int) -> None:
         self.weights, self.workdir, self.family = weights, workdir, family
         self.size, self.steps = size, steps
-        unet_file = next((weights / "base/unet").glob("*.safetensors"))
+        unet_file = weights / "base/unet/diffusion_pytorch_model.safetensors"
         self.lora = write_lora(unet_file, workdir / "lora.safetensors")
         self.control = workdir / "control.png"
         edges = np.zeros((size, size), np.uint8)

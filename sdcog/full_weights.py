@@ -92,7 +92,8 @@ def _text(config: dict) -> CLIPTextConfig:
 
 
 def _save(model: torch.nn.Module, directory: Path) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
+    # One file per model, as the real repositories ship them (SDXL's UNet: 10.3 GB).
+    model.save_pretrained(directory, safe_serialization=True, max_shard_size="20GB")
 
 
 def write_safety(directory: Path) -> None:
