@@ -165,15 +165,7 @@ class Ours:
         from .generate import Generator
 
         self.setup = setup
-        default = os.environ.get("SDCOG_FAST_PATH")
-        if fast_path:
-            os.environ["SDCOG_FAST_PATH"] = fast_path
-        try:
-            self.generator = Generator(setup.weights)
-        finally:
-            os.environ.pop("SDCOG_FAST_PATH", None)
-            if default is not None:
-                os.environ["SDCOG_FAST_PATH"] = default
+        self.generator = Generator(setup.weights, fast_path)
 
     def call(self, case: str) -> Call:
         from .bench import captured

@@ -17,6 +17,7 @@ from . import (
     prompts,
     runner,
     seeds,
+    speed,
     torch_compile,
 )
 from .controlnets import ControlNets
@@ -39,10 +40,11 @@ TILED_DECODE_PIXELS = 1024 * 1024
 class Generator:
     """Holds the loaded model; each call runs one request and returns its image files."""
 
-    def __init__(self, weights_dir: Path) -> None:
+    def __init__(self, weights_dir: Path, fast_path: str | None = None) -> None:
+        """fast_path: the optimisations to apply (speed.py); None: SDCOG_FAST_PATH's."""
         setup = Timings(SETUP_STAGES, "setup")
         with setup.stage("pipelines"):
-            self.pipelines = Pipelines.load(weights_dir)
+            self.pipelines = Pipelines.load(weights_dir, speed.fast_path(fast_path))
         base = self.pipelines.base["txt2img"]
         with setup.stage("safety"):
             _, dtype = device_and_dtype()

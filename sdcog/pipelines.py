@@ -95,7 +95,8 @@ class Pipelines:
     native_size: int
 
     @classmethod
-    def load(cls, weights_dir: Path) -> "Pipelines":
+    def load(cls, weights_dir: Path, fast_path: tuple[str, ...] = ()) -> "Pipelines":
+        """The model at weights_dir, with the fast path's optimisations (speed.py) applied."""
         family = family_of(weights_dir / "base")
         device, dtype = device_and_dtype()
         # Straight to the device: no CPU copy of the weights on the way.
@@ -115,7 +116,7 @@ class Pipelines:
         txt2img = AutoPipelineForText2Image.from_pretrained(
             weights_dir / "base", **base_only, **shared, **common
         )
-        _prepare(txt2img)
+        _prepare(txt2img, fast_path)
         configs = {"base": dict(txt2img.scheduler.config)}
 
         refiner = None
@@ -127,7 +128,7 @@ class Pipelines:
                 tokenizer_2=txt2img.tokenizer_2,
                 **common,
             )
-            _prepare(refine)
+            _prepare(refine, fast_path)
             refiner = {
                 "txt2img": refine,
                 "img2img": refine,
@@ -183,9 +184,9 @@ def _quiet() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
 
 
-def _prepare(pipe: DiffusionPipeline) -> None:
+def _prepare(pipe: DiffusionPipeline, fast_path: tuple[str, ...]) -> None:
     # PyTorch's fused scaled-dot-product attention everywhere.
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe.vae.enable_slicing()  # decode one image at a time: bounded memory for batches
-    speed.apply(pipe, speed.fast_path())
+    speed.apply(pipe, fast_path)

@@ -21,12 +21,14 @@ from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_
 FAST_PATH = ("channels_last", "fused_qkv")
 
 
-def fast_path() -> tuple[str, ...]:
-    """The optimisations SDCOG_FAST_PATH names; unknown names are refused. Default: all on CUDA;
-    on a CPU only fused_qkv (channels_last made no measurable difference there, and converting
-    the weights adds a quarter to setup)."""
+def fast_path(value: str | None = None) -> tuple[str, ...]:
+    """The optimisations `value` (default: SDCOG_FAST_PATH) names; unknown names are refused.
+    Unset: all on CUDA; on a CPU only fused_qkv (channels_last made no measurable difference
+    there, and converting the weights adds a quarter to setup)."""
     default = FAST_PATH if torch.cuda.is_available() else ("fused_qkv",)
-    value = os.environ.get("SDCOG_FAST_PATH", ",".join(default)).strip()
+    if value is None:
+        value = os.environ.get("SDCOG_FAST_PATH", ",".join(default))
+    value = value.strip()
     if value in ("", "none"):
         return ()
     names = tuple(name.strip() for name in value.split(","))
@@ -71,15 +73,10 @@ def _fuse(attention: Attention) -> None:
             fused.bias.copy_(torch.cat([p.bias for p in parts]))
     setattr(attention, "to_kv" if attention.is_cross_attention else "to_qkv", fused)
     attention.fused_projections = True
-    for part, weight in zip(
-        parts, fused.weight.requires_grad_(False).chunk(len(parts)), strict=True
-    ):
-        part.weight = torch.nn.Parameter(weight, requires_grad=False)
-    if attention.use_bias:
-        for part, bias in zip(
-            parts, fused.bias.requires_grad_(False).chunk(len(parts)), strict=True
-        ):
-            part.bias = torch.nn.Parameter(bias, requires_grad=False)
+    for kind in ("weight", "bias") if attention.use_bias else ("weight",):
+        chunks = getattr(fused, kind).requires_grad_(False).chunk(len(parts))
+        for part, chunk in zip(parts, chunks, strict=True):
+            setattr(part, kind, torch.nn.Parameter(chunk, requires_grad=False))
 
 
 def is_fused(unet: UNet2DConditionModel) -> bool:

@@ -1,7 +1,6 @@
 """The fast path keeps images within 2/255 of the plain path, costs no memory, keeps LoRAs
 working, and leaves nothing behind."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,7 @@ TOLERANCE = 2  # mean abs difference, in 0-255 pixel values
 
 
 def build(weights, fast_path: str) -> Generator:
-    old = os.environ.get("SDCOG_FAST_PATH")
-    os.environ["SDCOG_FAST_PATH"] = fast_path
-    try:
-        return Generator(weights)
-    finally:
-        if old is None:
-            del os.environ["SDCOG_FAST_PATH"]
-        else:
-            os.environ["SDCOG_FAST_PATH"] = old
+    return Generator(weights, fast_path)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
