@@ -19,16 +19,23 @@ from diffusers import DiffusionPipeline
 MAX_CHUNKS = 8  # 8 x 75 tokens: beyond that a prompt is refused, never cut
 
 
-class _SkipLayers:
-    """A text encoder whose hidden states end `skip` layers early (clip skip beyond what compel's
-    'penultimate' gives). Pooled outputs still come from the full encoder, as in diffusers."""
+class _Encoder:
+    """A text encoder as compel calls it. `skip` drops that many more layers from the hidden
+    states (clip skip beyond compel's 'penultimate'; pooled outputs still come from the full
+    encoder, as in diffusers), and the pooled output of every call is kept, so SDXL's pooled
+    embedding comes from the pass that encoded the prompt rather than from a pass of its own."""
 
     def __init__(self, encoder: torch.nn.Module, skip: int) -> None:
         self.encoder, self.skip = encoder, skip
+        self.pooled: list[torch.Tensor] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        output = self.encoder(*args, **{**kwargs, "output_hidden_states": True})
-        output.hidden_states = output.hidden_states[: len(output.hidden_states) - self.skip]
+        if self.skip:
+            kwargs["output_hidden_states"] = True
+        output = self.encoder(*args, **kwargs)
+        if self.skip:
+            output.hidden_states = output.hidden_states[: len(output.hidden_states) - self.skip]
+        self.pooled.append(getattr(output, "text_embeds", None))
         return output
 
     def __getattr__(self, name: str) -> Any:
@@ -40,21 +47,19 @@ class _SkipLayers:
 
 
 def _compel(pipe: DiffusionPipeline, tokenizers: dict[str, Any], which: str,
-            kind: ReturnedEmbeddingsType, skip: int | None,
-            pooled: bool = False) -> Compel:  # fmt: skip
+            kind: ReturnedEmbeddingsType, skip: int) -> Compel:  # fmt: skip
     """compel over text encoder `which` ("" or "_2"); skip: layers to drop beyond what `kind`
-    takes (None: use the encoder as it is)."""
+    takes."""
     encoder = getattr(pipe, f"text_encoder{which}")
     # compel expands multi-vector embedding tokens through the (first) tokenizer.
     shim = SimpleNamespace(tokenizer=tokenizers[""], maybe_convert_prompt=pipe.maybe_convert_prompt)
     inversions = DiffusersTextualInversionManager(shim)
     return Compel(
         tokenizer=tokenizers[which],
-        text_encoder=encoder if skip is None else _SkipLayers(encoder, skip),
+        text_encoder=_Encoder(encoder, skip),
         textual_inversion_manager=inversions,
         returned_embeddings_type=kind,
         truncate_long_prompts=False,
-        requires_pooled=pooled,
         device=encoder.device,
     )
 
@@ -95,14 +100,23 @@ def _conjunction(text: str, weighting: str, input_name: str) -> Conjunction:
     return Conjunction([FlattenedPrompt([Fragment(text)])])
 
 
-def _encode_pair(compel: Compel, conjunctions: list[Conjunction]) -> list[torch.Tensor]:
-    pair = [compel.build_conditioning_tensor_for_conjunction(c)[0] for c in conjunctions]
-    return compel.pad_conditioning_tensors_to_same_length(pair)
+def _encode_pair(
+    compel: Compel, conjunctions: list[Conjunction]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Embeddings padded to one length, and pooled embeddings of each text's first 77 tokens
+    (what diffusers pools; weighting applies to the embeddings only)."""
+    encoder, embeds, pooled = compel.conditioning_provider.text_encoder, [], []
+    for conjunction in conjunctions:
+        encoder.pooled.clear()
+        embeds.append(compel.build_conditioning_tensor_for_conjunction(conjunction)[0])
+        pooled.append(encoder.pooled[0])  # compel encodes the first chunk first
+    return compel.pad_conditioning_tensors_to_same_length(embeds), pooled
 
 
 def _pad_to(compel: Compel, tensors: list[torch.Tensor], length: int) -> list[torch.Tensor]:
-    empty = compel.build_conditioning_tensor("")
-    empty = empty[0] if isinstance(empty, tuple) else empty
+    if all(t.shape[1] == length for t in tensors):
+        return tensors
+    empty = compel.conditioning_provider.empty_z
     return [torch.cat([t] + [empty] * ((length - t.shape[1]) // empty.shape[1]), dim=1)
             for t in tensors]  # fmt: skip
 
@@ -150,21 +164,19 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
             compel = _compel(pipe, tokenizers, "", kind, skip=clip_skip - 1)
         else:
             kind = ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED
-            compel = _compel(pipe, tokenizers, "", kind, None)
-        positive, negative = _encode_pair(compel, conjunctions)
+            compel = _compel(pipe, tokenizers, "", kind, skip=0)
+        (positive, negative), _ = _encode_pair(compel, conjunctions)
         embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
         return Embeddings(base=embeds, refiner={})
 
     # SDXL: both encoders' penultimate layers side by side; pooled output of the second.
     kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
-    compel_1 = _compel(pipe, tokenizers, "", kind, skip=clip_skip or None)
-    compel_2 = _compel(pipe, tokenizers, "_2", kind, skip=clip_skip or None, pooled=True)
-    pair_1 = _encode_pair(compel_1, conjunctions)
-    pair_2 = _encode_pair(compel_2, conjunctions)
+    compel_1 = _compel(pipe, tokenizers, "", kind, skip=clip_skip)
+    compel_2 = _compel(pipe, tokenizers, "_2", kind, skip=clip_skip)
+    pair_1, _ = _encode_pair(compel_1, conjunctions)
+    pair_2, pooled = _encode_pair(compel_2, conjunctions)
     length = max(pair_1[0].shape[1], pair_2[0].shape[1])
     pair_1, pair_2 = _pad_to(compel_1, pair_1, length), _pad_to(compel_2, pair_2, length)
-    pooled = [compel_2.conditioning_provider.get_pooled_embeddings([t], device=compel_2.device)
-              for t in texts.values()]  # fmt: skip
     # The refiner conditions on the second encoder alone; the base on both.
     refiner = {
         "prompt_embeds": pair_2[0],

@@ -67,6 +67,43 @@ def test_long_prompts_are_chunked_not_cut(loaded, weighting):
     assert not torch.equal(other[:, -77:], embeds["prompt_embeds"][:, -77:])  # the tail counts
 
 
+def encoder_calls(pipe, encode_them) -> dict[str, int]:
+    calls = {}
+
+    def count(name):
+        return lambda *_: calls.update({name: calls.get(name, 0) + 1})
+
+    names = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    hooks = [getattr(pipe, n).register_forward_hook(count(n)) for n in names]
+    try:
+        encode_them()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+@pytest.mark.parametrize("prompt", ["a lighthouse at dusk", "a (lighthouse)1.3 at dusk"])
+def test_each_text_runs_each_encoder_once_as_in_diffusers(loaded, prompt):
+    # SDXL's pooled embedding comes from the same pass, and no empty-prompt pass pads
+    # embeddings that already have one length.
+    pipe, family = loaded
+    ours = encoder_calls(pipe, lambda: encode(pipe, family, prompt, "fog", "compel", 0))
+    theirs = encoder_calls(pipe, lambda: diffusers_embeds(pipe, family, prompt, "fog"))
+    weighted = "(" in prompt  # compel adds one empty-prompt pass per encoder to weight from
+    assert ours == {name: count + weighted for name, count in theirs.items()}
+
+
+def test_pooled_embedding_is_of_the_text_without_its_weighting_syntax(loaded):
+    pipe, family = loaded
+    if family != "sdxl":
+        pytest.skip("SD 1.x has no pooled embedding")
+    weighted = encode(pipe, family, "a (red)1.3 cube+", "", "compel", 0).base
+    plain = encode(pipe, family, "a red cube", "", "compel", 0).base
+    assert torch.equal(weighted["pooled_prompt_embeds"], plain["pooled_prompt_embeds"])
+    assert not torch.equal(weighted["prompt_embeds"], plain["prompt_embeds"])
+
+
 def test_too_long_is_a_clear_error(loaded):
     pipe, family = loaded
     with pytest.raises(ValueError, match=rf"negative_prompt: 700 tokens .* {MAX_CHUNKS * 75}"):
