@@ -30,7 +30,7 @@ OUTPAINT_SIZES = [
 ]  # fmt: skip
 OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area is painted)."
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
-PROMPT_WEIGHTINGS = ["compel", "none"]
+PROMPT_WEIGHTINGS = ["compel", "a1111", "none"]
 IP_ADAPTERS = ["standard", "plus", "plus_face"]
 # "none", then sdcog.request.CONTROL_KINDS (a test keeps the two equal).
 CONTROLNETS = [
@@ -205,8 +205,9 @@ class Predictor(BasePredictor):
             default=True,
         ),
         prompt_weighting: str = Input(
-            description="compel: weighting syntax (word+++, (words)1.3, .blend(), .and()) and "
-            "long prompts in 77-token chunks; none: the text as written (still chunked).",
+            description="compel: weighting syntax (word+++, (words)1.3, .blend(), .and()); a1111: "
+            "AUTOMATIC1111's ((word)), [word], (word:1.2), BREAK; none: the text as written. All "
+            "encode long prompts in 77-token chunks.",
             choices=PROMPT_WEIGHTINGS,
             default="compel",
         ),

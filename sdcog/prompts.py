@@ -1,7 +1,8 @@
 """Prompt encoding with compel: weighting syntax, prompts longer than 77 tokens, clip skip.
 
 compel parses `word+++`, `(words)1.3`, `.blend()` and `.and()` and encodes long prompts in
-77-token chunks. With prompt_weighting "none" the text goes to the same encoder unparsed, so a
+77-token chunks; "a1111" reads AUTOMATIC1111's syntax into the same structures (a1111.py). With
+prompt_weighting "none" the text goes to the same encoder unparsed, so a
 prompt without syntax gives the same embeddings either way and long prompts are chunked in both.
 """
 
@@ -15,6 +16,8 @@ from compel import Compel, ReturnedEmbeddingsType
 from compel.diffusers_textual_inversion_manager import DiffusersTextualInversionManager
 from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 from diffusers import DiffusionPipeline
+
+from . import a1111
 
 MAX_CHUNKS = 8  # 8 x 75 tokens: beyond that a prompt is refused, never cut
 
@@ -88,6 +91,8 @@ def _plain(text: str) -> bool:
 
 def _conjunction(text: str, weighting: str, input_name: str) -> Conjunction:
     """The parsed prompt; text compel cannot parse is encoded as written, and the log says so."""
+    if weighting == "a1111":
+        return a1111.conjunction(text)
     if weighting == "compel" and not _plain(text):
         try:
             conjunction = Compel.parse_prompt_string(text)

@@ -158,9 +158,13 @@ def test_weighting_on_and_off(server):
     weighted = run(server, prompt="a red+++ cat")
     assert weighted != run(server, prompt="a red+++ cat", prompt_weighting="none")
     assert weighted != run(server, prompt="a red cat")
+    # A1111's syntax for the same weight gives the same image.
+    a1111 = run(server, prompt="a (red:1.5) cat", prompt_weighting="a1111")
+    assert a1111 == run(server, prompt="a (red)1.5 cat")
+    assert a1111 != run(server, prompt="a (red:1.5) cat", prompt_weighting="none")
 
 
-@pytest.mark.parametrize("weighting", ["compel", "none"])
+@pytest.mark.parametrize("weighting", ["compel", "a1111", "none"])
 def test_300_token_prompt_works_and_700_fails(server, weighting):
     assert run(server, prompt="y" * 300, prompt_weighting=weighting)
     assert "prompt: 700 tokens" in fail(server, prompt="y" * 700, prompt_weighting=weighting)
