@@ -1,9 +1,12 @@
 """Downloads for per-prediction adapters (LoRAs, embeddings): safetensors only, size- and
 time-bounded, through one least-recently-used cache keyed by reference and content hash.
 
-A reference is an http(s) URL of a .safetensors file, or a Hugging Face repository `owner/repo`
-holding one safetensors file (or one named pytorch_lora_weights.safetensors). Every request goes
-through netguard: public addresses only, checked at each redirect.
+A reference is an http(s) URL (civitai's `api/download/models/<id>` included: what a file is is
+decided by its bytes, never by a missing suffix; a URL whose path ends in a pickle suffix is
+refused before any request), a civitai AIR id (`civitai:<model>@<version>`), or a Hugging Face
+repository `owner/repo` holding one safetensors file (or one named
+pytorch_lora_weights.safetensors). Every request goes through netguard: public addresses only,
+checked at each redirect. HF_TOKEN and CIVITAI_TOKEN, when set, go to their own hosts only.
 """
 
 import functools
@@ -11,15 +14,16 @@ import hashlib
 import json
 import os
 import re
-import struct
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import requests
 
 from . import netguard
+from .filechecks import CHECKS, PICKLE_SUFFIXES
 
 MAX_FILE_BYTES = int(os.environ.get("ADAPTER_MAX_BYTES", 2 * 1024**3))
 CACHE_BYTES = int(os.environ.get("ADAPTER_CACHE_BYTES", 10 * 1024**3))
@@ -32,45 +36,9 @@ REPO = re.compile(r"[\w.-]+/[\w.-]+")
 PREFERRED = "pytorch_lora_weights.safetensors"
 # A diffusers model's weight files, in order of preference.
 MODEL_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
-MAX_JSON_BYTES = 1 << 20
-
-
-def check_json(path: Path, input_name: str, reference: str) -> None:
-    """A config file must be a small JSON object; anything else is refused before use."""
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise ValueError("too large")
-        if not isinstance(json.loads(path.read_text()), dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{input_name}: {reference} is not a JSON config: {e}") from None
-
-
-def check_safetensors_header(path: Path, input_name: str, reference: str) -> None:
-    """Refuse anything but safetensors by reading its header, before any tensor is deserialised:
-    a pickle (.ckpt, .bin, .pt) starts with other bytes and never reaches a loader."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        if not 2 <= size <= min(100 * 1024**2, path.stat().st_size - 8):
-            raise ValueError(
-                f"{input_name}: {reference} is not a safetensors file (pickled weights such as "
-                ".ckpt, .bin or .pt are never loaded)"
-            )
-        try:
-            header = json.loads(f.read(size))
-        except ValueError:
-            raise ValueError(f"{input_name}: {reference} has a broken safetensors header") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if path.stat().st_size != 8 + size + end:
-        raise ValueError(
-            f"{input_name}: {reference} is truncated or padded ({path.stat().st_size} bytes, "
-            f"its header describes {8 + size + end})"
-        )
-
-
-# What a cached file must pass before it is used, by the suffix it is stored under.
-CHECKS = {".json": check_json, ".safetensors": check_safetensors_header}
+# civitai's AIR ids, short (Runware's) or as a URN: civitai:<model id>@<version id>
+AIR = re.compile(r"(?:urn:air:[\w.-]+:[\w.-]+:)?civitai:(?P<model>\d+)@(?P<version>\d+)")
+DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8'')?"?([^";]+)"?""", re.I)
 
 
 class AdapterCache:
@@ -81,6 +49,7 @@ class AdapterCache:
         max_file_bytes: int = MAX_FILE_BYTES,
         timeout_s: float = TIMEOUT_S,
         endpoint: str | None = None,
+        civitai: str | None = None,
     ) -> None:
         self.root = root
         self.max_bytes = max_bytes
@@ -88,6 +57,9 @@ class AdapterCache:
         self.timeout_s = timeout_s
         self.endpoint = (
             endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        ).rstrip("/")
+        self.civitai = (
+            civitai or os.environ.get("CIVITAI_ENDPOINT", "https://civitai.com")
         ).rstrip("/")
         self.root.mkdir(parents=True, exist_ok=True)
         self.index_path = root / "index.json"
@@ -161,12 +133,14 @@ class AdapterCache:
 
     def _url(self, reference: str, input_name: str) -> str:
         if reference.startswith(("https://", "http://")):
-            if not reference.split("?")[0].endswith(".safetensors"):
+            if urlsplit(reference).path.lower().endswith(PICKLE_SUFFIXES):
                 raise ValueError(
-                    f"{input_name}: {reference} must be a .safetensors file (pickled weights such "
-                    "as .ckpt, .bin or .pt are never loaded)"
+                    f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
+                    "files are never loaded); give a .safetensors file"
                 )
             return reference
+        if air := AIR.fullmatch(reference):
+            return f"{self.civitai}/api/download/models/{air['version']}"
         names = self._repo_files(reference, input_name)
         candidates = [n for n in names if n.endswith(".safetensors")]
         if PREFERRED in candidates:
@@ -181,12 +155,12 @@ class AdapterCache:
     def _repo_files(self, reference: str, input_name: str) -> list[str]:
         if not REPO.fullmatch(reference):
             raise ValueError(
-                f"{input_name}: {reference!r} is neither an http(s) URL of a .safetensors file "
-                "nor a Hugging Face owner/repo"
+                f"{input_name}: {reference!r} is neither an http(s) URL, a civitai AIR id "
+                "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
             )
         api = f"{self.endpoint}/api/models/{reference}"
         try:
-            response = netguard.get(api, input_name, self.timeout_s)
+            response = netguard.get(api, input_name, self.timeout_s, headers=self._headers)
             if response.status_code == 404:
                 raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
             response.raise_for_status()
@@ -202,8 +176,9 @@ class AdapterCache:
             f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit"
         )
         try:
-            with netguard.get(url, input_name, self.timeout_s, stream=True) as response:
-                response.raise_for_status()
+            get = netguard.get(url, input_name, self.timeout_s, stream=True, headers=self._headers)
+            with get as response:
+                self._check_response(response, input_name, reference)
                 if int(response.headers.get("Content-Length", 0)) > self.max_file_bytes:
                     raise too_big
                 written = 0
@@ -221,6 +196,35 @@ class AdapterCache:
         except requests.RequestException as e:
             raise ValueError(f"{input_name}: could not download {reference}: {e}") from None
         return digest.hexdigest()
+
+    def _token_variable(self, url: str) -> str | None:
+        """The token a host gets, if it is one that takes one."""
+        hosts = {_origin(self.endpoint): "HF_TOKEN", _origin(self.civitai): "CIVITAI_TOKEN"}
+        return hosts.get(_origin(url))
+
+    def _headers(self, url: str) -> dict[str, str]:
+        """A token for its own host only: HF_TOKEN to Hugging Face, CIVITAI_TOKEN to civitai."""
+        variable = self._token_variable(url)
+        token = variable and os.environ.get(variable)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _check_response(self, response: requests.Response, input_name: str, reference: str) -> None:
+        """Before the body: an error status, or a file that names itself as pickled weights."""
+        if response.status_code in (401, 403):
+            variable = self._token_variable(response.url)
+            hint = f"; set {variable}" if variable else ""
+            status = response.status_code
+            raise ValueError(f"{input_name}: {reference} needs a login ({status}){hint}")
+        response.raise_for_status()
+        disposition = DISPOSITION_NAME.search(response.headers.get("Content-Disposition", ""))
+        if disposition:
+            name = unquote(disposition[1].strip())
+            if name.lower().endswith(PICKLE_SUFFIXES):
+                raise ValueError(
+                    f"{input_name}: {reference} serves {name}, pickled weights, which are never "
+                    "loaded; choose its .safetensors file"
+                )
+            print(f"{input_name}: {reference} is {name}")
 
     def _evict(self, keep: str) -> None:
         """Drop least recently used files until the cache fits its size bound (never `keep`,
@@ -240,3 +244,8 @@ class AdapterCache:
 
     def _save_index(self) -> None:
         self.index_path.write_text(json.dumps(self.index, indent=1))
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -66,12 +67,21 @@ def check_url(url: str, input_name: str) -> None:
             )
 
 
-def get(url: str, input_name: str, timeout: float, stream: bool = False) -> requests.Response:
+def get(
+    url: str,
+    input_name: str,
+    timeout: float,
+    stream: bool = False,
+    headers: Callable[[str], dict[str, str]] = lambda url: {},
+) -> requests.Response:
     """requests.get, following redirects one hop at a time, each hop checked before it is
-    connected to."""
+    connected to. `headers(url)` gives each hop its headers, so a token goes to its own host
+    and not to wherever that host redirects (civitai: a signed storage URL)."""
     for _ in range(MAX_REDIRECTS + 1):
         check_url(url, input_name)
-        response = requests.get(url, allow_redirects=False, stream=stream, timeout=timeout)
+        response = requests.get(
+            url, headers=headers(url), allow_redirects=False, stream=stream, timeout=timeout
+        )
         if not response.is_redirect:
             return response
         response.close()

@@ -51,12 +51,18 @@ class FileServer:
     """A real HTTP server on 127.0.0.1 serving files from a folder, recording each request path.
     Hugging Face references work too: HF_ENDPOINT points here, and files laid out as
     api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them.
-    `redirects` maps a path to the Location it answers with 302."""
+    `redirects` maps a path to the Location it answers with 302; `dispositions` a path to the
+    file name its Content-Disposition header gives; `statuses` a path to an error status it
+    answers with; `authorizations` records each request's
+    Authorization header (None without one)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[str] = []
         self.redirects: dict[str, str] = {}
+        self.dispositions: dict[str, str] = {}
+        self.statuses: dict[str, int] = {}
+        self.authorizations: list[tuple[str, str | None]] = []
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -65,13 +71,22 @@ class FileServer:
 
             def do_GET(self):  # noqa: N802
                 server.requests.append(self.path)
+                server.authorizations.append((self.path, self.headers.get("Authorization")))
                 if self.path in server.redirects:
                     self.send_response(302)
                     self.send_header("Location", server.redirects[self.path])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if status := server.statuses.get(self.path):
+                    self.send_error(status)
+                    return
                 super().do_GET()
+
+            def end_headers(self):
+                if name := server.dispositions.get(self.path):
+                    self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+                super().end_headers()
 
             def log_message(self, *args):
                 pass

@@ -124,9 +124,23 @@ def test_pickles_are_refused(server, file_server, baseline):
     url = file_server.put("evil.safetensors", pickle.dumps({"weight": [1, 2, 3]}))
     assert "is not a safetensors file" in fail(server, lora_weights=[url])
     ckpt = file_server.put("model.ckpt", b"never fetched")
-    assert "must be a .safetensors file" in fail(server, lora_weights=[ckpt])
+    assert "is pickled weights" in fail(server, lora_weights=[ckpt])
     assert file_server.count("model.ckpt") == 0
     assert run(server) == baseline
+
+
+def test_a_civitai_style_url_without_a_suffix_works(server, adapter_refs, file_server):
+    # Hydrogen's own example: "https://civitai.com/api/download/models/34562", which redirects
+    # to storage and names the file in Content-Disposition.
+    data = adapter_refs[server.family]["a_bytes"]
+    file_server.put(f"storage/{server.family}-34562", data)
+    signed = f"/storage/{server.family}-34562?sig=1"
+    file_server.dispositions[signed] = "add_detail.safetensors"
+    file_server.redirects[f"/api/download/models/{server.family}-34562"] = signed
+    url = f"{file_server.url}/api/download/models/{server.family}-34562"
+    assert run(server, lora_weights=[url]) == run(
+        server, lora_weights=[adapter_refs[server.family]["a"]]
+    )
 
 
 def test_oversize_and_truncated_downloads_fail_cleanly(server, adapter_refs, file_server, baseline):

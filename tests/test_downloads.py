@@ -8,9 +8,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
+from loopback import FileServer
 from safetensors.torch import save_file
 
-from sdcog.downloads import AdapterCache, check_safetensors_header
+from sdcog.downloads import AdapterCache
+from sdcog.filechecks import PICKLE_SUFFIXES, check_safetensors_header
 
 
 def safetensors_bytes(tmp_path, n: int, seed: int = 0) -> bytes:
@@ -122,3 +124,86 @@ def test_hugging_face_repo_resolution(tmp_path, file_server):
         c.fetch("o/none", "lora_weights")
     with pytest.raises(ValueError, match="neither an http"):
         c.fetch("ftp://x/y.safetensors", "textual_inversions")
+
+
+@pytest.fixture
+def storage(tmp_path):
+    """Another host (port) for a download to be redirected to, as civitai's are to signed URLs."""
+    server = FileServer(tmp_path / "storage")
+    yield server
+    server.httpd.shutdown()
+
+
+def civitai_download(tmp_path, file_server, storage, version: str, data: bytes, name: str) -> str:
+    """civitai's api/download/models/<id>: a redirect to storage, which names the file."""
+    signed = f"/files/{version}?X-Amz-Signature=abc"
+    storage.put(f"files/{version}", data)
+    storage.dispositions[signed] = name
+    file_server.redirects[f"/api/download/models/{version}"] = storage.url + signed
+    return f"{file_server.url}/api/download/models/{version}"
+
+
+def test_civitai_urls_without_a_suffix_are_read_by_their_bytes(
+    tmp_path, file_server, storage, monkeypatch, capsys
+):
+    monkeypatch.setenv("CIVITAI_TOKEN", "secret")
+    data = safetensors_bytes(tmp_path, 50)
+    url = civitai_download(tmp_path, file_server, storage, "34562", data, "add_detail.safetensors")
+    c = cache(tmp_path, file_server, civitai=file_server.url)
+    assert c.fetch(url, "lora_weights").read_bytes() == data
+    assert "lora_weights: " + url + " is add_detail.safetensors" in capsys.readouterr().out
+    # The token goes to civitai and not to the storage it redirects to.
+    assert file_server.authorizations[-1] == ("/api/download/models/34562", "Bearer secret")
+    assert storage.authorizations == [("/files/34562?X-Amz-Signature=abc", None)]
+    # Runware's AIR id for the same version reaches the same download.
+    assert c.fetch("civitai:58390@34562", "lora_weights").read_bytes() == data
+    assert c.fetch("urn:air:sd1:lora:civitai:58390@34562", "lora_weights").read_bytes() == data
+
+
+def test_no_token_is_sent_unless_set(tmp_path, file_server, storage, monkeypatch):
+    monkeypatch.delenv("CIVITAI_TOKEN", raising=False)
+    url = civitai_download(tmp_path, file_server, storage, "1", safetensors_bytes(tmp_path, 5), "a")
+    cache(tmp_path, file_server, civitai=file_server.url).fetch(url, "lora_weights")
+    assert file_server.authorizations[-1] == ("/api/download/models/1", None)
+
+
+def test_hf_token_goes_to_hugging_face_only(tmp_path, file_server, storage, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    siblings = json.dumps({"siblings": [{"rfilename": "l.safetensors"}]}).encode()
+    file_server.put("api/models/o/tok", siblings)
+    file_server.put("o/tok/resolve/main/l.safetensors", safetensors_bytes(tmp_path, 7))
+    c = cache(tmp_path, file_server, civitai=storage.url)
+    c.fetch("o/tok", "lora_weights")
+    assert file_server.authorizations[-2:] == [
+        ("/api/models/o/tok", "Bearer hf_x"),
+        ("/o/tok/resolve/main/l.safetensors", "Bearer hf_x"),
+    ]
+    c.fetch(storage.put("other.safetensors", safetensors_bytes(tmp_path, 8)), "lora_weights")
+    assert storage.authorizations[-1] == ("/other.safetensors", None)
+
+
+@pytest.mark.parametrize("suffix", PICKLE_SUFFIXES)
+def test_pickle_suffixes_are_refused_before_any_request(tmp_path, file_server, suffix):
+    before = len(file_server.requests)
+    url = f"{file_server.url}/models/x{suffix.upper()}?download=1"
+    with pytest.raises(ValueError, match=r"lora_weights: .* is pickled weights"):
+        cache(tmp_path, file_server).fetch(url, "lora_weights")
+    assert len(file_server.requests) == before
+
+
+def test_pickled_files_behind_civitai_urls_are_refused(tmp_path, file_server, storage):
+    c = cache(tmp_path, file_server, civitai=file_server.url)
+    named = civitai_download(tmp_path, file_server, storage, "7", b"x" * 100, "model.ckpt")
+    with pytest.raises(ValueError, match=r"lora_weights: .*/7 serves model.ckpt, pickled weights"):
+        c.fetch(named, "lora_weights")
+    unnamed = file_server.put("api/download/models/8", pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match=r"/8 is not a safetensors file"):
+        c.fetch(unnamed, "lora_weights")
+    assert list((tmp_path / "cache").glob("*.safetensors")) == []
+
+
+def test_a_login_wall_says_which_token_to_set(tmp_path, file_server):
+    file_server.statuses["/api/download/models/9"] = 401
+    url = f"{file_server.url}/api/download/models/9"
+    with pytest.raises(ValueError, match=r"needs a login \(401\); set CIVITAI_TOKEN"):
+        cache(tmp_path, file_server, civitai=file_server.url).fetch(url, "lora_weights")
