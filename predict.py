@@ -222,11 +222,18 @@ class Predictor(BasePredictor):
         lora_scales: list[float] = Input(
             description="One scale per LoRA, -4 to 4. Default: lora_scale for each.", default=[]
         ),
-        lora_scale: float = Input(
-            description="The scale of every LoRA without its own in lora_scales.",
+        lora_scale: Optional[float] = Input(
+            description="The scale of every LoRA without its own in lora_scales, and of "
+            "replicate_weights' LoRA. Default: 1 for lora_weights, 0.6 for replicate_weights "
+            "(Replicate's).",
             ge=-4,
             le=4,
-            default=1.0,
+            default=None,
+        ),
+        replicate_weights: Optional[str] = Input(
+            description="SDXL only. The URL of a Replicate SDXL LoRA fine-tune's .tar (its LoRA, "
+            "and its embeddings for the placeholder its special_params.json names, e.g. TOK).",
+            default=None,
         ),
         textual_inversions: list[str] = Input(
             description="Textual inversion embeddings (.safetensors URL or owner/repo), each "

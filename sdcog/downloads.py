@@ -68,17 +68,30 @@ class AdapterCache:
             json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
         )
 
-    def fetch(self, reference: str, input_name: str) -> Path:
-        """The local file for a reference: from the cache, or downloaded, checked and cached."""
-        return self._cached(reference, lambda: self._url(reference, input_name), input_name)
+    def fetch(self, reference: str, input_name: str, suffix: str = ".safetensors") -> Path:
+        """The local file for a reference: from the cache, or downloaded, checked and cached.
+        `suffix` says what it must be (CHECKS): .safetensors, .json or .tar."""
+        url = functools.partial(self._url, reference, input_name)
+        return self._fetched(reference, url, suffix, input_name)
+
+    def derived(self, key: str, make: Callable[[], bytes], input_name: str) -> Path:
+        """A safetensors file made from cached ones (a converted LoRA), cached under `key`."""
+
+        def write(part: Path) -> str:
+            data = make()
+            part.write_bytes(data)
+            return hashlib.sha256(data).hexdigest()
+
+        return self._cached(key, ".safetensors", input_name, write)
 
     def fetch_model(self, reference: str, input_name: str) -> Path:
         """A diffusers-format model (a ControlNet) as a folder: its config.json and its
         safetensors weights, each fetched and cached like an adapter file."""
         # Resolved at most once, and only when a file is not in the cache yet.
         urls = functools.cache(lambda: self._model_urls(reference, input_name))
-        weights = self._cached(reference, lambda: urls()["weights"], input_name)
-        config = self._cached(f"{reference}#config.json", lambda: urls()["config"], input_name)
+        weights = self._fetched(reference, lambda: urls()["weights"], ".safetensors", input_name)
+        config_key = f"{reference}#config.json"
+        config = self._fetched(config_key, lambda: urls()["config"], ".json", input_name)
         folder = self.root / f"model-{weights.stem[:16]}-{config.stem[:16]}"
         if not folder.exists():
             staging = Path(tempfile.mkdtemp(dir=self.root))
@@ -87,20 +100,24 @@ class AdapterCache:
             staging.rename(folder)
         return folder
 
-    def _cached(self, key: str, url: Callable[[], str], input_name: str) -> Path:
-        """The cached file for `key`, or the file at url() downloaded, checked and cached."""
+    def _fetched(self, key: str, url: Callable[[], str], suffix: str, input_name: str) -> Path:
+        """The file at url(), downloaded once and cached under `key`."""
+        return self._cached(
+            key, suffix, input_name, lambda part: self._download(url(), part, input_name, key)
+        )
+
+    def _cached(self, key: str, suffix: str, input_name: str, write: Callable[[Path], str]) -> Path:
+        """The cached file for `key`, or write(part) (which returns the content's sha256) run,
+        its result checked and cached."""
         entry = self.index.get(key)
         if entry and (path := self._path(entry["sha256"], entry.get("suffix"))).exists():
             print(f"{input_name}: {key} from the cache")
             entry["used"] = time.time()
             self._save_index()
             return path
-        source = url()
-        suffix = ".json" if source.split("?")[0].endswith(".json") else ".safetensors"
-        print(f"{input_name}: downloading {key}")
         part = Path(tempfile.mkstemp(dir=self.root, suffix=".part")[1])
         try:
-            digest = self._download(source, part, input_name, key)
+            digest = write(part)
             CHECKS[suffix](part, input_name, key)
             path = self._path(digest, suffix)
             part.replace(path)
@@ -170,6 +187,7 @@ class AdapterCache:
             raise ValueError(f"{input_name}: could not look up {reference}: {e!r}") from None
 
     def _download(self, url: str, dest: Path, input_name: str, reference: str) -> str:
+        print(f"{input_name}: downloading {reference}")
         digest = hashlib.sha256()
         deadline = time.monotonic() + self.timeout_s
         too_big = ValueError(

@@ -3,6 +3,7 @@ its bytes, never on its name."""
 
 import json
 import struct
+import tarfile
 from pathlib import Path
 
 MAX_JSON_BYTES = 1 << 20
@@ -44,5 +45,14 @@ def check_safetensors_header(path: Path, input_name: str, reference: str) -> Non
         )
 
 
+def check_tar(path: Path, input_name: str, reference: str) -> None:
+    """An archive whose member list can be read (its members are checked when they are read)."""
+    try:
+        with tarfile.open(path) as tar:
+            tar.getmembers()
+    except (tarfile.TarError, EOFError):
+        raise ValueError(f"{input_name}: {reference} is not a .tar archive") from None
+
+
 # What a cached file must pass before it is used, by the suffix it is stored under.
-CHECKS = {".json": check_json, ".safetensors": check_safetensors_header}
+CHECKS = {".json": check_json, ".safetensors": check_safetensors_header, ".tar": check_tar}

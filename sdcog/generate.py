@@ -15,6 +15,7 @@ from . import (
     hires,
     images,
     prompts,
+    replicate_weights,
     runner,
     seeds,
     speed,
@@ -102,11 +103,11 @@ class Generator:
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
         with ExitStack() as loaded:  # what the request changes: undone when it closes
             with timings.stage("adapters"):
-                tokenizers, cache = self._patch_models(loaded, request, ip_adapter, refiner)
+                tokenizers, cache, prompt = self._patch_models(loaded, request, ip_adapter, refiner)
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(
-                    text_pipe, self.pipelines.family, request.prompt, request.negative_prompt,
+                    text_pipe, self.pipelines.family, prompt, request.negative_prompt,
                     request.prompt_weighting, request.clip_skip, tokenizers,
                     refiner_zeros=zeros,
                 )  # fmt: skip
@@ -139,12 +140,19 @@ class Generator:
 
     def _patch_models(
         self, stack: ExitStack, request: Request, ip_adapter: str | None, refiner: Any
-    ) -> tuple[dict[str, Any], dict[str, deepcache._State]]:
+    ) -> tuple[dict[str, Any], dict[str, deepcache._State], str]:
         """LoRAs, embeddings, the IP-Adapter and DeepCache on the shared models, each undone
-        when `stack` closes. Returns the tokenizers to encode prompts with, and DeepCache's
-        counts."""
+        when `stack` closes. Returns the tokenizers to encode prompts with, DeepCache's counts,
+        and the prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
         text_pipe = self.pipelines.base["txt2img"]
         loras, inversions = self._fetch_adapters(request)
+        prompt = request.prompt
+        if request.replicate_weights:
+            fine_tune = replicate_weights.fetch(
+                self.cache, request.replicate_weights, request.replicate_scale
+            )
+            loras, inversions = [*loras, fine_tune.lora], [*inversions, *fine_tune.inversions]
+            prompt = fine_tune.prompt(prompt)
         plain = not loras and ip_adapter is None and request.deepcache_interval == 1
         stack.enter_context(torch_compile.eager_unless(plain))
         stack.enter_context(self.loras.applied(loras))
@@ -156,7 +164,7 @@ class Generator:
         cache = stack.enter_context(
             deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
         )
-        return tokenizers, cache
+        return tokenizers, cache, prompt
 
     def _read_images(self, request: Request) -> tuple[Any, ...]:
         """The canvas (or None), the image and mask the pipeline paints (the canvas's region of

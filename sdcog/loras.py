@@ -33,6 +33,7 @@ class Lora:
     reference: str
     path: Path  # named after its content's sha256 by the download cache
     scale: float
+    input_name: str = "lora_weights"
 
     @property
     def adapter_name(self) -> str:
@@ -60,7 +61,7 @@ class WarmLoras:
         try:
             for lora in loras:
                 self._load(lora)
-                print(f"lora_weights: {lora.reference} at scale {lora.scale}")
+                print(f"{lora.input_name}: {lora.reference} at scale {lora.scale}")
             self.pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
             self._evict(keep=set(scales))  # after: peft warns when an active adapter goes
             with self._merged(list(scales)):
@@ -100,7 +101,7 @@ class WarmLoras:
             self.pipe.unload_lora_weights()  # a half-loaded adapter cannot be told apart
             self.warm.clear()
             raise ValueError(
-                f"lora_weights: {lora.reference} does not fit this model: {e}"
+                f"{lora.input_name}: {lora.reference} does not fit this model: {e}"
             ) from None
         self.warm[name] = self._lora_bytes() - before
 

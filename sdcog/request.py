@@ -7,7 +7,9 @@ from typing import Any, get_args
 from . import netguard
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
-SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark")
+SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark", "replicate_weights")
+# lora_scale when not given: for lora_weights, and for replicate_weights (Replicate's default)
+LORA_SCALE, REPLICATE_SCALE = 1.0, 0.6
 
 # The control kinds predict() offers, and its numbered ControlNet slots (controlnet_1_* ...).
 CONTROL_KINDS = (
@@ -118,7 +120,8 @@ class Request:
     clip_skip: int = 0
     lora_weights: tuple[str, ...] = ()
     lora_scales: tuple[float, ...] = ()
-    lora_scale: float = 1.0
+    lora_scale: float | None = None
+    replicate_weights: str | None = None
     textual_inversions: tuple[str, ...] = ()
     controlnets: tuple[ControlSlot, ...] = ()
     # Outpainting, inpainting at full resolution, hires fix
@@ -232,7 +235,12 @@ class Request:
     @property
     def scales(self) -> tuple[float, ...]:
         """One scale per LoRA: lora_scales, or lora_scale for each."""
-        return self.lora_scales or (self.lora_scale,) * len(self.lora_weights)
+        scale = LORA_SCALE if self.lora_scale is None else self.lora_scale
+        return self.lora_scales or (scale,) * len(self.lora_weights)
+
+    @property
+    def replicate_scale(self) -> float:
+        return REPLICATE_SCALE if self.lora_scale is None else self.lora_scale
 
     def check_supported(self, family: str, has_refiner: bool) -> None:
         """Reject what this build cannot do, naming the input."""

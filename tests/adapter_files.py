@@ -1,6 +1,8 @@
 """Tiny LoRA and textual-inversion files for the tiny models, made the way trainers make them
 (peft adapters on the UNet and text encoders), in diffusers', Kohya's and SDXL's formats."""
 
+import json
+import tarfile
 from pathlib import Path
 
 import torch
@@ -68,3 +70,49 @@ def write_embedding(family: str, path: Path, token: str, seed: int, width: int =
         state = {token: torch.randn(2, width) * 3}  # two vectors: a multi-vector token
     save_file(state, path)
     return path
+
+
+def write_replicate_tar(model_dir: Path, folder: Path, seed: int) -> dict[str, Path]:
+    """What replicate/cog-sdxl's trainer writes for a LoRA fine-tune, as the .tar Replicate
+    serves: lora.safetensors (diffusers' old attention-processor names), embeddings.pti (two
+    new tokens per text encoder) and special_params.json. And, made from the same tensors by
+    this test code, the same fine-tune as files lora_weights and textual_inversions take."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "base" / "unet")
+    processor_format, diffusers_format = {}, {}
+    for processor in unet.attn_processors:  # ...attn1.processor
+        attention = unet.get_submodule(processor.removesuffix(".processor"))
+        for short, layer in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"),
+                             ("to_out", "to_out.0")):  # fmt: skip
+            linear = attention.get_submodule(layer)
+            down = torch.randn(4, linear.in_features) * 0.5
+            up = torch.randn(linear.out_features, 4) * 0.5
+            processor_format[f"{processor}.{short}_lora.down.weight"] = down
+            processor_format[f"{processor}.{short}_lora.up.weight"] = up
+            name = processor.removesuffix(".processor")
+            diffusers_format[f"unet.{name}.{layer}.lora_A.weight"] = down
+            diffusers_format[f"unet.{name}.{layer}.lora_B.weight"] = up
+    widths = [
+        CLIPTextModel.from_pretrained(model_dir / "base" / "text_encoder").config.hidden_size,
+        CLIPTextModelWithProjection.from_pretrained(
+            model_dir / "base" / "text_encoder_2"
+        ).config.hidden_size,
+    ]
+    rows = [torch.randn(2, width) * 3 for width in widths]
+    members = folder / "members"
+    members.mkdir(exist_ok=True)
+    save_file(processor_format, members / "lora.safetensors")
+    save_file({f"text_encoders_{i}": r for i, r in enumerate(rows)}, members / "embeddings.pti")
+    (members / "special_params.json").write_text(json.dumps({"TOK": "<s0><s1>"}))
+    files = {"tar": folder / "trained_model.tar"}
+    with tarfile.open(files["tar"], "w") as tar:
+        for path in sorted(members.iterdir()):
+            tar.add(path, arcname=path.name)
+    files["lora"] = folder / "lora_diffusers.safetensors"
+    save_file(diffusers_format, files["lora"])
+    for index in range(2):
+        files[f"<s{index}>"] = folder / f"s{index}.safetensors"
+        save_file({"clip_l": rows[0][index : index + 1], "clip_g": rows[1][index : index + 1]},
+                  files[f"<s{index}>"])  # fmt: skip
+    return files
