@@ -25,7 +25,6 @@ from .filechecks import MAX_JSON_BYTES
 from .loras import Lora
 
 INPUT = "replicate_weights"
-DEFAULT_SCALE = 0.6  # Replicate's lora_scale default for its fine-tunes
 MAX_MEMBER_BYTES = 2 * 1024**3
 # down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight
 PROCESSOR_KEY = re.compile(
