@@ -155,6 +155,8 @@ class AdapterCache:
                     f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
                     "files are never loaded); give a .safetensors file"
                 )
+            if _origin(reference) == ("https", "civitai.com"):  # CIVITAI_ENDPOINT: a mirror
+                return self.civitai + reference.removeprefix("https://civitai.com")
             return reference
         if air := AIR.fullmatch(reference):
             return f"{self.civitai}/api/download/models/{air['version']}"

@@ -78,6 +78,7 @@ def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer, **env
         **dead_proxy_env(),
         **env,
         "HF_ENDPOINT": file_server.url,
+        "CIVITAI_ENDPOINT": file_server.url,  # civitai.com URLs are fetched from here
         "ADAPTER_CACHE_DIR": str(tmp / "adapter-cache"),
         "ADAPTER_MAX_BYTES": str(ADAPTER_MAX_BYTES),
         "ADAPTER_TIMEOUT_S": "20",

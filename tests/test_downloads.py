@@ -207,3 +207,14 @@ def test_a_login_wall_says_which_token_to_set(tmp_path, file_server):
     url = f"{file_server.url}/api/download/models/9"
     with pytest.raises(ValueError, match=r"needs a login \(401\); set CIVITAI_TOKEN"):
         cache(tmp_path, file_server, civitai=file_server.url).fetch(url, "lora_weights")
+
+
+def test_civitai_com_urls_are_fetched_from_the_civitai_endpoint(tmp_path, file_server):
+    # CIVITAI_ENDPOINT names a mirror (here, this test's server): civitai.com URLs go there.
+    data = safetensors_bytes(tmp_path, 9)
+    file_server.put("api/download/models/777", data)
+    c = cache(tmp_path, file_server, civitai=file_server.url)
+    assert (
+        c.fetch("https://civitai.com/api/download/models/777", "lora_weights").read_bytes() == data
+    )
+    assert file_server.requests[-1] == "/api/download/models/777"

@@ -1,0 +1,125 @@
+"""Hydrogen Network's (Crynux's) Stable Diffusion task JSON, as predict() inputs.
+
+Defaults are the task format's (crynux-ai/stable-diffusion-task, the version its documentation
+describes): 512x512, 25 steps, cfg 5, 6 images, seed 0, the safety checker on, compel's prompt
+syntax, DPMSolverMultistep. Weights (`lora.weight`, `controlnet.weight`, `refiner.
+denoising_cutoff`) are percentages there.
+"""
+
+from typing import Any
+
+from . import Build, validate
+
+# Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
+PREPROCESS = {
+    "canny": "canny",
+    "depth_midas": "depth", "depth_zoe": "depth", "depth_leres": "depth", "depth_leres++": "depth",
+    "openpose": "openpose", "dwpose": "openpose", "openpose_face": "openpose_face",
+    "lineart_realistic": "lineart", "lineart_coarse": "lineart",
+    "softedge_hed": "softedge", "softedge_hedsafe": "softedge", "softedge_pidinet": "softedge",
+    "softedge_pidisafe": "softedge",
+    "scribble_hed": "scribble", "scribble_hedsafe": "scribble", "scribble_pidinet": "scribble",
+    "scribble_pidisafe": "scribble",
+}  # fmt: skip
+SCHEDULERS = {
+    "DPMSolverMultistep": "DPMSolverMultistep",
+    "EulerAncestralDiscrete": "K_EULER_ANCESTRAL",
+}
+HF_ENDPOINT = "https://huggingface.co"
+
+
+def inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
+    """predict()'s inputs for a task, or a ValueError naming the task's field."""
+    validate(task, "hydrogen")
+    base = task["base_model"]
+    base = base if isinstance(base, str) else base["name"]
+    if not build.serves("base", base):
+        raise ValueError(
+            f"hydrogen: base_model: {base} is not this build's model ({build.pins['base']}); "
+            "a build serves the one model its weights/pins.toml pins"
+        )
+    for field in ("unet", "vae"):
+        if task.get(field) and not build.serves(field, task[field]):
+            raise ValueError(f"hydrogen: {field}: {task[field]} is not this build's {field}")
+    config = task["task_config"]
+    result: dict[str, Any] = {
+        "prompt": task["prompt"],
+        "negative_prompt": task.get("negative_prompt", ""),
+        "width": config.get("image_width", 512),
+        "height": config.get("image_height", 512),
+        "num_inference_steps": config.get("steps", 25),
+        "seed": config.get("seed", 0),
+        "num_outputs": config.get("num_images", 6),
+        "disable_safety_checker": not config.get("safety_checker", True),
+        "guidance_scale": config.get("cfg", 5),
+        "prompt_weighting": "compel",
+        "scheduler": _scheduler(task.get("scheduler")),
+    }
+    for side in ("width", "height"):
+        if result[side] % 64:
+            raise ValueError(
+                f"hydrogen: task_config.image_{side}: {result[side]} is not a multiple of 64"
+            )
+    if lora := task.get("lora"):
+        reference = lora["model"]
+        if lora.get("weight_file_name"):  # a file in a Hugging Face repository
+            reference = f"{HF_ENDPOINT}/{reference}/resolve/main/{lora['weight_file_name']}"
+        result |= {"lora_weights": [reference], "lora_scales": [lora.get("weight", 100) / 100]}
+    if controlnet := task.get("controlnet"):
+        result |= _controlnet(controlnet, build)
+    if refiner := task.get("refiner"):
+        if not build.serves("refiner", refiner["model"]):
+            raise ValueError(
+                f"hydrogen: refiner.model: {refiner['model']} is not this build's refiner"
+            )
+        result |= {
+            "refine": "expert_ensemble_refiner",
+            "high_noise_frac": refiner.get("denoising_cutoff", 80) / 100,
+        }
+    if task.get("textual_inversion"):
+        result["textual_inversions"] = [task["textual_inversion"]]
+    return result
+
+
+def _scheduler(scheduler: dict[str, Any] | None) -> str:
+    method = (scheduler or {}).get("method", "DPMSolverMultistep")
+    if method not in SCHEDULERS:
+        raise ValueError(
+            f"hydrogen: scheduler.method: {method} is not served here ({', '.join(SCHEDULERS)})"
+        )
+    args = (scheduler or {}).get("args") or {}
+    if method == "DPMSolverMultistep" and args.get("use_karras_sigmas"):
+        return "KarrasDPM"
+    return SCHEDULERS[method]
+
+
+def _controlnet(controlnet: dict[str, Any], build: Build) -> dict[str, Any]:
+    model = controlnet["model"]
+    preprocess = controlnet.get("preprocess")
+    if preprocess:
+        kind = PREPROCESS.get(preprocess["method"])
+        if kind is None:
+            raise ValueError(
+                f"hydrogen: controlnet.preprocess.method: {preprocess['method']} is not served "
+                f"here ({', '.join(PREPROCESS)})"
+            )
+    else:  # a ready control map: the kind is the model's
+        kind = next((k for k in dict.fromkeys(PREPROCESS.values()) if k in model.lower()), None)
+        if kind is None:
+            raise ValueError(
+                f"hydrogen: controlnet.model: cannot tell which kind of control {model} is; give "
+                "controlnet.preprocess"
+            )
+    image = controlnet["image_dataurl"]
+    if not image.startswith("data:"):  # bare base64
+        image = f"data:image/png;base64,{image}"
+    slot = {
+        "controlnet_1": kind,
+        "controlnet_1_image": image,
+        "controlnet_1_conditioning_scale": controlnet.get("weight", 70) / 100,
+        "controlnet_1_preprocess": bool(preprocess),
+    }
+    pinned = f"controlnet_{kind.removesuffix('_face')}"
+    if not (build.serves(pinned, model) or build.serves("controlnet_union", model)):
+        slot["controlnet_1_model"] = model
+    return slot

@@ -1,0 +1,158 @@
+"""Hydrogen Network (Crynux) task JSON: its schema, its translation, and its documented example
+run through Cog's real server by script/task's engine."""
+
+import base64
+import json
+
+import pytest
+from PIL import Image
+
+from sdcog.dialects import Build, hydrogen
+from sdcog.task import RunningServer, run
+from sdcog.weights import PIN_FILE
+
+SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
+
+
+def documented_example(control_png: bytes) -> dict:
+    """Crynux's 'Stable Diffusion Task' page, as written there: only `False` (Python) is JSON's
+    `false`, and its elided image ("base64,image/png:...") a real one."""
+    return {
+        "base_model": "emilianJR/chilloutmix_NiPrunedFp32Fix",
+        "prompt": "a realistic portrait photo of a beautiful girl, blonde hair+++, smiling, "
+        "facing the viewer",
+        "negative_prompt": "low resolution++, bad hands",
+        "task_config": {"num_images": 9, "safety_checker": False},
+        "lora": {"model": "https://civitai.com/api/download/models/34562", "weight": 80},
+        "controlnet": {
+            "model": "lllyasviel/control_v11p_sd15_openpose",
+            "weight": 90,
+            "image_dataurl": "data:image/png;base64," + base64.b64encode(control_png).decode(),
+            "preprocess": {"method": "openpose_face"},
+        },
+    }
+
+
+def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs, control_image,
+                                               tmp_path):  # fmt: skip
+    if server.family != "sd":
+        pytest.skip("the example is an SD 1.5 fine-tune's task")
+    # A build of that fine-tune: weights/pins.toml with chilloutmix as [base] (the README's
+    # example), over the tiny SD weights; civitai.com is served by the test's mirror.
+    pins = tmp_path / "pins.toml"
+    pins.write_text(PIN_FILE.read_text().replace(
+        '[base]\nrepo = "stable-diffusion-v1-5/stable-diffusion-v1-5"',
+        '[base]\nrepo = "emilianJR/chilloutmix_NiPrunedFp32Fix"', 1))  # fmt: skip
+    file_server.put("api/download/models/34562", adapter_refs["sd"]["a_bytes"])
+    task = documented_example(control_image.read_bytes())
+    paths = run(
+        RunningServer(server.url), "hydrogen", task, Build.from_pins(pins), tmp_path / "out"
+    )
+    assert len(paths) == 9
+    assert all(Image.open(p).size == (512, 512) for p in paths)
+    assert file_server.count("/api/download/models/34562") >= 1
+    with pytest.raises(ValueError, match="hydrogen: base_model: emilianJR/chilloutmix_NiPruned"):
+        hydrogen.inputs(task, SD)  # the stock SD 1.5 build serves another model
+
+
+def test_translation_and_defaults():
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat",
+            "task_config": {"cfg": 7, "image_width": 640}, "lora": {
+                "model": "o/r", "weight_file_name": "x.safetensors", "weight": 50},
+            "scheduler": {"method": "DPMSolverMultistep", "args": {"use_karras_sigmas": True}},
+            "textual_inversion": "o/ti"}  # fmt: skip
+    assert hydrogen.inputs(task, SD) == {
+        "prompt": "a cat", "negative_prompt": "", "width": 640, "height": 512,
+        "num_inference_steps": 25, "seed": 0, "num_outputs": 6, "disable_safety_checker": False,
+        "guidance_scale": 7, "prompt_weighting": "compel", "scheduler": "KarrasDPM",
+        "lora_weights": ["https://huggingface.co/o/r/resolve/main/x.safetensors"],
+        "lora_scales": [0.5], "textual_inversions": ["o/ti"],
+    }  # fmt: skip
+
+
+def test_sdxl_refiner_and_vae_map_to_the_build():
+    task = {"base_model": {"name": "stabilityai/stable-diffusion-xl-base-1.0"}, "prompt": "x",
+            "task_config": {}, "vae": "madebyollin/sdxl-vae-fp16-fix",
+            "refiner": {"model": "stabilityai/stable-diffusion-xl-refiner-1.0",
+                        "denoising_cutoff": 70}}  # fmt: skip
+    inputs = hydrogen.inputs(task, SDXL)
+    assert inputs["refine"] == "expert_ensemble_refiner" and inputs["high_noise_frac"] == 0.7
+    with pytest.raises(ValueError, match="hydrogen: vae: other/vae is not this build's vae"):
+        hydrogen.inputs({**task, "vae": "other/vae"}, SDXL)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"task_config": {"num_images": 11}}, "hydrogen: task_config.num_images: 11 is greater"),
+        ({"task_config": {"image_width": 500}}, "task_config.image_width: 500 is not a multiple"),
+        ({"prompt": ""}, "hydrogen: prompt: '' should be non-empty"),
+        ({"colour": "red"}, "hydrogen: (the payload): Additional properties"),
+        ({"scheduler": {"method": "LCM"}}, "hydrogen: scheduler.method: LCM is not served here"),
+        (
+            {
+                "controlnet": {
+                    "model": "x/y",
+                    "image_dataurl": "AAAA",
+                    "preprocess": {"method": "mlsd"},
+                }
+            },
+            "controlnet.preprocess.method: mlsd is not served",
+        ),  # fmt: skip
+        (
+            {"controlnet": {"model": "x/mystery", "image_dataurl": "AAAA"}},
+            "controlnet.model: cannot tell which kind of control x/mystery is",
+        ),
+        ({"refiner": {"model": "a/b"}}, "hydrogen: refiner.model: a/b is not this build's"),
+        ({"unet": "a/unet"}, "hydrogen: unet: a/unet is not this build's unet"),
+    ],
+)
+def test_what_cannot_be_honoured_fails_naming_the_field(change, error):
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat", "task_config": {}}
+    with pytest.raises(ValueError) as raised:
+        hydrogen.inputs({**task, **change}, SD)
+    assert error in str(raised.value)
+
+
+def test_a_control_map_without_preprocessing_takes_the_models_kind():
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat", "task_config": {},
+            "controlnet": {"model": "lllyasviel/control_v11f1p_sd15_depth",
+                           "image_dataurl": "AAAA"}}  # fmt: skip
+    inputs = hydrogen.inputs(task, SD)
+    assert inputs["controlnet_1"] == "depth" and inputs["controlnet_1_preprocess"] is False
+    assert inputs["controlnet_1_image"] == "data:image/png;base64,AAAA"
+    assert inputs["controlnet_1_conditioning_scale"] == 0.7  # the format's default weight
+    assert "controlnet_1_model" not in inputs  # the build's own depth ControlNet
+    other = {**task["controlnet"], "model": "someone/depth-controlnet"}
+    assert (
+        hydrogen.inputs({**task, "controlnet": other}, SD)["controlnet_1_model"] == other["model"]
+    )
+
+
+def test_the_schema_is_a_valid_json_schema():
+    import jsonschema
+
+    from sdcog.dialects import HERE
+
+    jsonschema.Draft202012Validator.check_schema(json.loads((HERE / "hydrogen.schema.json")
+                                                            .read_text()))  # fmt: skip
+
+
+def test_script_task_checks_before_starting_a_server_and_runs_on_a_given_one(
+    server, tmp_path, capsys
+):
+    from sdcog.task import main
+
+    if server.family != "sd":
+        pytest.skip("an SD 1.5 task")
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"base_model": "other/model", "prompt": "x", "task_config": {}}))
+    with pytest.raises(SystemExit, match="hydrogen: base_model: other/model is not this build"):
+        main(["--dialect", "hydrogen", str(task), "--weights", str(tmp_path / "none")])
+    task.write_text(json.dumps({
+        "base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat",
+        "task_config": {"num_images": 2, "image_width": 256, "image_height": 256, "steps": 3},
+    }))  # fmt: skip
+    main(["--dialect", "hydrogen", str(task), "--url", server.url, "-o", str(tmp_path / "o")])
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 2 and all(Image.open(p).size == (256, 256) for p in printed)
