@@ -8,6 +8,7 @@ denoising_cutoff`) are percentages there.
 
 from typing import Any
 
+from ..request import CONTROL_KINDS
 from . import Build, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
@@ -104,7 +105,7 @@ def _controlnet(controlnet: dict[str, Any], build: Build) -> dict[str, Any]:
                 f"here ({', '.join(PREPROCESS)})"
             )
     else:  # a ready control map: the kind is the model's
-        kind = next((k for k in dict.fromkeys(PREPROCESS.values()) if k in model.lower()), None)
+        kind = next((k for k in CONTROL_KINDS if k in model.lower()), None)
         if kind is None:
             raise ValueError(
                 f"hydrogen: controlnet.model: cannot tell which kind of control {model} is; give "
