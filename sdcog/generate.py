@@ -145,14 +145,7 @@ class Generator:
         when `stack` closes. Returns the tokenizers to encode prompts with, DeepCache's counts,
         and the prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
         text_pipe = self.pipelines.base["txt2img"]
-        loras, inversions = self._fetch_adapters(request)
-        prompt = request.prompt
-        if request.replicate_weights:
-            fine_tune = replicate_weights.fetch(
-                self.cache, request.replicate_weights, request.replicate_scale
-            )
-            loras, inversions = [*loras, fine_tune.lora], [*inversions, *fine_tune.inversions]
-            prompt = fine_tune.prompt(prompt)
+        loras, inversions, prompt = self._fetch_adapters(request)
         plain = not loras and ip_adapter is None and request.deepcache_interval == 1
         stack.enter_context(torch_compile.eager_unless(plain))
         stack.enter_context(self.loras.applied(loras))
@@ -215,8 +208,9 @@ class Generator:
             inputs["ip_adapter_image"] = ip_image
         return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
 
-    def _fetch_adapters(self, request: Request) -> tuple[list[Lora], list[adapters.Inversion]]:
-        """Every adapter file, from the cache or downloaded, before any is loaded."""
+    def _fetch_adapters(self, request: Request) -> tuple[list[Lora], list[adapters.Inversion], str]:
+        """Every adapter file, from the cache or downloaded, before any is loaded; and the
+        prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
         loras = [
             Lora(ref, self.cache.fetch(ref, "lora_weights"), scale)
             for ref, scale in zip(request.lora_weights, request.scales, strict=True)
@@ -227,7 +221,12 @@ class Generator:
             inversions.append(
                 adapters.Inversion(ref, self.cache.fetch(ref, "textual_inversions"), token)
             )
-        return loras, inversions
+        if not request.replicate_weights:
+            return loras, inversions, request.prompt
+        tuned = replicate_weights.fetch(
+            self.cache, request.replicate_weights, request.replicate_scale
+        )
+        return [*loras, tuned.lora], [*inversions, *tuned.inversions], tuned.prompt(request.prompt)
 
 
 def _mode_inputs(

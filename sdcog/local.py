@@ -30,7 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class CogServer:
+class RunningServer:
+    """A Cog server already up at `url` (script/serve's, or a deployed container)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def post(self, input: dict, headers: dict | None = None, **body) -> requests.Response:
+        return requests.post(
+            f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=600
+        )
+
+
+class CogServer(RunningServer):
     """`python -m cog.server.http` for predict.py on 127.0.0.1, as the container runs it."""
 
     def __init__(
@@ -41,7 +53,7 @@ class CogServer:
         env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.log = log
         env = {
             **os.environ,
@@ -83,11 +95,6 @@ class CogServer:
             time.sleep(0.25)
         self.stop()
         raise TimeoutError(f"Cog server not ready in {timeout} s; see {self.log.name}")
-
-    def post(self, input: dict, headers: dict | None = None, **body) -> requests.Response:
-        return requests.post(
-            f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=600
-        )
 
     def stop(self) -> None:
         try:

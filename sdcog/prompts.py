@@ -2,8 +2,8 @@
 
 compel parses `word+++`, `(words)1.3`, `.blend()` and `.and()` and encodes long prompts in
 77-token chunks; "a1111" reads AUTOMATIC1111's syntax into the same structures (a1111.py). With
-prompt_weighting "none" the text goes to the same encoder unparsed, so a
-prompt without syntax gives the same embeddings either way and long prompts are chunked in both.
+prompt_weighting "none" the text goes to the same encoder unparsed, so a prompt without syntax
+gives the same embeddings either way and long prompts are chunked in all three.
 """
 
 import unicodedata

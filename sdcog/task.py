@@ -13,29 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import requests
-
 from . import cli
 from .dialects import Build, hydrogen
-from .local import ROOT, CogServer, error_message
+from .local import ROOT, CogServer, RunningServer, error_message
 from .weights import PIN_FILE
 
 DIALECTS = {"hydrogen": hydrogen}
 
 
-class RunningServer:
-    """A Cog server already up at `url` (one script/serve started, or a deployed container)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def post(self, input: dict, headers: dict | None = None, **body) -> requests.Response:
-        return requests.post(
-            f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=600
-        )
-
-
-def run(server: CogServer | RunningServer, dialect: str, task: object, build: Build,
+def run(server: RunningServer, dialect: str, task: object, build: Build,
         out: Path) -> list[Path]:  # fmt: skip
     """The task's images, written to `out`; a ValueError names what the task got wrong."""
     inputs = DIALECTS[dialect].inputs(task, build)

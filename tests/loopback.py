@@ -53,8 +53,8 @@ class FileServer:
     api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them.
     `redirects` maps a path to the Location it answers with 302; `dispositions` a path to the
     file name its Content-Disposition header gives; `statuses` a path to an error status it
-    answers with; `authorizations` records each request's
-    Authorization header (None without one)."""
+    answers with; `authorizations` records each request's Authorization header (None without
+    one)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from sdcog.dialects import Build, hydrogen
-from sdcog.task import RunningServer, run
+from sdcog.local import RunningServer
+from sdcog.task import run
 from sdcog.weights import PIN_FILE
 
 SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
