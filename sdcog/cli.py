@@ -58,10 +58,15 @@ def typed(name: str, value: str, schemas: dict) -> object:
     return value
 
 
+def output_seeds(logs: str) -> list[tuple[int, bool]]:
+    """Every output's seed, and whether the safety checker left it out, from the logs."""
+    flagged = set(FLAGGED_SEED.findall(logs))
+    return [(int(s), s in flagged) for s in OUTPUT_SEED.findall(logs)]
+
+
 def kept_seeds(logs: str) -> list[int]:
     """The seeds of the returned images, in order, from the prediction's logs."""
-    flagged = set(FLAGGED_SEED.findall(logs))
-    return [int(s) for s in OUTPUT_SEED.findall(logs) if s not in flagged]
+    return [seed for seed, flagged in output_seeds(logs) if not flagged]
 
 
 class Webhook:

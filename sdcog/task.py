@@ -1,10 +1,12 @@
 """script/task: another system's task payload, run through Cog's server.
 
-    script/task --dialect hydrogen TASK.json [-o outputs/] [--pins weights/pins.toml] [--url URL]
+    script/task --dialect hydrogen|runware TASK.json [-o outputs/] [--pins weights/pins.toml]
+                [--url URL]
 
 The payload is checked against the dialect's JSON Schema and translated to predict()'s inputs
-(sdcog/dialects); the prediction runs on Cog's real server (started over the build's weights, or
-the one at --url), and the images are written to the output folder.
+(sdcog/dialects); the predictions run on Cog's real server (started over the build's weights, or
+the one at --url), the images are written to the output folder, and what the system would answer
+is printed (hydrogen: the images' paths; runware: its JSON response).
 """
 
 import argparse
@@ -14,22 +16,25 @@ import tempfile
 from pathlib import Path
 
 from . import cli
-from .dialects import Build, hydrogen
+from .dialects import Build, hydrogen, runware
 from .local import ROOT, CogServer, RunningServer, error_message
 from .weights import PIN_FILE
 
-DIALECTS = {"hydrogen": hydrogen}
+DIALECTS = {"hydrogen": hydrogen, "runware": runware}
 
 
-def run(server: RunningServer, dialect: str, task: object, build: Build,
-        out: Path) -> list[Path]:  # fmt: skip
-    """The task's images, written to `out`; a ValueError names what the task got wrong."""
-    inputs = DIALECTS[dialect].inputs(task, build)
-    result = cli.run(server, inputs)
-    if result["status"] != "succeeded":
-        raise ValueError(f"{dialect}: the prediction {result['status']}: "
-                         f"{error_message(result.get('error') or '')}")  # fmt: skip
-    return cli.save(result, out)
+def run(server: RunningServer, dialect: str, payload: object, build: Build, out: Path) -> str:
+    """What the system answers, its images written to `out`; a ValueError names what the payload
+    got wrong."""
+    module = DIALECTS[dialect]
+    results = []
+    for index, inputs in enumerate(module.translate(payload, build)):
+        result = cli.run(server, inputs)
+        if result["status"] != "succeeded":
+            message = error_message(result.get("error") or "") or result["status"]
+            raise module.failed(payload, index, message)
+        results.append(result)
+    return module.answer(payload, results, out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.task}: not a JSON task: {e}") from None
     build = Build.from_pins(args.pins)
     try:
-        DIALECTS[args.dialect].inputs(task, build)  # fail before a server starts
+        DIALECTS[args.dialect].translate(task, build)  # fail before a server starts
         if args.url:
-            paths = run(RunningServer(args.url), args.dialect, task, build, args.output)
+            answer = run(RunningServer(args.url), args.dialect, task, build, args.output)
         else:
             with (
                 tempfile.TemporaryDirectory(prefix="sdcog-task-") as tmp,
@@ -58,10 +63,9 @@ def main(argv: list[str] | None = None) -> None:
                 print("starting Cog's server ...", file=sys.stderr)
                 server = CogServer(args.weights, log, env={"TMPDIR": tmp})
                 try:
-                    paths = run(server, args.dialect, task, build, args.output)
+                    answer = run(server, args.dialect, task, build, args.output)
                 finally:
                     server.stop()
     except ValueError as e:
-        raise SystemExit(str(e)) from None
-    for path in paths:
-        print(path)
+        raise SystemExit(DIALECTS[args.dialect].failure(e)) from None
+    print(answer)

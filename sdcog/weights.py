@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
@@ -74,6 +74,7 @@ class Pin:
     repo: str
     revision: str
     files: list[str] | None = None  # None: every component's files, from model_index.json
+    air: list[str] = field(default_factory=list)  # other names of these weights (see _stamp)
 
     def __post_init__(self) -> None:
         for path in self.files or []:
@@ -96,6 +97,7 @@ class SingleFilePin:
     url: str
     config_repo: str
     config_revision: str
+    air: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.url.split("?")[0].endswith(WEIGHT_SUFFIX):
@@ -206,10 +208,16 @@ def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums, skip: set[
     """Bring weights/<pin.name>/ to exactly the pinned files, downloading only what is missing.
     Components in `skip` are left out: other entries of the pin file replace them."""
     target = weights_dir / pin.name
-    wanted = json.dumps({**asdict(pin), "skip": sorted(skip)})
+    wanted = _stamp(pin, skip=sorted(skip))
     _is_current(target, wanted)  # downloads are checked file by file either way
     _fetch_repo(pin, target, endpoint, sums, skip)
     (target / ".pin.json").write_text(wanted)
+
+
+def _stamp(pin: Pin | SingleFilePin, **extra: object) -> str:
+    """What a fetched entry was fetched as. `air` (the AIR ids other systems' requests may name
+    the weights by, e.g. "civitai:4384@128713") is left out: naming them fetches nothing."""
+    return json.dumps({k: v for k, v in asdict(pin).items() if k != "air"} | extra)
 
 
 def _fetch_file(url: str, dest: Path, sums: Sums) -> None:
@@ -230,7 +238,7 @@ def fetch_single_file(pin: SingleFilePin, weights_dir: Path, endpoint: str, sums
     """Download and convert once; later runs check the converted files' recorded sha256."""
     target = weights_dir / pin.name
     stamp = target / ".pin.json"
-    wanted = json.dumps(asdict(pin))
+    wanted = _stamp(pin)
     if not _is_current(target, wanted):
         work = weights_dir / f".{pin.name}-single-file"
         checkpoint = work / "checkpoint.safetensors"

@@ -46,9 +46,10 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
         '[base]\nrepo = "emilianJR/chilloutmix_NiPrunedFp32Fix"', 1))  # fmt: skip
     file_server.put("api/download/models/34562", adapter_refs["sd"]["a_bytes"])
     task = documented_example(control_image.read_bytes())
-    paths = run(
+    answer = run(
         RunningServer(server.url), "hydrogen", task, Build.from_pins(pins), tmp_path / "out"
     )
+    paths = answer.splitlines()
     assert len(paths) == 9
     assert all(Image.open(p).size == (512, 512) for p in paths)
     assert file_server.count("/api/download/models/34562") >= 1
@@ -88,7 +89,7 @@ def test_sdxl_refiner_and_vae_map_to_the_build():
         ({"task_config": {"num_images": 11}}, "hydrogen: task_config.num_images: 11 is greater"),
         ({"task_config": {"image_width": 500}}, "task_config.image_width: 500 is not a multiple"),
         ({"prompt": ""}, "hydrogen: prompt: '' should be non-empty"),
-        ({"colour": "red"}, "hydrogen: (the payload): Additional properties"),
+        ({"colour": "red"}, "hydrogen: colour: Additional properties"),
         ({"scheduler": {"method": "LCM"}}, "hydrogen: scheduler.method: LCM is not served here"),
         (
             {

@@ -277,3 +277,16 @@ def test_sdxl_pins_download_and_serve(make_weights, tmp_path):
     request = Request(prompt="x", num_inference_steps=10, width=256, height=256,
                       refine="expert_ensemble_refiner")  # fmt: skip
     assert generator(request)[0].exists()
+
+
+def test_listing_air_ids_changes_nothing_fetched(hub, tmp_path):
+    weights = tmp_path / "weights"
+    download_weights(weights, write_pins(tmp_path / "pins.toml"), hub.endpoint)
+    stamp = (weights / "base" / ".pin.json").read_text()
+    served = len(hub.requests)
+    base = f'repo = "org/tiny-sd"\nrevision = "{REVISION}"\nair = ["civitai:4384@128713"]\n'
+    pins = write_pins(tmp_path / "pins.toml", base=base)
+    assert next(p.air for p in read_pins(pins) if p.name == "base") == ["civitai:4384@128713"]
+    download_weights(weights, pins, hub.endpoint)
+    assert (weights / "base" / ".pin.json").read_text() == stamp
+    assert len(hub.requests) == served

@@ -3,6 +3,12 @@
 One module per system: its payload's JSON Schema (a .schema.json file beside it, checked with
 jsonschema before anything else), a translation to predict()'s inputs, and its response shape.
 A field this package cannot honour fails naming the field as the payload spells it.
+
+A dialect module offers (sdcog/task.py runs them in this order):
+    translate(payload, build) -> list of predict() inputs, one per prediction
+    failed(payload, index, message) -> the error for prediction `index` having failed
+    answer(payload, results, out) -> what the system answers for the finished predictions
+    failure(error) -> how the system reports an error
 """
 
 import json
@@ -23,18 +29,45 @@ ALIASES = {
 
 @dataclass(frozen=True)
 class Build:
-    """What this build serves: each pinned entry's repository (or URL), by entry name."""
+    """What this build serves: the names of each pinned entry's weights, by entry name (its
+    repository or URL first, then aliases and the AIR ids its pin lists under `air`)."""
 
-    pins: dict[str, str]
+    names: dict[str, tuple[str, ...]]
 
     @classmethod
     def from_pins(cls, pin_file: Path = PIN_FILE) -> "Build":
-        return cls({pin.name: getattr(pin, "repo", None) or pin.url for pin in read_pins(pin_file)})
+        names = {}
+        for pin in read_pins(pin_file):
+            source = getattr(pin, "repo", None) or pin.url
+            names[pin.name] = (source, *sorted(ALIASES.get(source, ())), *pin.air)
+        return cls(names)
+
+    def pinned(self, entry: str) -> str | None:
+        """The repository (or URL) entry `entry` pins, if it is pinned."""
+        return self.names[entry][0] if entry in self.names else None
 
     def serves(self, entry: str, name: str) -> bool:
-        """Whether `name` (a repository id or URL) is what entry `entry` pins."""
-        pinned = self.pins.get(entry)
-        return pinned is not None and name in {pinned, *ALIASES.get(pinned, ())}
+        """Whether `name` (a repository id, URL or AIR id) names what entry `entry` pins."""
+        return name in self.names.get(entry, ())
+
+    def entry_for(self, name: str, prefix: str = "") -> str | None:
+        """The pinned entry (among those starting with `prefix`) that `name` names, if any."""
+        return next(
+            (entry for entry, names in self.names.items()
+             if entry.startswith(prefix) and name in names), None
+        )  # fmt: skip
+
+
+class FieldError(ValueError):
+    """A payload's field that cannot be honoured: `path` as the payload spells it."""
+
+    def __init__(self, dialect: str, path: tuple[str | int, ...], problem: str) -> None:
+        self.dialect, self.path, self.problem = dialect, path, problem
+        super().__init__(f"{dialect}: {self.field}: {problem}")
+
+    @property
+    def field(self) -> str:
+        return ".".join(str(part) for part in self.path) or "(the payload)"
 
 
 def validate(payload: Any, dialect: str) -> None:
@@ -43,6 +76,9 @@ def validate(payload: Any, dialect: str) -> None:
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schema).iter_errors(payload)
     )
-    if error is not None:
-        field = ".".join(str(part) for part in error.absolute_path) or "(the payload)"
-        raise ValueError(f"{dialect}: {field}: {error.message}")
+    if error is None:
+        return
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties":  # name the unexpected field itself
+        path += (min(set(error.instance) - set(error.schema.get("properties", {}))),)
+    raise FieldError(dialect, path, error.message)

@@ -6,8 +6,10 @@ syntax, DPMSolverMultistep. Weights (`lora.weight`, `controlnet.weight`, `refine
 denoising_cutoff`) are percentages there.
 """
 
+from pathlib import Path
 from typing import Any
 
+from .. import cli
 from ..request import CONTROL_KINDS
 from . import Build, validate
 
@@ -29,6 +31,23 @@ SCHEDULERS = {
 HF_ENDPOINT = "https://huggingface.co"
 
 
+def translate(task: dict[str, Any], build: Build) -> list[dict[str, Any]]:
+    """A task is one prediction."""
+    return [inputs(task, build)]
+
+
+def failed(task: dict[str, Any], index: int, message: str) -> ValueError:
+    return ValueError(f"hydrogen: the prediction failed: {message}")
+
+
+def answer(task: dict[str, Any], results: list[dict[str, Any]], out: Path) -> str:
+    """The images, written to `out`: one path per line."""
+    return "\n".join(str(path) for path in cli.save(results[0], out))
+
+
+failure = str
+
+
 def inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
     """predict()'s inputs for a task, or a ValueError naming the task's field."""
     validate(task, "hydrogen")
@@ -36,7 +55,7 @@ def inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
     base = base if isinstance(base, str) else base["name"]
     if not build.serves("base", base):
         raise ValueError(
-            f"hydrogen: base_model: {base} is not this build's model ({build.pins['base']}); "
+            f"hydrogen: base_model: {base} is not this build's model ({build.pinned('base')}); "
             "a build serves the one model its weights/pins.toml pins"
         )
     for field in ("unet", "vae"):

@@ -1,0 +1,283 @@
+"""Runware's task arrays: each `imageInference` task as predict() inputs, answered as Runware does.
+
+A payload is a JSON array of tasks; each imageInference task is one prediction, and the answer is
+`{"data": [...]}` with one entry per image (taskType, taskUUID, imageUUID, imageURL |
+imageDataURI | imageBase64Data, seed, NSFWContent when checkNSFW). Errors are Runware's
+`{"errors": [{code, message, parameter, taskType, taskUUID}]}`.
+
+Defaults are Runware's: 20 steps, CFGScale 7, one result, JPG at quality 95, URL output, strength
+0.8, no prompt weighting, no NSFW check. `model` (and `vae`, `refiner.model`, a ControlNet's
+`model`) must name what the build pins: its repository, or an AIR id its pin lists under `air`.
+There is no image host here: outputType URL answers with file:// URLs of the files written.
+"""
+
+import base64
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .. import cli
+from ..request import CONTROL_KINDS
+from . import Build, FieldError, validate
+
+STEPS, CFG, STRENGTH = 20, 7, 0.8
+HIRES_SCALE = 1.5  # first pass at 2/3 of the requested size
+# Runware's scheduler names (diffusers class names and A1111's) -> ours; "Default": the model's.
+SCHEDULERS = {
+    "DDIMScheduler": "DDIM", "DDIM": "DDIM",
+    "DDPMScheduler": "DDPM",
+    "DPMSolverMultistepScheduler": "DPMSolverMultistep", "DPM++ 2M": "DPMSolverMultistep",
+    "DPM++ 2M Karras": "KarrasDPM",
+    "DPMSolverSinglestepScheduler": "DPMSolverSinglestep",
+    "EulerAncestralDiscreteScheduler": "K_EULER_ANCESTRAL", "Euler a": "K_EULER_ANCESTRAL",
+    "EulerDiscreteScheduler": "K_EULER", "Euler": "K_EULER",
+    "HeunDiscreteScheduler": "HeunDiscrete", "Heun": "HeunDiscrete",
+    "KDPM2DiscreteScheduler": "KDPM2", "DPM2": "KDPM2",
+    "KDPM2AncestralDiscreteScheduler": "KDPM2_ANCESTRAL", "DPM2 a": "KDPM2_ANCESTRAL",
+    "LMSDiscreteScheduler": "KLMS", "LMS": "KLMS",
+    "PNDMScheduler": "PNDM", "PLMS": "PNDM",
+    "IPNDMScheduler": "IPNDM",
+    "UniPCMultistepScheduler": "UniPCMultistep", "UniPC": "UniPCMultistep",
+}  # fmt: skip
+# predict() inputs -> the Runware field they came from, to name it when the server refuses one.
+FIELDS = {
+    "prompt": "positivePrompt", "negative_prompt": "negativePrompt", "num_outputs": "numberResults",
+    "num_inference_steps": "steps", "guidance_scale": "CFGScale", "image": "seedImage",
+    "mask": "maskImage", "prompt_strength": "strength", "clip_skip": "clipSkip",
+    "prompt_weighting": "promptWeighting", "lora_weights": "lora", "lora_scales": "lora",
+    "disable_safety_checker": "checkNSFW", "output_format": "outputFormat",
+    "output_quality": "outputQuality", "refine": "refiner", "high_noise_frac": "refiner",
+    "controlnet_": "controlNet", "ip_adapter": "ipAdapters", "outpaint_": "outpaint",
+    "deepcache_": "acceleratorOptions", "hires_": "advancedFeatures.hiresFix",
+}  # fmt: skip
+AIR = re.compile(r"^(urn:air:[^:]+:[^:]+:)?(?P<source>[a-z]+):\d+@\d+$")
+IMAGE_UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+MEDIA = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+
+
+def translate(payload: list[dict[str, Any]], build: Build) -> list[dict[str, Any]]:
+    """predict()'s inputs for each imageInference task, or a FieldError naming the field."""
+    try:
+        validate(payload, "runware")
+    except FieldError as e:
+        index, *path = e.path or (None,)
+        raise _error(payload[index] if isinstance(index, int) else {}, path, e.problem) from None
+    result = []
+    for task in _inference_tasks(payload):
+        try:
+            result.append(_inputs(task, build))
+        except FieldError as e:
+            raise _error(task, e.path, e.problem) from None
+    return result
+
+
+def failed(payload: list[dict[str, Any]], index: int, message: str) -> FieldError:
+    """The server's error for prediction `index`, naming the Runware field its input came from."""
+    name = message.split(":", 1)[0]
+    field = next((f for key, f in FIELDS.items() if name.startswith(key)), name)
+    return _error(_inference_tasks(payload)[index], [field], message)
+
+
+def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Path) -> str:
+    data = []
+    for task, result in zip(_inference_tasks(payload), results, strict=True):
+        images = iter(result["output"])
+        for seed, flagged in cli.output_seeds(result.get("logs", "")):
+            entry = {
+                "taskType": "imageInference",
+                "taskUUID": task["taskUUID"],
+                "imageUUID": str(uuid.uuid4()),
+                "seed": seed,
+            }
+            if task.get("checkNSFW"):
+                entry["NSFWContent"] = flagged  # a flagged image is never returned
+            if not flagged:
+                entry |= _image(next(images), task.get("outputType", "URL"), entry, out)
+            data.append(entry)
+    return json.dumps({"data": data}, indent=2)
+
+
+def failure(error: ValueError) -> str:
+    """Runware's error shape; `parameter` is the field, as the payload spells it."""
+    found = {"code": "invalidParameter", "message": str(error)}
+    if isinstance(error, FieldError):
+        found |= {
+            "parameter": error.field,
+            "taskType": "imageInference",
+            "taskUUID": getattr(error, "task_uuid", None),
+        }
+    return json.dumps({"errors": [found]}, indent=2)
+
+
+def _inference_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [task for task in payload if task["taskType"] == "imageInference"]
+
+
+def _error(task: dict[str, Any], path: Any, problem: str) -> FieldError:
+    error = FieldError("runware", tuple(path), problem)
+    error.task_uuid = task.get("taskUUID")
+    return error
+
+
+def _fail(field: str, problem: str) -> FieldError:
+    return FieldError("runware", tuple(field.split(".")), problem)
+
+
+def _inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
+    if not build.serves("base", task["model"]):
+        raise _fail(
+            "model",
+            f"{task['model']} is not this build's model "
+            f"({', '.join(build.names['base'])}); a build serves the model its pins pin, "
+            "by repository or by the AIR ids listed under `air`",
+        )
+    if "vae" in task and not build.serves("vae", task["vae"]):
+        raise _fail("vae", f"{task['vae']} is not this build's VAE")
+    steps = task.get("steps", STEPS)
+    inputs: dict[str, Any] = {
+        "prompt": task["positivePrompt"],
+        "negative_prompt": task.get("negativePrompt", ""),
+        "num_inference_steps": steps,
+        "guidance_scale": task.get("CFGScale", CFG),
+        "num_outputs": task.get("numberResults", 1),
+        "output_format": task.get("outputFormat", "JPG").lower(),
+        "output_quality": task.get("outputQuality", 95),
+        "disable_safety_checker": not task.get("checkNSFW", False),
+        "clip_skip": task.get("clipSkip", 0),
+        "prompt_weighting": {"compel": "compel", "sdEmbeds": "a1111"}.get(
+            task.get("promptWeighting"), "none"
+        ),
+    }
+    for field in ("width", "height", "seed"):
+        if field in task:
+            inputs[field] = task[field]
+    if task.get("scheduler", "Default") != "Default":
+        if task["scheduler"] not in SCHEDULERS:
+            raise _fail(
+                "scheduler",
+                f"{task['scheduler']} is not served here; one of Default, {', '.join(SCHEDULERS)}",
+            )
+        inputs["scheduler"] = SCHEDULERS[task["scheduler"]]
+    if "seedImage" in task:
+        inputs |= {
+            "image": _image_input("seedImage", task["seedImage"]),
+            "prompt_strength": task.get("strength", STRENGTH),
+        }
+    if "maskImage" in task:
+        inputs["mask"] = _image_input("maskImage", task["maskImage"])
+    if outpaint := task.get("outpaint"):
+        # Runware's width/height are the final size; ours follows from the image and the sides.
+        inputs = {k: v for k, v in inputs.items() if k not in ("width", "height")}
+        inputs |= {
+            f"outpaint_{side}": outpaint[side]
+            for side in ("top", "right", "bottom", "left", "blur")
+            if side in outpaint
+        }
+    for index, lora in enumerate(task.get("lora", [])):
+        match = AIR.match(lora["model"])
+        if match and match["source"] != "civitai":
+            raise _fail(
+                f"lora.{index}.model",
+                f"{lora['model']}: only civitai AIR ids, https "
+                "URLs and Hugging Face owner/repo can be fetched here",
+            )
+        inputs.setdefault("lora_weights", []).append(lora["model"])
+        inputs.setdefault("lora_scales", []).append(lora.get("weight", 1.0))
+    for index, control in enumerate(task.get("controlNet", [])):
+        inputs |= _controlnet(index, control, steps, build)
+    if adapters := task.get("ipAdapters"):
+        inputs |= _ip_adapter(adapters[0])
+    if (task.get("acceleratorOptions") or {}).get("deepCache"):
+        options = task["acceleratorOptions"]
+        inputs |= {
+            "deepcache_interval": options.get("deepCacheInterval", 3),
+            "deepcache_branch": options.get("deepCacheBranchId", 0),
+        }
+    if (task.get("advancedFeatures") or {}).get("hiresFix"):
+        inputs["hires_scale"] = HIRES_SCALE
+    if refiner := task.get("refiner"):
+        if not build.serves("refiner", refiner["model"]):
+            raise _fail("refiner.model", f"{refiner['model']} is not this build's refiner")
+        start = _fraction(refiner, "startStep", steps, default=0.8)
+        inputs |= {"refine": "expert_ensemble_refiner", "high_noise_frac": start}
+    return inputs
+
+
+def _controlnet(index: int, control: dict[str, Any], steps: int, build: Build) -> dict[str, Any]:
+    field, model = f"controlNet.{index}", control["model"]
+    entry = build.entry_for(model, "controlnet_")
+    kind = next((k for k in CONTROL_KINDS if k in model.lower()), None)
+    if kind is None and entry not in (None, "controlnet_union"):
+        kind = entry.removeprefix("controlnet_")
+    if kind is None:
+        raise _fail(
+            f"{field}.model",
+            f"cannot tell which kind of control {model} is: name it by "
+            "its repository, or list its AIR id under `air` in the build's ControlNet pin",
+        )
+    slot = f"controlnet_{index + 1}"
+    inputs = {
+        slot: kind,
+        f"{slot}_image": _image_input(f"{field}.guideImage", control["guideImage"]),
+        f"{slot}_preprocess": False,  # Runware's guide images are control maps already
+        f"{slot}_conditioning_scale": control.get("weight", 1.0),
+        f"{slot}_start": _fraction(control, "startStep", steps, default=0.0),
+        f"{slot}_end": _fraction(control, "endStep", steps, default=1.0),
+    }
+    if entry is None:
+        if AIR.match(model):
+            raise _fail(f"{field}.model", f"{model} is not a ControlNet this build pins")
+        inputs[f"{slot}_model"] = model  # another diffusers ControlNet, fetched for the request
+    return inputs
+
+
+def _ip_adapter(adapter: dict[str, Any]) -> dict[str, Any]:
+    name = adapter["model"].lower().replace("_", "-")
+    kind = "plus_face" if "plus-face" in name else "plus" if "plus" in name else "standard"
+    if "ip-adapter" not in name and name not in ("standard", "plus"):
+        raise _fail(
+            "ipAdapters.0.model",
+            f"{adapter['model']}: name the adapter by its file "
+            "(ip-adapter_sd15, ip-adapter-plus_sdxl_vit-h, ip-adapter-plus-face_sd15...)",
+        )
+    return {
+        "ip_adapter": kind,
+        "ip_adapter_image": _image_input("ipAdapters.0.guideImage", adapter["guideImage"]),
+        "ip_adapter_scale": adapter.get("weight", 1.0),
+    }
+
+
+def _fraction(options: dict[str, Any], step_field: str, steps: int, default: float) -> float:
+    """`<x>StepPercentage` / 100, or `<x>Step` / steps."""
+    if f"{step_field}Percentage" in options:
+        return options[f"{step_field}Percentage"] / 100
+    if step_field in options:
+        return min(options[step_field] / steps, 1.0)
+    return default
+
+
+def _image_input(field: str, value: str) -> str:
+    """A data URI or URL as is; bare base64 as a data URI. UUIDs name Runware's own storage."""
+    if IMAGE_UUID.match(value):
+        raise _fail(
+            field,
+            "an image UUID names an image stored at Runware; give the image as a "
+            "data URI, base64 or URL",
+        )
+    if value.startswith(("data:", "http://", "https://")):
+        return value
+    return f"data:application/octet-stream;base64,{value}"
+
+
+def _image(uri: str, output_type: str, entry: dict[str, Any], out: Path) -> dict[str, str]:
+    header, data = uri.split(",", 1)
+    if output_type == "dataURI":
+        return {"imageDataURI": uri}
+    if output_type == "base64Data":
+        return {"imageBase64Data": data}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{entry['imageUUID']}.{MEDIA[header[5:].split(';')[0]]}"
+    path.write_bytes(base64.b64decode(data))
+    return {"imageURL": path.resolve().as_uri()}

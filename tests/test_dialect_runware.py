@@ -1,0 +1,382 @@
+"""Runware task arrays: the schema, the translation, the answer's shape, and Runware's documented
+example run unchanged through Cog's real server by script/task's engine."""
+
+import base64
+import io
+import json
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+from sdcog.dialects import HERE, Build, FieldError, runware
+from sdcog.local import RunningServer
+from sdcog.task import run
+from sdcog.weights import PIN_FILE
+
+SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
+UUID = "a770f077-f413-47de-9dac-be0b26a35da6"
+
+
+def documented_example() -> list[dict]:
+    """Runware's 'Introduction to image inference' request, as written there (less its //
+    comments, which JSON does not have)."""
+    return [
+        {
+            "taskType": "imageInference",
+            "taskUUID": UUID,
+            "includeCost": True,
+            "outputType": "URL",
+            "outputFormat": "JPG",
+            "outputQuality": 95,
+            "numberResults": 2,
+            "checkNSFW": True,
+            "model": "runware:101@1",
+            "positivePrompt": "a serene landscape with mountains and a lake",
+            "width": 1024,
+            "height": 1024,
+        }
+    ]
+
+
+def build_naming_base(tmp_path: Path, family: str, air: str) -> Build:
+    """The family's stock pins with `air` listed for [base]: a build that serves that AIR id."""
+    source = PIN_FILE if family == "sd" else PIN_FILE.with_name("pins-sdxl.toml")
+    text = source.read_text()
+    base = text.index("\n[base]\n")
+    revision = text.index("\n", text.index("revision", base))
+    pins = tmp_path / "pins.toml"
+    pins.write_text(f'{text[:revision]}\nair = ["{air}"]{text[revision:]}')
+    return Build.from_pins(pins)
+
+
+def test_the_documented_example_runs_unchanged(server, tmp_path):
+    if server.family != "sdxl":
+        pytest.skip("the example asks for 1024x1024: SDXL's native size")
+    build = build_naming_base(tmp_path, "sdxl", "runware:101@1")
+    answer = json.loads(
+        run(RunningServer(server.url), "runware", documented_example(), build, tmp_path / "out")
+    )
+    data = answer["data"]
+    assert len(data) == 2 and set(answer) == {"data"}
+    assert {d["taskUUID"] for d in data} == {UUID}
+    assert len({uuid.UUID(d["imageUUID"]) for d in data}) == 2
+    assert data[1]["seed"] == data[0]["seed"] + 1  # output i uses seed + i
+    assert all(d["NSFWContent"] is False and d["taskType"] == "imageInference" for d in data)
+    for entry in data:
+        path = Path(urlparse(entry["imageURL"]).path)
+        assert path.name == f"{entry['imageUUID']}.jpg"
+        image = Image.open(path)
+        assert image.format == "JPEG" and image.size == (1024, 1024)
+    with pytest.raises(FieldError, match="runware: model: runware:101@1 is not this build's"):
+        runware.translate(documented_example(), SDXL)  # the stock build lists no AIR ids
+
+
+def test_several_tasks_each_answer_in_their_output_type(server, tmp_path):
+    if server.family != "sd":
+        pytest.skip("one family is enough for the answer's shape")
+    small = {
+        "taskType": "imageInference",
+        "model": "runwayml/stable-diffusion-v1-5",
+        "positivePrompt": "a cat",
+        "width": 128,
+        "height": 128,
+        "steps": 2,
+        "seed": 40,
+    }
+    payload = [
+        {"taskType": "authentication", "apiKey": "ignored here"},
+        {**small, "taskUUID": str(uuid.uuid4()), "outputType": "dataURI", "outputFormat": "PNG"},
+        {
+            **small,
+            "taskUUID": str(uuid.uuid4()),
+            "outputType": "base64Data",
+            "numberResults": 2,
+            "outputFormat": "WEBP",
+        },
+    ]
+    data = json.loads(run(RunningServer(server.url), "runware", payload, SD, tmp_path))["data"]
+    assert [d["taskUUID"] for d in data] == [payload[1]["taskUUID"]] + [payload[2]["taskUUID"]] * 2
+    assert [d["seed"] for d in data] == [40, 40, 41]
+    assert all("NSFWContent" not in d for d in data)  # only answered when checkNSFW asks
+    assert data[0]["imageDataURI"].startswith("data:image/png;base64,")
+    first = Image.open(io.BytesIO(base64.b64decode(data[0]["imageDataURI"].split(",", 1)[1])))
+    webp = Image.open(io.BytesIO(base64.b64decode(data[1]["imageBase64Data"])))
+    assert (first.format, first.size, webp.format) == ("PNG", (128, 128), "WEBP")
+    # The same seed and settings give the same image whatever the output type.
+    again = {**payload[1], "outputType": "base64Data"}
+    (entry,) = json.loads(run(RunningServer(server.url), "runware", [again], SD, tmp_path))["data"]
+    assert (
+        first.tobytes()
+        == Image.open(io.BytesIO(base64.b64decode(entry["imageBase64Data"]))).tobytes()
+    )
+
+
+def test_a_refusal_by_the_server_names_the_runware_field(server, tmp_path, control_image):
+    if server.family != "sd":
+        pytest.skip("one family is enough")
+    image = base64.b64encode(control_image.read_bytes()).decode()  # bare base64, as Runware takes
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": UUID,
+        "model": "runwayml/stable-diffusion-v1-5",
+        "positivePrompt": "a cat",
+        "seedImage": image,
+        "steps": 2,
+        "advancedFeatures": {"hiresFix": True},
+    }
+    with pytest.raises(FieldError) as raised:
+        run(RunningServer(server.url), "runware", [task], SD, tmp_path)
+    assert raised.value.field == "advancedFeatures.hiresFix"
+    assert "hires fix is for text-to-image" in raised.value.problem
+    error = json.loads(runware.failure(raised.value))["errors"][0]
+    assert error["parameter"] == "advancedFeatures.hiresFix" and error["taskUUID"] == UUID
+
+
+def test_translation():
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": UUID,
+        "model": "runwayml/stable-diffusion-v1-5",
+        "positivePrompt": "a (red:1.2) cat",
+        "negativePrompt": "blur",
+        "width": 640,
+        "height": 512,
+        "steps": 30,
+        "CFGScale": 5.5,
+        "seed": 7,
+        "scheduler": "DPM++ 2M Karras",
+        "promptWeighting": "sdEmbeds",
+        "clipSkip": 2,
+        "seedImage": "https://example.com/a.png",
+        "maskImage": "data:image/png;base64,AAAA",
+        "strength": 0.6,
+        "outputFormat": "WEBP",
+        "lora": [{"model": "civitai:1@2", "weight": 0.5}, {"model": "o/lora"}],
+        "controlNet": [
+            {
+                "model": "lllyasviel/control_v11p_sd15_canny",
+                "guideImage": "AAAA",
+                "weight": 0.7,
+                "startStep": 3,
+                "endStepPercentage": 80,
+            }
+        ],
+        "ipAdapters": [
+            {"model": "ip-adapter-plus-face_sd15", "guideImage": "https://x/y.png", "weight": 0.4}
+        ],
+        "acceleratorOptions": {"deepCache": True, "deepCacheInterval": 2},
+    }
+    assert runware.translate([task], SD) == [
+        {
+            "prompt": "a (red:1.2) cat",
+            "negative_prompt": "blur",
+            "num_inference_steps": 30,
+            "guidance_scale": 5.5,
+            "num_outputs": 1,
+            "output_format": "webp",
+            "output_quality": 95,
+            "disable_safety_checker": True,
+            "clip_skip": 2,
+            "prompt_weighting": "a1111",
+            "width": 640,
+            "height": 512,
+            "seed": 7,
+            "scheduler": "KarrasDPM",
+            "image": "https://example.com/a.png",
+            "prompt_strength": 0.6,
+            "mask": "data:image/png;base64,AAAA",
+            "lora_weights": ["civitai:1@2", "o/lora"],
+            "lora_scales": [0.5, 1.0],
+            "controlnet_1": "canny",
+            "controlnet_1_image": "data:application/octet-stream;base64,AAAA",
+            "controlnet_1_preprocess": False,
+            "controlnet_1_conditioning_scale": 0.7,
+            "controlnet_1_start": 0.1,
+            "controlnet_1_end": 0.8,
+            "ip_adapter": "plus_face",
+            "ip_adapter_image": "https://x/y.png",
+            "ip_adapter_scale": 0.4,
+            "deepcache_interval": 2,
+            "deepcache_branch": 0,
+        }
+    ]
+
+
+def test_defaults_outpaint_hires_and_refiner(tmp_path):
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": UUID,
+        "positivePrompt": "a cat",
+        "model": "stabilityai/stable-diffusion-xl-base-1.0",
+        "width": 1024,
+        "height": 1024,
+        "refiner": {"model": "stabilityai/stable-diffusion-xl-refiner-1.0", "startStep": 15},
+        "vae": "madebyollin/sdxl-vae-fp16-fix",
+    }
+    (inputs,) = runware.translate([task], SDXL)
+    assert inputs["refine"] == "expert_ensemble_refiner" and inputs["high_noise_frac"] == 0.75
+    assert (
+        inputs["num_inference_steps"],
+        inputs["guidance_scale"],
+        inputs["output_format"],
+        inputs["prompt_weighting"],
+    ) == (20, 7, "jpg", "none")
+    outpaint = {**task, "seedImage": "AAAA", "outpaint": {"left": 128, "top": 64, "blur": 4}}
+    del outpaint["refiner"]
+    (inputs,) = runware.translate([outpaint], SDXL)
+    assert "width" not in inputs and "height" not in inputs  # the image plus the sides
+    assert (inputs["outpaint_left"], inputs["outpaint_top"], inputs["outpaint_blur"]) == (
+        128,
+        64,
+        4,
+    )
+    (inputs,) = runware.translate([{**task, "advancedFeatures": {"hiresFix": True}}], SDXL)
+    assert inputs["hires_scale"] == runware.HIRES_SCALE
+    # An AIR id the build's pins list for a ControlNet gives that ControlNet's kind.
+    build = build_naming_base(tmp_path, "sd", "civitai:4201@130072")
+    assert build.serves("base", "civitai:4201@130072") and build.entry_for("civitai:4201@130072")
+    pins = tmp_path / "pins.toml"
+    pins.write_text(
+        pins.read_text().replace(
+            'repo = "lllyasviel/control_v11f1p_sd15_depth"',
+            'repo = "lllyasviel/control_v11f1p_sd15_depth"\nair = ["civitai:38784@44736"]',
+        )
+    )
+    control = {
+        **task,
+        "model": "civitai:4201@130072",
+        "controlNet": [{"model": "civitai:38784@44736", "guideImage": "AAAA"}],
+    }
+    del control["refiner"], control["vae"]
+    (inputs,) = runware.translate([control], Build.from_pins(pins))
+    assert inputs["controlnet_1"] == "depth" and "controlnet_1_model" not in inputs
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        ({"width": 1000}, "width", "1000 is not a multiple of 64"),
+        ({"model": "runware:999@1"}, "model", "runware:999@1 is not this build's model"),
+        ({"scheduler": "LCM"}, "scheduler", "LCM is not served here"),
+        ({"seed": 2**40}, "seed", "is greater than the maximum of 4294967295"),
+        ({"numberResults": 11}, "numberResults", "11 is greater than the maximum of 10"),
+        ({"webhookURL": "https://x"}, "webhookURL", "'webhookURL' was unexpected"),
+        ({"lora": [{"model": "runware:5@1"}]}, "lora.0.model", "only civitai AIR ids"),
+        ({"seedImage": UUID}, "seedImage", "an image UUID names an image stored at Runware"),
+        (
+            {"controlNet": [{"model": "civitai:9@9", "guideImage": "AAAA"}]},
+            "controlNet.0.model",
+            "cannot tell which kind of control civitai:9@9 is",
+        ),
+        (
+            {"controlNet": [{"model": "x/canny", "guideImage": "A"}] * 4},
+            "controlNet",
+            "is too long",
+        ),
+        (
+            {"ipAdapters": [{"model": "civitai:1@1", "guideImage": "A"}]},
+            "ipAdapters.0.model",
+            "name the adapter by its file",
+        ),
+        (
+            {"refiner": {"model": "stabilityai/stable-diffusion-xl-refiner-1.0"}},
+            "refiner.model",
+            "is not this build's refiner",
+        ),
+        (
+            {"acceleratorOptions": {"teaCache": True}},
+            "acceleratorOptions.teaCache",
+            "'teaCache' was unexpected",
+        ),
+        ({"taskType": "imageUpscale"}, "taskType", "is not one of"),
+    ],
+)
+def test_what_cannot_be_honoured_fails_naming_the_field(change, field, problem):
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": UUID,
+        "positivePrompt": "a cat",
+        "model": "runwayml/stable-diffusion-v1-5",
+    }
+    with pytest.raises(FieldError) as raised:
+        runware.translate([{"taskType": "authentication"}, {**task, **change}], SD)
+    assert (raised.value.field, raised.value.dialect) == (field, "runware")
+    assert problem in raised.value.problem
+    error = json.loads(runware.failure(raised.value))["errors"][0]
+    assert error["parameter"] == field and error["taskUUID"] == UUID
+    assert error["message"].startswith(f"runware: {field}: ")
+
+
+def test_flagged_outputs_are_answered_without_their_image(tmp_path):
+    # generate.py's log lines for two outputs, the second left out by the safety checker.
+    logs = (
+        "output 0: seed 5\noutput 1: seed 6\noutput 1 (seed 6) was flagged as NSFW and left out\n"
+    )
+    result = {
+        "output": ["data:image/jpeg;base64," + base64.b64encode(b"jpeg").decode()],
+        "logs": logs,
+    }
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": UUID,
+        "checkNSFW": True,
+        "outputType": "base64Data",
+    }
+    data = json.loads(runware.answer([task], [result], tmp_path))["data"]
+    assert [(d["seed"], d["NSFWContent"], "imageBase64Data" in d) for d in data] == [
+        (5, False, True),
+        (6, True, False),
+    ]
+
+
+def test_the_schema_is_a_valid_json_schema():
+    import jsonschema
+
+    schema = json.loads((HERE / "runware.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_script_task_answers_runware_json(server, tmp_path, capsys):
+    from sdcog.task import main
+
+    if server.family != "sd":
+        pytest.skip("an SD 1.5 task")
+    task = tmp_path / "task.json"
+    task.write_text(
+        json.dumps(
+            [
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": UUID,
+                    "width": 1000,
+                    "model": "x",
+                    "positivePrompt": "a cat",
+                }
+            ]
+        )
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(["--dialect", "runware", str(task), "--weights", str(tmp_path / "none")])
+    assert json.loads(str(exited.value))["errors"][0]["parameter"] == "width"
+    task.write_text(
+        json.dumps(
+            [
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": UUID,
+                    "width": 128,
+                    "height": 128,
+                    "steps": 2,
+                    "outputType": "URL",
+                    "model": "runwayml/stable-diffusion-v1-5",
+                    "positivePrompt": "a cat",
+                }
+            ]
+        )
+    )
+    main(["--dialect", "runware", str(task), "--url", server.url, "-o", str(tmp_path / "o")])
+    (entry,) = json.loads(capsys.readouterr().out)["data"]
+    assert Image.open(urlparse(entry["imageURL"]).path).size == (128, 128)
