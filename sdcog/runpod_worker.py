@@ -1,0 +1,119 @@
+"""A RunPod serverless worker from the same package: RunPod's `stable-diffusion-v1` jobs
+(sdcog/dialects/runpod.py), run in-process by the Generator that predict() uses.
+
+    python -m sdcog.runpod_worker          # on RunPod: the SDK takes the endpoint's jobs
+    python -m sdcog.runpod_worker --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+                                           # the SDK's local API: /run, /runsync, /status/{id}
+
+Weights come from WEIGHTS_DIR (default weights/). Each job answers `[{"image", "seed"}]`: the
+image as a PNG data URI, or, with BUCKET_ENDPOINT_URL set, uploaded by the SDK's rp_upload and
+answered as its URL, as RunPod's own workers do. init_image and mask are fetched through the
+same guard as every URL (netguard: public addresses only unless ALLOW_PRIVATE_URLS).
+"""
+
+import base64
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+import runpod
+from PIL import Image, ImageOps
+from runpod.serverless.utils import rp_upload
+
+from . import netguard
+from .dialects import FieldError
+from .dialects import runpod as dialect
+from .generate import Generator
+from .request import Request
+from .weights import DEFAULT_WEIGHTS_DIR
+
+MAX_IMAGE_BYTES = 50 * 1024**2
+TIMEOUT_S = 60
+SEED = re.compile(r"-seed(\d+)-")  # outputs.py names each file after its seed
+
+
+class Worker:
+    def __init__(self, weights_dir: Path) -> None:
+        self.generate = Generator(weights_dir)
+
+    def handle(self, job: dict[str, Any]) -> list[dict[str, Any]] | dict[str, str]:
+        """One job: its images and seeds, or {"error": ...} naming the input at fault."""
+        try:
+            inputs = dialect.inputs({"input": job["input"]})
+            with _fetched(inputs) as inputs:
+                files = self.generate(Request.from_inputs(inputs))
+        except FieldError as e:
+            return {"error": str(e)}
+        except (ValueError, RuntimeError) as e:  # the request's own checks, all flagged NSFW
+            return {"error": str(dialect.field_error(str(e)))}
+        return [{"image": _answer(job["id"], path), "seed": int(SEED.search(path.name)[1])}
+                for path in files]  # fmt: skip
+
+
+@contextmanager
+def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The inputs with init_image and mask as files in the temporary folder (where Request
+    expects downloads), the mask inverted to ours; the files are removed afterwards."""
+    files = []
+    try:
+        fetched = dict(inputs)
+        for name in ("image", "mask"):
+            if name in inputs:
+                image = _image(inputs[name], dialect.FIELDS.get(name, name))
+                if name == "mask":  # black is repainted in RunPod's masks, white in ours
+                    image = ImageOps.invert(image.convert("L"))
+                handle, path = tempfile.mkstemp(prefix="runpod-", suffix=".png")
+                os.close(handle)
+                files.append(Path(path))
+                image.save(path)
+                fetched[name] = Path(path)
+        yield fetched
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
+
+
+def _image(reference: str, field: str) -> Image.Image:
+    """An image from an http(s) URL (through netguard) or a data URI."""
+    if reference.startswith("data:"):
+        data = base64.b64decode(reference.split(",", 1)[1])
+    else:
+        try:
+            with netguard.get(reference, field, TIMEOUT_S, stream=True) as response:
+                response.raise_for_status()
+                data = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
+        except ValueError as e:  # netguard's refusals name the field first
+            raise FieldError(
+                "runpod", ("input", field), str(e).removeprefix(f"{field}: ")
+            ) from None
+        except requests.RequestException as e:
+            raise FieldError("runpod", ("input", field), f"cannot fetch {reference}: {e}") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise FieldError("runpod", ("input", field), f"larger than {MAX_IMAGE_BYTES} bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as e:
+        raise FieldError("runpod", ("input", field), f"not an image: {e}") from None
+    return image
+
+
+def _answer(job_id: str, path: Path) -> str:
+    if os.environ.get("BUCKET_ENDPOINT_URL"):
+        return rp_upload.upload_image(job_id, str(path))
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def main() -> None:
+    weights = Path(os.environ.get("WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
+    runpod.serverless.start({"handler": Worker(weights).handle})
+
+
+if __name__ == "__main__":
+    main()
