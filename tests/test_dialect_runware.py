@@ -380,3 +380,12 @@ def test_script_task_answers_runware_json(server, tmp_path, capsys):
     main(["--dialect", "runware", str(task), "--url", server.url, "-o", str(tmp_path / "o")])
     (entry,) = json.loads(capsys.readouterr().out)["data"]
     assert Image.open(urlparse(entry["imageURL"]).path).size == (128, 128)
+
+
+def test_the_readme_example_translates_on_the_build_it_names(tmp_path):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Runware tasks") :]
+    example = json.loads(section[section.index("```json") + 7 : section.index("```\n", 10)])
+    build = build_naming_base(tmp_path, "sdxl", "civitai:101055@128078")
+    (inputs,) = runware.translate(example, build)
+    assert inputs["lora_weights"] == ["civitai:132532@146296"] and inputs["num_outputs"] == 2
