@@ -59,10 +59,12 @@ class Build:
 
 
 class FieldError(ValueError):
-    """A payload's field that cannot be honoured: `path` as the payload spells it."""
+    """A payload's field that cannot be honoured: `path` as the payload spells it, in the task
+    with id `task` where a payload holds several."""
 
-    def __init__(self, dialect: str, path: tuple[str | int, ...], problem: str) -> None:
-        self.dialect, self.path, self.problem = dialect, path, problem
+    def __init__(self, dialect: str, path: tuple[str | int, ...], problem: str,
+                 task: str | None = None) -> None:  # fmt: skip
+        self.dialect, self.path, self.problem, self.task = dialect, path, problem, task
         super().__init__(f"{dialect}: {self.field}: {problem}")
 
     @property

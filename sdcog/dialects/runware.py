@@ -106,7 +106,7 @@ def failure(error: ValueError) -> str:
         found |= {
             "parameter": error.field,
             "taskType": "imageInference",
-            "taskUUID": getattr(error, "task_uuid", None),
+            "taskUUID": error.task,
         }
     return json.dumps({"errors": [found]}, indent=2)
 
@@ -116,9 +116,7 @@ def _inference_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _error(task: dict[str, Any], path: Any, problem: str) -> FieldError:
-    error = FieldError("runware", tuple(path), problem)
-    error.task_uuid = task.get("taskUUID")
-    return error
+    return FieldError("runware", tuple(path), problem, task.get("taskUUID"))
 
 
 def _fail(field: str, problem: str) -> FieldError:
