@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import cli
 from .controlnets import KIND_ENTRIES, UNION_ENTRY
 from .local import CogServer
 
@@ -203,8 +204,8 @@ class Served:
             result = self.server.post(inputs).json()
             if result.get("status") != "succeeded":
                 raise RuntimeError(f"{case}: {result.get('error')}")
-            data = result["output"][0].split(",", 1)[1]
-            image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+            _, data = cli.read_data_uri(result["output"][0])
+            image = Image.open(io.BytesIO(data)).convert("RGB")
             return np.asarray(image), result.get("logs", "")
 
         return call

@@ -120,6 +120,13 @@ def run(server: CogServer, inputs: dict) -> dict:
         webhook.httpd.shutdown()
 
 
+def read_data_uri(uri: str) -> tuple[str, bytes]:
+    """A data: URI (as Cog's server answers files) as its file extension and its bytes."""
+    header, data = uri.split(",", 1)
+    extension = header.split("/")[-1].split(";")[0].replace("jpeg", "jpg")
+    return extension, base64.b64decode(data)
+
+
 def save(result: dict, folder: Path) -> list[Path]:
     """The images as out-<index>-seed<seed>-<time>.<ext>: a later run never overwrites them."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -127,10 +134,9 @@ def save(result: dict, folder: Path) -> list[Path]:
     seeds = kept_seeds(result.get("logs", ""))
     paths = []
     for index, (uri, seed) in enumerate(zip(result["output"], seeds, strict=True)):
-        header, data = uri.split(",", 1)
-        extension = header.split("/")[1].split(";")[0].replace("jpeg", "jpg")
+        extension, data = read_data_uri(uri)
         path = folder / f"out-{index}-seed{seed}-{stamp}.{extension}"
-        path.write_bytes(base64.b64decode(data))
+        path.write_bytes(data)
         paths.append(path)
     return paths
 

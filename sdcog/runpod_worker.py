@@ -26,7 +26,7 @@ import runpod
 from PIL import Image, ImageOps
 from runpod.serverless.utils import rp_upload
 
-from . import netguard
+from . import cli, netguard
 from .dialects import FieldError
 from .dialects import runpod as dialect
 from .generate import Generator
@@ -82,7 +82,7 @@ def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def _image(reference: str, field: str) -> Image.Image:
     """An image from an http(s) URL (through netguard) or a data URI."""
     if reference.startswith("data:"):
-        data = base64.b64decode(reference.split(",", 1)[1])
+        _, data = cli.read_data_uri(reference)
     else:
         try:
             with netguard.get(reference, field, TIMEOUT_S, stream=True) as response:

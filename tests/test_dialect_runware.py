@@ -237,7 +237,9 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
     assert inputs["hires_scale"] == runware.HIRES_SCALE
     # An AIR id the build's pins list for a ControlNet gives that ControlNet's kind.
     build = build_naming_base(tmp_path, "sd", "civitai:4201@130072")
-    assert build.serves("base", "civitai:4201@130072") and build.entry_for("civitai:4201@130072")
+    assert build.serves("base", "civitai:4201@130072") and not build.serves(
+        "vae", "civitai:4201@130072"
+    )
     pins = tmp_path / "pins.toml"
     pins.write_text(
         pins.read_text().replace(

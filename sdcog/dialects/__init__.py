@@ -18,6 +18,7 @@ from typing import Any
 
 import jsonschema
 
+from ..request import CONTROL_KINDS
 from ..weights import PIN_FILE, read_pins
 
 HERE = Path(__file__).parent
@@ -50,12 +51,21 @@ class Build:
         """Whether `name` (a repository id, URL or AIR id) names what entry `entry` pins."""
         return name in self.names.get(entry, ())
 
-    def entry_for(self, name: str, prefix: str = "") -> str | None:
-        """The pinned entry (among those starting with `prefix`) that `name` names, if any."""
-        return next(
+    def controlnet(self, model: str, kind: str | None = None) -> tuple[str | None, bool]:
+        """ControlNet `model`'s kind (`kind` if given, else from the model's name, else from
+        the pin that lists it) and whether the build's own ControlNet for that kind is it."""
+        entry = next(
             (entry for entry, names in self.names.items()
-             if entry.startswith(prefix) and name in names), None
+             if entry.startswith("controlnet_") and model in names), None
         )  # fmt: skip
+        kind = kind or next((k for k in CONTROL_KINDS if k in model.lower()), None)
+        if kind is None and entry not in (None, "controlnet_union"):
+            kind = entry.removeprefix("controlnet_")
+        own = kind is not None and entry in (
+            f"controlnet_{kind.removesuffix('_face')}",
+            "controlnet_union",
+        )
+        return kind, own
 
 
 class FieldError(ValueError):

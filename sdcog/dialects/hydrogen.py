@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import cli
-from ..request import CONTROL_KINDS
 from . import Build, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
@@ -116,20 +115,18 @@ def _scheduler(scheduler: dict[str, Any] | None) -> str:
 def _controlnet(controlnet: dict[str, Any], build: Build) -> dict[str, Any]:
     model = controlnet["model"]
     preprocess = controlnet.get("preprocess")
-    if preprocess:
-        kind = PREPROCESS.get(preprocess["method"])
-        if kind is None:
-            raise ValueError(
-                f"hydrogen: controlnet.preprocess.method: {preprocess['method']} is not served "
-                f"here ({', '.join(PREPROCESS)})"
-            )
-    else:  # a ready control map: the kind is the model's
-        kind = next((k for k in CONTROL_KINDS if k in model.lower()), None)
-        if kind is None:
-            raise ValueError(
-                f"hydrogen: controlnet.model: cannot tell which kind of control {model} is; give "
-                "controlnet.preprocess"
-            )
+    if preprocess and preprocess["method"] not in PREPROCESS:
+        raise ValueError(
+            f"hydrogen: controlnet.preprocess.method: {preprocess['method']} is not served "
+            f"here ({', '.join(PREPROCESS)})"
+        )
+    # The annotator's kind; for a ready control map, the model's.
+    kind, own = build.controlnet(model, PREPROCESS[preprocess["method"]] if preprocess else None)
+    if kind is None:
+        raise ValueError(
+            f"hydrogen: controlnet.model: cannot tell which kind of control {model} is; give "
+            "controlnet.preprocess"
+        )
     image = controlnet["image_dataurl"]
     if not image.startswith("data:"):  # bare base64
         image = f"data:image/png;base64,{image}"
@@ -139,7 +136,6 @@ def _controlnet(controlnet: dict[str, Any], build: Build) -> dict[str, Any]:
         "controlnet_1_conditioning_scale": controlnet.get("weight", 70) / 100,
         "controlnet_1_preprocess": bool(preprocess),
     }
-    pinned = f"controlnet_{kind.removesuffix('_face')}"
-    if not (build.serves(pinned, model) or build.serves("controlnet_union", model)):
+    if not own:
         slot["controlnet_1_model"] = model
     return slot

@@ -11,7 +11,6 @@ Defaults are Runware's: 20 steps, CFGScale 7, one result, JPG at quality 95, URL
 There is no image host here: outputType URL answers with file:// URLs of the files written.
 """
 
-import base64
 import json
 import re
 import uuid
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import cli
-from ..request import CONTROL_KINDS
 from . import Build, FieldError, validate
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
@@ -54,7 +52,6 @@ FIELDS = {
 }  # fmt: skip
 AIR = re.compile(r"^(urn:air:[^:]+:[^:]+:)?(?P<source>[a-z]+):\d+@\d+$")
 IMAGE_UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
-MEDIA = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 def translate(payload: list[dict[str, Any]], build: Build) -> list[dict[str, Any]]:
@@ -205,10 +202,7 @@ def _inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
 
 def _controlnet(index: int, control: dict[str, Any], steps: int, build: Build) -> dict[str, Any]:
     field, model = f"controlNet.{index}", control["model"]
-    entry = build.entry_for(model, "controlnet_")
-    kind = next((k for k in CONTROL_KINDS if k in model.lower()), None)
-    if kind is None and entry not in (None, "controlnet_union"):
-        kind = entry.removeprefix("controlnet_")
+    kind, own = build.controlnet(model)
     if kind is None:
         raise _fail(
             f"{field}.model",
@@ -224,7 +218,7 @@ def _controlnet(index: int, control: dict[str, Any], steps: int, build: Build) -
         f"{slot}_start": _fraction(control, "startStep", steps, default=0.0),
         f"{slot}_end": _fraction(control, "endStep", steps, default=1.0),
     }
-    if entry is None:
+    if not own:
         if AIR.match(model):
             raise _fail(f"{field}.model", f"{model} is not a ControlNet this build pins")
         inputs[f"{slot}_model"] = model  # another diffusers ControlNet, fetched for the request
@@ -270,12 +264,12 @@ def _image_input(field: str, value: str) -> str:
 
 
 def _image(uri: str, output_type: str, entry: dict[str, Any], out: Path) -> dict[str, str]:
-    header, data = uri.split(",", 1)
     if output_type == "dataURI":
         return {"imageDataURI": uri}
     if output_type == "base64Data":
-        return {"imageBase64Data": data}
+        return {"imageBase64Data": uri.split(",", 1)[1]}
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{entry['imageUUID']}.{MEDIA[header[5:].split(';')[0]]}"
-    path.write_bytes(base64.b64decode(data))
+    extension, data = cli.read_data_uri(uri)
+    path = out / f"{entry['imageUUID']}.{extension}"
+    path.write_bytes(data)
     return {"imageURL": path.resolve().as_uri()}
