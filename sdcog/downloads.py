@@ -5,8 +5,10 @@ A reference is an http(s) URL (civitai's `api/download/models/<id>` included: wh
 decided by its bytes, never by a missing suffix; a URL whose path ends in a pickle suffix is
 refused before any request), a civitai AIR id (`civitai:<model>@<version>`), or a Hugging Face
 repository `owner/repo` holding one safetensors file (or one named
-pytorch_lora_weights.safetensors). Every request goes through netguard: public addresses only,
-checked at each redirect. HF_TOKEN and CIVITAI_TOKEN, when set, go to their own hosts only.
+pytorch_lora_weights.safetensors). Every request goes through sdcog.transfer: public addresses
+only (netguard), checked at each redirect, within one deadline for the whole download
+(ADAPTER_TIMEOUT_S), and stopped at once by a cancelled prediction (`stop`). HF_TOKEN and
+CIVITAI_TOKEN, when set, go to their own hosts only.
 """
 
 import functools
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from . import netguard
+from . import netguard, transfer
 from .filechecks import CHECKS, PICKLE_SUFFIXES
 
 MAX_FILE_BYTES = int(os.environ.get("ADAPTER_MAX_BYTES", 2 * 1024**3))
@@ -30,8 +33,8 @@ CACHE_BYTES = int(os.environ.get("ADAPTER_CACHE_BYTES", 10 * 1024**3))
 CACHE_DIR = Path(
     os.environ.get("ADAPTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "sdcog-adapters"
 )
-TIMEOUT_S = float(os.environ.get("ADAPTER_TIMEOUT_S", 120))
-CHUNK = 1 << 14  # small reads, so the deadline is checked often against a slow sender
+TIMEOUT_S = float(os.environ.get("ADAPTER_TIMEOUT_S", 120))  # per file, the whole download
+CHUNK = 1 << 16
 REPO = re.compile(r"[\w.-]+/[\w.-]+")
 PREFERRED = "pytorch_lora_weights.safetensors"
 # A diffusers model's weight files, in order of preference.
@@ -39,6 +42,23 @@ MODEL_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_
 # civitai's AIR ids, short (Runware's) or as a URN: civitai:<model id>@<version id>
 AIR = re.compile(r"(?:urn:air:[\w.-]+:[\w.-]+:)?civitai:(?P<model>\d+)@(?P<version>\d+)")
 DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8'')?"?([^";]+)"?""", re.I)
+
+
+def check_reference(reference: str, input_name: str) -> None:
+    """Refuse, before anything is fetched, a reference of no known form: an http(s) URL that
+    parses cleanly (netguard) and names no pickle, an AIR id, or a Hugging Face owner/repo."""
+    if reference.startswith(("https://", "http://")):
+        netguard.parse(reference, input_name)
+        if urlsplit(reference).path.lower().endswith(PICKLE_SUFFIXES):
+            raise ValueError(
+                f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
+                "files are never loaded); give a .safetensors file"
+            )
+    elif not (AIR.fullmatch(reference) or REPO.fullmatch(reference)):
+        raise ValueError(
+            f"{input_name}: {reference[:200]!r} is neither an http(s) URL, a civitai AIR id "
+            "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
+        )
 
 
 class AdapterCache:
@@ -68,11 +88,18 @@ class AdapterCache:
             json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
         )
 
-    def fetch(self, reference: str, input_name: str, suffix: str = ".safetensors") -> Path:
+    def fetch(
+        self,
+        reference: str,
+        input_name: str,
+        suffix: str = ".safetensors",
+        stop: threading.Event | None = None,
+    ) -> Path:
         """The local file for a reference: from the cache, or downloaded, checked and cached.
-        `suffix` says what it must be (CHECKS): .safetensors, .json or .tar."""
-        url = functools.partial(self._url, reference, input_name)
-        return self._fetched(reference, url, suffix, input_name)
+        `suffix` says what it must be (CHECKS): .safetensors, .json or .tar. `stop`, once set,
+        ends a download at once (PredictionCancelledError)."""
+        url = functools.partial(self._url, reference, input_name, stop)
+        return self._fetched(reference, url, suffix, input_name, stop)
 
     def derived(self, key: str, make: Callable[[], bytes], input_name: str) -> Path:
         """A safetensors file made from cached ones (a converted LoRA), cached under `key`."""
@@ -84,14 +111,18 @@ class AdapterCache:
 
         return self._cached(key, ".safetensors", input_name, write)
 
-    def fetch_model(self, reference: str, input_name: str) -> Path:
+    def fetch_model(
+        self, reference: str, input_name: str, stop: threading.Event | None = None
+    ) -> Path:
         """A diffusers-format model (a ControlNet) as a folder: its config.json and its
         safetensors weights, each fetched and cached like an adapter file."""
         # Resolved at most once, and only when a file is not in the cache yet.
-        urls = functools.cache(lambda: self._model_urls(reference, input_name))
-        weights = self._fetched(reference, lambda: urls()["weights"], ".safetensors", input_name)
+        urls = functools.cache(lambda: self._model_urls(reference, input_name, stop))
+        weights = self._fetched(
+            reference, lambda: urls()["weights"], ".safetensors", input_name, stop
+        )
         config_key = f"{reference}#config.json"
-        config = self._fetched(config_key, lambda: urls()["config"], ".json", input_name)
+        config = self._fetched(config_key, lambda: urls()["config"], ".json", input_name, stop)
         folder = self.root / f"model-{weights.stem[:16]}-{config.stem[:16]}"
         if not folder.exists():
             staging = Path(tempfile.mkdtemp(dir=self.root))
@@ -100,10 +131,17 @@ class AdapterCache:
             staging.rename(folder)
         return folder
 
-    def _fetched(self, key: str, url: Callable[[], str], suffix: str, input_name: str) -> Path:
+    def _fetched(
+        self,
+        key: str,
+        url: Callable[[], str],
+        suffix: str,
+        input_name: str,
+        stop: threading.Event | None,
+    ) -> Path:
         """The file at url(), downloaded once and cached under `key`."""
         return self._cached(
-            key, suffix, input_name, lambda part: self._download(url(), part, input_name, key)
+            key, suffix, input_name, lambda part: self._download(url(), part, input_name, key, stop)
         )
 
     def _cached(self, key: str, suffix: str, input_name: str, write: Callable[[Path], str]) -> Path:
@@ -132,13 +170,15 @@ class AdapterCache:
     def _path(self, digest: str, suffix: str | None = None) -> Path:
         return self.root / f"{digest}{suffix or '.safetensors'}"
 
-    def _model_urls(self, reference: str, input_name: str) -> dict[str, str]:
+    def _model_urls(
+        self, reference: str, input_name: str, stop: threading.Event | None
+    ) -> dict[str, str]:
         """config.json and weights of a diffusers model: a .safetensors URL with config.json
         beside it, or a Hugging Face repository (its fp16 weights when it ships them)."""
         if reference.startswith(("https://", "http://")):
-            weights = self._url(reference, input_name)
+            weights = self._url(reference, input_name, stop)
             return {"weights": weights, "config": weights.rsplit("/", 1)[0] + "/config.json"}
-        names = self._repo_files(reference, input_name)
+        names = self._repo_files(reference, input_name, stop)
         choice = next((n for n in MODEL_WEIGHTS if n in names), None)
         if "config.json" not in names or choice is None:
             raise ValueError(
@@ -148,19 +188,15 @@ class AdapterCache:
         base = f"{self.endpoint}/{reference}/resolve/main"
         return {"weights": f"{base}/{choice}", "config": f"{base}/config.json"}
 
-    def _url(self, reference: str, input_name: str) -> str:
+    def _url(self, reference: str, input_name: str, stop: threading.Event | None = None) -> str:
+        check_reference(reference, input_name)
         if reference.startswith(("https://", "http://")):
-            if urlsplit(reference).path.lower().endswith(PICKLE_SUFFIXES):
-                raise ValueError(
-                    f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
-                    "files are never loaded); give a .safetensors file"
-                )
             if _origin(reference) == ("https", "civitai.com"):  # CIVITAI_ENDPOINT: a mirror
                 return self.civitai + reference.removeprefix("https://civitai.com")
             return reference
         if air := AIR.fullmatch(reference):
             return f"{self.civitai}/api/download/models/{air['version']}"
-        names = self._repo_files(reference, input_name)
+        names = self._repo_files(reference, input_name, stop)
         candidates = [n for n in names if n.endswith(".safetensors")]
         if PREFERRED in candidates:
             candidates = [PREFERRED]
@@ -171,50 +207,43 @@ class AdapterCache:
             )
         return f"{self.endpoint}/{reference}/resolve/main/{candidates[0]}"
 
-    def _repo_files(self, reference: str, input_name: str) -> list[str]:
-        if not REPO.fullmatch(reference):
-            raise ValueError(
-                f"{input_name}: {reference!r} is neither an http(s) URL, a civitai AIR id "
-                "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
-            )
+    def _repo_files(
+        self, reference: str, input_name: str, stop: threading.Event | None
+    ) -> list[str]:
+        if not REPO.fullmatch(reference):  # an AIR id names a file, not a diffusers model
+            raise ValueError(f"{input_name}: {reference[:200]!r} is not a Hugging Face owner/repo")
         api = f"{self.endpoint}/api/models/{reference}"
         try:
-            response = netguard.get(api, input_name, self.timeout_s, headers=self._headers)
-            if response.status_code == 404:
-                raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
-            response.raise_for_status()
-            return [s["rfilename"] for s in response.json().get("siblings", [])]
+            with transfer.get(api, input_name, self.timeout_s, stop, self._headers) as response:
+                if response.status_code == 404:
+                    raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
+                response.raise_for_status()
+                listing = response.json()
+            return [s["rfilename"] for s in listing.get("siblings", [])]
         except (requests.RequestException, AttributeError, KeyError, TypeError) as e:
-            # Unreachable, or an answer that is not a Hugging Face model listing.
-            raise ValueError(f"{input_name}: could not look up {reference}: {e!r}") from None
+            # An answer that is not a Hugging Face model listing.
+            raise ValueError(f"{input_name}: could not look up {reference}: {e}") from None
 
-    def _download(self, url: str, dest: Path, input_name: str, reference: str) -> str:
+    def _download(
+        self, url: str, dest: Path, input_name: str, reference: str, stop: threading.Event | None
+    ) -> str:
         print(f"{input_name}: downloading {reference}")
         digest = hashlib.sha256()
-        deadline = time.monotonic() + self.timeout_s
         too_big = ValueError(
             f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit"
         )
-        try:
-            get = netguard.get(url, input_name, self.timeout_s, stream=True, headers=self._headers)
-            with get as response:
-                self._check_response(response, input_name, reference)
-                if int(response.headers.get("Content-Length", 0)) > self.max_file_bytes:
-                    raise too_big
-                written = 0
-                with open(dest, "wb") as f:
-                    for chunk in response.iter_content(CHUNK):
-                        written += len(chunk)
-                        if written > self.max_file_bytes:
-                            raise too_big
-                        if time.monotonic() > deadline:
-                            raise ValueError(
-                                f"{input_name}: {reference} took longer than {self.timeout_s} s"
-                            )
-                        digest.update(chunk)
-                        f.write(chunk)
-        except requests.RequestException as e:
-            raise ValueError(f"{input_name}: could not download {reference}: {e}") from None
+        with transfer.get(url, input_name, self.timeout_s, stop, self._headers) as response:
+            self._check_response(response, input_name, reference)
+            if _content_length(response) > self.max_file_bytes:
+                raise too_big
+            written = 0
+            with open(dest, "wb") as f:
+                for chunk in response.iter_content(CHUNK):
+                    written += len(chunk)
+                    if written > self.max_file_bytes:
+                        raise too_big
+                    digest.update(chunk)
+                    f.write(chunk)
         return digest.hexdigest()
 
     def _token_variable(self, url: str) -> str | None:
@@ -269,3 +298,9 @@ class AdapterCache:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc.lower()
+
+
+def _content_length(response: requests.Response) -> int:
+    """The announced size, 0 when there is none (or it is not a number)."""
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else 0

@@ -21,12 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
 import runpod
 from PIL import Image, ImageOps
 from runpod.serverless.utils import rp_upload
 
-from . import cli, netguard
+from . import cli, transfer
 from .dialects import FieldError
 from .dialects import runpod as dialect
 from .generate import Generator
@@ -80,20 +79,18 @@ def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _image(reference: str, field: str) -> Image.Image:
-    """An image from an http(s) URL (through netguard) or a data URI."""
+    """An image from an http(s) URL (through sdcog.transfer) or a data URI."""
     if reference.startswith("data:"):
         _, data = cli.read_data_uri(reference)
     else:
         try:
-            with netguard.get(reference, field, TIMEOUT_S, stream=True) as response:
+            with transfer.get(reference, field, TIMEOUT_S) as response:
                 response.raise_for_status()
                 data = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
-        except ValueError as e:  # netguard's refusals name the field first
+        except ValueError as e:  # transfer's errors name the field first
             raise FieldError(
                 "runpod", ("input", field), str(e).removeprefix(f"{field}: ")
             ) from None
-        except requests.RequestException as e:
-            raise FieldError("runpod", ("input", field), f"cannot fetch {reference}: {e}") from None
         if len(data) > MAX_IMAGE_BYTES:
             raise FieldError("runpod", ("input", field), f"larger than {MAX_IMAGE_BYTES} bytes")
     try:

@@ -118,6 +118,13 @@ def strict_server(make_weights, tmp_path_factory, file_server):
     yield from _serve("sd", make_weights("sd"), tmp, file_server, ALLOW_PRIVATE_URLS="0")
 
 
+@pytest.fixture(scope="session")
+def loopback_only_server(make_weights, tmp_path_factory, file_server):
+    """An SD server that allows 127.0.0.1 and no other private address."""
+    tmp = tmp_path_factory.mktemp("server")
+    yield from _serve("sd", make_weights("sd"), tmp, file_server, ALLOW_PRIVATE_URLS="127.0.0.1")
+
+
 def data_uri(image: Image.Image, format: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=format)

@@ -4,6 +4,7 @@ to receive, and a dead proxy that catches anything meant for elsewhere."""
 import io
 import socket
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from queue import Empty
@@ -53,15 +54,17 @@ class FileServer:
     api/models/<owner>/<repo> (JSON) and <owner>/<repo>/resolve/main/<file> answer them.
     `redirects` maps a path to the Location it answers with 302; `dispositions` a path to the
     file name its Content-Disposition header gives; `statuses` a path to an error status it
-    answers with; `authorizations` records each request's Authorization header (None without
-    one)."""
+    answers with; `trickles` a path to the seconds between the bytes of its answer (headers
+    and body, one byte at a time); `authorizations` records each request's Authorization header
+    (None without one). `host` "::1" serves on IPv6 loopback."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = root
         self.requests: list[str] = []
         self.redirects: dict[str, str] = {}
         self.dispositions: dict[str, str] = {}
         self.statuses: dict[str, int] = {}
+        self.trickles: dict[str, float] = {}
         self.authorizations: list[tuple[str, str | None]] = []
         server = self
 
@@ -81,7 +84,21 @@ class FileServer:
                 if status := server.statuses.get(self.path):
                     self.send_error(status)
                     return
+                if delay := server.trickles.get(self.path):
+                    self._trickle(delay)
+                    return
                 super().do_GET()
+
+            def _trickle(self, delay: float) -> None:
+                body = (server.root / self.path.lstrip("/")).read_bytes()
+                answer = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+                for byte in answer:
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client has gone
+                    time.sleep(delay)
 
             def end_headers(self):
                 if name := server.dispositions.get(self.path):
@@ -91,8 +108,11 @@ class FileServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.httpd = Server((host, port), Handler)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.httpd.server_port}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def put(self, name: str, data: bytes) -> str:

@@ -121,7 +121,8 @@ def test_run_then_status_inpaints_like_cog_with_the_mask_inverted(worker, server
         ({"prompt": "x", "mask": "data:image/png;base64,iVBORw0KGgo="},
          "runpod: input.mask: not an image"),
         ({"prompt": "x", "init_image": "http://127.0.0.1:9/none.png"},
-         "runpod: input.init_image: cannot fetch"),
+         "runpod: input.init_image: could not connect to http://127.0.0.1:9/none.png: "
+         "Connection refused"),
         ({"prompt": "x", "init_image": "file:///etc/passwd"},
          "runpod: input.init_image: file:///etc/passwd is not an http(s) URL"),
         ({"prompt": "x", "colour": "red"}, "runpod: input.colour: Additional properties"),
