@@ -25,6 +25,7 @@ SCHEDULERS = [
     "UniPCMultistep",
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
+MAX_PROMPT_CHARS = 20000  # sdcog.limits.MAX_PROMPT_CHARS (a test keeps the two equal)
 OUTPAINT_SIZES = [
     0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024,
 ]  # fmt: skip
@@ -64,8 +65,10 @@ class Predictor(BasePredictor):
     @concurrent(max=2)
     async def predict(
         self,
-        prompt: str = Input(description="What to draw."),
-        negative_prompt: str = Input(description="What to steer away from.", default=""),
+        prompt: str = Input(description="What to draw.", max_length=MAX_PROMPT_CHARS),
+        negative_prompt: str = Input(
+            description="What to steer away from.", default="", max_length=MAX_PROMPT_CHARS
+        ),
         width: Optional[int] = Input(
             description="Output width. Default: the model's native size, or with an image, "
             "the image's aspect at the native pixel count.",

@@ -7,6 +7,7 @@ embedding tables, which are cut back afterwards.
 """
 
 import copy
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,12 +17,15 @@ from typing import Any
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from . import runner
+
 
 @dataclass(frozen=True)
 class Inversion:
     reference: str
     path: Path
     token: str | None  # None: the token the file defines (diffusers' {token: embedding} format)
+    input_name: str = "textual_inversions"
 
 
 def parse_inversion(item: str) -> tuple[str | None, str]:
@@ -42,36 +46,46 @@ def _inversion_parts(family: str, inversion: Inversion) -> tuple[str, dict]:
     if family == "sdxl":
         if set(state) != {"clip_l", "clip_g"} or inversion.token is None:
             raise ValueError(
-                f"textual_inversions: {inversion.reference} must be an SDXL embedding (clip_l and "
-                "clip_g tensors) given as TOKEN=REFERENCE"
+                f"{inversion.input_name}: {inversion.reference} must be an SDXL embedding (clip_l "
+                "and clip_g tensors) given as TOKEN=REFERENCE"
             )
         return inversion.token, state
     if inversion.token is None and len(state) != 1:
         raise ValueError(
-            f"textual_inversions: {inversion.reference} does not name its token; write "
+            f"{inversion.input_name}: {inversion.reference} does not name its token; write "
             "TOKEN=REFERENCE"
         )
     return inversion.token or next(iter(state)), {"": state}
 
 
-def _check_width(inversion: Inversion, embedding: Any, width: int) -> None:
-    """diffusers' own error for this names no input and is left unformatted."""
+def _check_shape(inversion: Inversion, embedding: Any, width: int) -> None:
+    """Rows of floats as wide as the encoder's: diffusers' own errors for anything else name no
+    input, and some are not errors of a kind one would catch."""
     tensors = embedding.values() if isinstance(embedding, dict) else [embedding]
     for tensor in tensors:
+        if tensor.ndim not in (1, 2) or not tensor.is_floating_point() or not tensor.numel():
+            raise ValueError(
+                f"{inversion.input_name}: {inversion.reference} is not an embedding (it holds a "
+                f"{tensor.dtype} tensor of shape {list(tensor.shape)})"
+            )
         if tensor.shape[-1] != width:
             raise ValueError(
-                f"textual_inversions: {inversion.reference} holds embeddings {tensor.shape[-1]} "
-                f"wide, and this model's text encoder takes {width}: an embedding made for "
-                "another Stable Diffusion version?"
+                f"{inversion.input_name}: {inversion.reference} holds embeddings "
+                f"{tensor.shape[-1]} wide, and this model's text encoder takes {width}: an "
+                "embedding made for another Stable Diffusion version?"
             )
 
 
 @contextmanager
 def applied(
-    pipe: DiffusionPipeline, family: str, inversions: list[Inversion]
+    pipe: DiffusionPipeline,
+    family: str,
+    inversions: list[Inversion],
+    stop: threading.Event | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The embeddings on `pipe`'s text encoders, for a with-block that gets the tokenizers to
-    encode prompts with (suffix "" or "_2" -> tokenizer)."""
+    encode prompts with (suffix "" or "_2" -> tokenizer). `stop`, once set, ends the loading
+    between two embeddings."""
     keys = ENCODER_KEYS[family]
     encoders = {which: getattr(pipe, f"text_encoder{which}") for which in keys.values()}
     tokenizers = {which: getattr(pipe, f"tokenizer{which}") for which in keys.values()}
@@ -80,17 +94,20 @@ def applied(
         if inversions:
             tokenizers = {which: copy.deepcopy(t) for which, t in tokenizers.items()}
         for inversion in inversions:
+            runner.raise_if_set(stop)
             token, parts = _inversion_parts(family, inversion)
             for key, which in keys.items():
-                _check_width(inversion, parts[key], encoders[which].config.hidden_size)
+                _check_shape(inversion, parts[key], encoders[which].config.hidden_size)
                 try:
                     pipe.load_textual_inversion(
                         parts[key], token=inversion.token, tokenizer=tokenizers[which],
                         text_encoder=encoders[which],
                     )  # fmt: skip
-                except ValueError as e:
-                    raise ValueError(f"textual_inversions: {inversion.reference}: {e}") from None
-            print(f"textual_inversions: {inversion.reference} defines {token}")
+                except Exception as e:  # e.g. a token the tokenizer already has
+                    raise ValueError(
+                        f"{inversion.input_name}: {inversion.reference}: {str(e)[:500]}"
+                    ) from None
+            print(f"{inversion.input_name}: {inversion.reference} defines {token}")
         yield tokenizers
     finally:
         for which, encoder in encoders.items():

@@ -9,6 +9,7 @@ through the adapter cache for this request.
 
 import inspect
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ CLASSES = {"ControlNetModel": ControlNetModel, "ControlNetUnionModel": ControlNe
 def check_fits(config: dict, unet_config: Any, what: str) -> None:
     """A ControlNet mirrors its UNet's encoder: the same text width and SDXL's extra inputs."""
     kind = config.get("_class_name")
-    if kind not in CLASSES:
-        raise ValueError(f"{what} is a {kind}, not a ControlNet (one of {', '.join(CLASSES)})")
+    if not isinstance(kind, str) or kind not in CLASSES:
+        raise ValueError(
+            f"{what} is a {str(kind)[:100]}, not a ControlNet (one of {', '.join(CLASSES)})"
+        )
     for key in ("cross_attention_dim", "addition_embed_type"):
         if config.get(key) != getattr(unet_config, key):
             raise ValueError(
@@ -62,9 +65,14 @@ def load_controlnet(
     config = json.loads((folder / "config.json").read_text())
     check_fits(config, unet_config, what)
     variant = "fp16" if (folder / "diffusion_pytorch_model.fp16.safetensors").exists() else None
-    return CLASSES[config["_class_name"]].from_pretrained(
-        folder, dtype=dtype, variant=variant, local_files_only=True, device_map=str(device)
-    )
+    try:
+        return CLASSES[config["_class_name"]].from_pretrained(
+            folder, dtype=dtype, variant=variant, local_files_only=True, device_map=str(device)
+        )
+    except Exception as e:  # a config or weights diffusers cannot build a model from
+        raise ValueError(
+            f"{what} could not be loaded as a ControlNet ({type(e).__name__}: {e})"
+        ) from None
 
 
 @dataclass
@@ -117,12 +125,17 @@ class ControlNets:
         self.annotators = Annotators(weights_dir, self.device)
 
     def prepare(
-        self, slots: tuple[ControlSlot, ...], images: list[Image.Image], size: tuple[int, int]
+        self,
+        slots: tuple[ControlSlot, ...],
+        images: list[Image.Image],
+        size: tuple[int, int],
+        stop: threading.Event | None = None,
     ) -> Steering | None:
-        """Models, modes and maps (at the output size) for the request's slots."""
+        """Models, modes and maps (at the output size) for the request's slots; `stop`, once
+        set, ends a model's download."""
         if not slots:
             return None
-        models, modes = zip(*(self._model(slot) for slot in slots), strict=True)
+        models, modes = zip(*(self._model(slot, stop) for slot in slots), strict=True)
         unions = [mode is not None for mode in modes]
         if any(unions) and not all(unions):
             mixed = slots[unions.index(False)]
@@ -145,9 +158,11 @@ class ControlNets:
             ends=[slot.end for slot in slots],
         )
 
-    def _model(self, slot: ControlSlot) -> tuple[ModelMixin, int | None]:
+    def _model(
+        self, slot: ControlSlot, stop: threading.Event | None
+    ) -> tuple[ModelMixin, int | None]:
         if slot.model:
-            folder = self.cache.fetch_model(slot.model, f"{slot.name}_model")
+            folder = self.cache.fetch_model(slot.model, f"{slot.name}_model", stop)
             what = f"{slot.name}_model: {slot.model}"
             model = load_controlnet(folder, self.unet_config, self.dtype, self.device, what)
         elif (entry := KIND_ENTRIES[slot.kind]) in self.pinned:

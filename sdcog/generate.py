@@ -1,5 +1,6 @@
 """Request -> pipeline -> images: one prediction from start to files on disk."""
 
+import functools
 import threading
 from contextlib import ExitStack
 from pathlib import Path
@@ -12,8 +13,10 @@ from . import (
     canvas,
     deepcache,
     denoise,
+    errors,
     hires,
     images,
+    memory,
     prompts,
     replicate_weights,
     runner,
@@ -23,7 +26,9 @@ from . import (
 )
 from .controlnets import ControlNets
 from .downloads import AdapterCache
+from .filechecks import embedding_rows
 from .ip_adapters import IPAdapters
+from .limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
 from .loras import Lora, WarmLoras
 from .outputs import OutputFolders
 from .pipelines import Pipelines, device_and_dtype
@@ -65,7 +70,23 @@ class Generator:
         self.outputs = OutputFolders()
 
     def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
-        """The request's image files; `cancelled`, once set, stops it at the next step."""
+        """The request's image files; `cancelled`, once set, stops it at the next step. A
+        failure is raised as the client may see it (errors.public)."""
+        failure: Exception | None = None
+        try:
+            files = self._generate(request, cancelled)
+        except runner.PredictionCancelledError:
+            failure = runner.PredictionCancelledError("cancelled")
+        except Exception as e:
+            failure = errors.public(e)
+        # Raised here, outside the except blocks: what the caller keeps of a failure does not
+        # hold the original's traceback, whose frames hold decoded images and tensors.
+        memory.give_back()
+        if failure is not None:
+            raise failure
+        return files
+
+    def _generate(self, request: Request, cancelled: threading.Event | None) -> list[Path]:
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
         timings = Timings()
         with timings.stage("read"):
@@ -74,7 +95,7 @@ class Generator:
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
         first = hires.first_size(size, request.hires_scale) if request.hires_scale > 1 else size
-        steering = self.controlnets.prepare(request.controlnets, control_images, first)
+        steering = self.controlnets.prepare(request.controlnets, control_images, first, cancelled)
         controlnet = steering.controlnet if steering else None
         pipe = self.pipelines.get(request.mode, request.scheduler, controlnet)
         if size[0] * size[1] > TILED_DECODE_PIXELS:
@@ -89,7 +110,11 @@ class Generator:
         hires_fix = first != size
         stage = " (hires fix: first pass)" if hires_fix else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
-        finish = self._second_pass(request, control_images, ip_image, size) if hires_fix else None
+        finish = (
+            self._second_pass(request, control_images, ip_image, size, cancelled)
+            if hires_fix
+            else None
+        )
 
         inputs = _mode_inputs(request, image, mask, first)
         if steering:
@@ -103,7 +128,9 @@ class Generator:
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
         with ExitStack() as loaded:  # what the request changes: undone when it closes
             with timings.stage("adapters"):
-                tokenizers, cache, prompt = self._patch_models(loaded, request, ip_adapter, refiner)
+                tokenizers, cache, prompt = self._patch_models(
+                    loaded, request, ip_adapter, refiner, cancelled
+                )
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(
@@ -139,18 +166,23 @@ class Generator:
         return files
 
     def _patch_models(
-        self, stack: ExitStack, request: Request, ip_adapter: str | None, refiner: Any
+        self,
+        stack: ExitStack,
+        request: Request,
+        ip_adapter: str | None,
+        refiner: Any,
+        cancelled: threading.Event | None,
     ) -> tuple[dict[str, Any], dict[str, deepcache._State], str]:
         """LoRAs, embeddings, the IP-Adapter and DeepCache on the shared models, each undone
         when `stack` closes. Returns the tokenizers to encode prompts with, DeepCache's counts,
         and the prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
         text_pipe = self.pipelines.base["txt2img"]
-        loras, inversions, prompt = self._fetch_adapters(request)
+        loras, inversions, prompt = self._fetch_adapters(request, cancelled)
         plain = not loras and ip_adapter is None and request.deepcache_interval == 1
         stack.enter_context(torch_compile.eager_unless(plain))
-        stack.enter_context(self.loras.applied(loras))
+        stack.enter_context(self.loras.applied(loras, cancelled))
         tokenizers = stack.enter_context(
-            adapters.applied(text_pipe, self.pipelines.family, inversions)
+            adapters.applied(text_pipe, self.pipelines.family, inversions, cancelled)
         )
         stack.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
         unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
@@ -197,8 +229,9 @@ class Generator:
         control_images: list[Image.Image],
         ip_image: Image.Image | None,
         size: tuple[int, int],
+        cancelled: threading.Event | None,
     ) -> hires.SecondPass:
-        steering = self.controlnets.prepare(request.controlnets, control_images, size)
+        steering = self.controlnets.prepare(request.controlnets, control_images, size, cancelled)
         pipe = self.pipelines.get("img2img", request.scheduler, steering and steering.controlnet)
         steps = request.hires_steps_run
         print(f"hires fix: second pass {size[0]}x{size[1]}, strength {request.hires_strength}, "
@@ -208,25 +241,42 @@ class Generator:
             inputs["ip_adapter_image"] = ip_image
         return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
 
-    def _fetch_adapters(self, request: Request) -> tuple[list[Lora], list[adapters.Inversion], str]:
+    def _fetch_adapters(
+        self, request: Request, cancelled: threading.Event | None
+    ) -> tuple[list[Lora], list[adapters.Inversion], str]:
         """Every adapter file, from the cache or downloaded, before any is loaded; and the
         prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
+        fetch = functools.partial(self.cache.fetch, stop=cancelled)
         loras = [
-            Lora(ref, self.cache.fetch(ref, "lora_weights"), scale)
+            Lora(ref, fetch(ref, "lora_weights"), scale)
             for ref, scale in zip(request.lora_weights, request.scales, strict=True)
         ]
-        inversions = []
+        inversions, rows = [], 0
         for item in request.textual_inversions:
             token, ref = adapters.parse_inversion(item)
-            inversions.append(
-                adapters.Inversion(ref, self.cache.fetch(ref, "textual_inversions"), token)
+            path = fetch(ref, "textual_inversions")
+            rows += embedding_rows(path, "textual_inversions", ref)
+            inversions.append(adapters.Inversion(ref, path, token))
+        prompt = request.prompt
+        if request.replicate_weights:
+            tuned = replicate_weights.fetch(
+                self.cache, request.replicate_weights, request.replicate_scale, cancelled
             )
-        if not request.replicate_weights:
-            return loras, inversions, request.prompt
-        tuned = replicate_weights.fetch(
-            self.cache, request.replicate_weights, request.replicate_scale
-        )
-        return [*loras, tuned.lora], [*inversions, *tuned.inversions], tuned.prompt(request.prompt)
+            loras.append(tuned.lora)
+            inversions += tuned.inversions
+            rows += len(tuned.inversions)
+            prompt = tuned.prompt(prompt)
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(
+                    f"replicate_weights: its special_params.json makes the prompt {len(prompt)} "
+                    f"characters long; at most {MAX_PROMPT_CHARS}"
+                )
+        if rows > MAX_REQUEST_EMBEDDING_ROWS:
+            raise ValueError(
+                f"textual_inversions: {rows} embedding vectors in all; at most "
+                f"{MAX_REQUEST_EMBEDDING_ROWS} per request"
+            )
+        return loras, inversions, prompt
 
 
 def _mode_inputs(

@@ -2,9 +2,11 @@
 
 import math
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .limits import MAX_ASPECT, MAX_INPUT_PIXELS
 from .request import Request
 
 SIZE_STEP = 64
@@ -21,17 +23,45 @@ FORMATS = {
 }
 
 
-def read_image(path: Path, input_name: str, mode: str = "RGB") -> Image.Image:
-    """Decode an uploaded image, honouring its EXIF orientation; a clear error names the input."""
+def read_image(path: Path | IO[bytes], input_name: str, mode: str = "RGB") -> Image.Image:
+    """Decode an uploaded image, honouring its EXIF orientation; a clear error names the input.
+    Its size is checked from its header before a pixel is decoded (check_pixels)."""
+    unreadable = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError)
     try:
-        with Image.open(path) as opened:
+        opened = Image.open(path)
+    except unreadable as e:
+        raise ValueError(f"{input_name}: could not be read as an image (PNG, JPEG, WebP, ...): "
+                         f"{_reason(e)}") from None  # fmt: skip
+    with opened:
+        check_pixels(opened.size, input_name)
+        try:
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            return image.convert(mode)
+        except unreadable as e:
+            raise ValueError(f"{input_name}: could not be decoded: {_reason(e)}") from None
+
+
+def check_pixels(size: tuple[int, int], input_name: str) -> None:
+    """Refuse an image input whose decoded pixels would cost far more than its file: more than
+    MAX_INPUT_PIXELS, or sides further apart than MAX_ASPECT to 1."""
+    width, height = size
+    if width * height > MAX_INPUT_PIXELS:
         raise ValueError(
-            f"{input_name}: could not be read as an image (PNG, JPEG, WebP, ...): {e}"
-        ) from None
-    return image.convert(mode)
+            f"{input_name}: {width}x{height} is {width * height} pixels; at most "
+            f"{MAX_INPUT_PIXELS} are decoded (downscale it first)"
+        )
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise ValueError(
+            f"{input_name}: {width}x{height} is more than {MAX_ASPECT} times as long as it is "
+            "wide; crop it first"
+        )
+
+
+def _reason(error: Exception) -> str:
+    """PIL's message without the server's temporary path, which it quotes for a file it
+    cannot identify."""
+    return str(error).split(" '/", 1)[0].rstrip(":")
 
 
 def snap(side: float) -> int:

@@ -13,6 +13,7 @@ would not give them back bit for bit in fp16. The copy costs memory for the requ
 the touched weights once more (SD 1.5: ~0.2 GB in fp16 for a LoRA on every attention layer).
 """
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ import torch
 from diffusers import DiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
+
+from . import runner
 
 WARM_LORAS = 4
 WARM_BYTES = 1 << 30
@@ -49,8 +52,9 @@ class WarmLoras:
         self._parked: list[tuple[torch.nn.Module, str, BaseTunerLayer]] = []
 
     @contextmanager
-    def applied(self, loras: list[Lora]) -> Iterator[None]:
-        """The LoRAs, each at its scale, active for a with-block; parked again after it."""
+    def applied(self, loras: list[Lora], stop: threading.Event | None = None) -> Iterator[None]:
+        """The LoRAs, each at its scale, active for a with-block; parked again after it.
+        `stop`, once set, ends the loading between two LoRAs."""
         if not loras:
             yield
             return
@@ -60,6 +64,7 @@ class WarmLoras:
         self._unpark()
         try:
             for lora in loras:
+                runner.raise_if_set(stop)
                 self._load(lora)
                 print(f"{lora.input_name}: {lora.reference} at scale {lora.scale}")
             self.pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
@@ -97,13 +102,18 @@ class WarmLoras:
         before = self._lora_bytes()
         try:
             self.pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # whatever diffusers and peft make of keys and shapes
             self.pipe.unload_lora_weights()  # a half-loaded adapter cannot be told apart
             self.warm.clear()
             raise ValueError(
-                f"{lora.input_name}: {lora.reference} does not fit this model: {e}"
+                f"{lora.input_name}: {lora.reference} does not fit this model: {str(e)[:500]}"
             ) from None
-        self.warm[name] = self._lora_bytes() - before
+        size = self._lora_bytes() - before
+        if not size:
+            raise ValueError(
+                f"{lora.input_name}: {lora.reference} holds no LoRA layer of this model"
+            )
+        self.warm[name] = size
 
     def _evict(self, keep: set[str]) -> None:
         """The least recently used adapters out, down to the bounds (this request's stay)."""

@@ -5,6 +5,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from . import netguard
+from .adapters import parse_inversion
+from .downloads import check_reference
+from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark", "replicate_weights")
@@ -37,6 +40,8 @@ class ControlSlot:
     model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.model is not None:
+            check_reference(self.model, f"{self.name}_model")
         if self.kind not in CONTROL_KINDS:
             raise ValueError(f"{self.name}: {self.kind!r} is not one of {', '.join(CONTROL_KINDS)}")
         if not 0 <= self.start < self.end <= 1:
@@ -159,6 +164,7 @@ class Request:
         )
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         # Ranges and choices are the schema's job; these rules span several inputs.
         if self.mask is not None and self.image is None:
             raise ValueError("mask: a mask needs an image to inpaint; give image as well")
@@ -183,6 +189,23 @@ class Request:
             raise ValueError(
                 f"lora_scales: each scale must be from -4 to 4 (got {self.lora_scales})"
             )
+
+    def _check_bounds(self) -> None:
+        """What a request may ask for (sdcog.limits), and references of a form that can be
+        fetched: refused before any download or tokenising."""
+        check_prompt_length(self.prompt, "prompt")
+        check_prompt_length(self.negative_prompt, "negative_prompt")
+        counts = (("lora_weights", self.lora_weights, MAX_LORAS),
+                  ("textual_inversions", self.textual_inversions, MAX_INVERSIONS))  # fmt: skip
+        for name, entries, limit in counts:
+            if len(entries) > limit:
+                raise ValueError(f"{name}: {len(entries)} entries; at most {limit} per request")
+        for reference in self.lora_weights:
+            check_reference(reference, "lora_weights")
+        for item in self.textual_inversions:
+            check_reference(parse_inversion(item)[1], "textual_inversions")
+        if self.replicate_weights:
+            check_reference(self.replicate_weights, "replicate_weights")
 
     def _check_image_recipes(self) -> None:
         sized = self.width is not None or self.height is not None
@@ -263,3 +286,11 @@ class Request:
         if self.mask is not None or self.outpainting:
             return "inpaint"
         return "txt2img" if self.image is None else "img2img"
+
+
+def check_prompt_length(text: str, input_name: str) -> None:
+    """A prompt longer than MAX_PROMPT_CHARS is refused before it is tokenised."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{input_name}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (and 600 tokens)"
+        )

@@ -27,6 +27,12 @@ class PredictionCancelledError(Exception):
     """Raised in the worker thread when Cog has cancelled the prediction."""
 
 
+def raise_if_set(event: threading.Event | None) -> None:
+    """Between the steps of work that is not denoising (downloads, loading adapters)."""
+    if event is not None and event.is_set():
+        raise PredictionCancelledError("cancelled")
+
+
 def stop_if_set(event: threading.Event) -> Callable:
     """A diffusers callback_on_step_end that ends the denoising once `event` is set."""
 

@@ -25,7 +25,7 @@ import runpod
 from PIL import Image, ImageOps
 from runpod.serverless.utils import rp_upload
 
-from . import cli, transfer
+from . import cli, images, transfer
 from .dialects import FieldError
 from .dialects import runpod as dialect
 from .generate import Generator
@@ -94,11 +94,9 @@ def _image(reference: str, field: str) -> Image.Image:
         if len(data) > MAX_IMAGE_BYTES:
             raise FieldError("runpod", ("input", field), f"larger than {MAX_IMAGE_BYTES} bytes")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as e:
-        raise FieldError("runpod", ("input", field), f"not an image: {e}") from None
-    return image
+        return images.read_image(io.BytesIO(data), field)
+    except ValueError as e:  # named by the field, as every image input's errors are
+        raise FieldError("runpod", ("input", field), str(e).removeprefix(f"{field}: ")) from None
 
 
 def _answer(job_id: str, path: Path) -> str:

@@ -2,6 +2,7 @@
 for both families. Adapter files are made by the tests and served from 127.0.0.1."""
 
 import pickle
+import time
 
 import pytest
 import requests
@@ -187,3 +188,20 @@ def test_300_token_prompt_works_and_700_fails(server, weighting):
 def test_every_clip_skip(server):
     outputs = [run(server, clip_skip=skip) for skip in range(5)]
     assert len({tuple(o) for o in outputs}) == 5
+
+
+def test_a_cancel_ends_a_trickling_download_at_once(sd_server, adapter_refs, file_server, webhooks):
+    url = file_server.put("slow/lora.safetensors", adapter_refs["sd"]["a_bytes"])
+    file_server.trickles["/slow/lora.safetensors"] = 0.05  # hours for the whole file
+    response = sd_server.post({"prompt": PROMPT, **SMALL, "lora_weights": [url]},
+                              headers={"Prefer": "respond-async"}, webhook=webhooks.url,
+                              webhook_events_filter=["completed"])  # fmt: skip
+    while file_server.count("slow/lora.safetensors") == 0:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into the download
+    cancelled_at = time.monotonic()
+    cancel = f"{sd_server.url}/predictions/{response.json()['id']}/cancel"
+    assert requests.post(cancel, timeout=10).status_code == 200
+    assert webhooks.final()["status"] == "canceled"
+    assert time.monotonic() - cancelled_at < 3
+    output_images(sd_server.predict(prompt=PROMPT, **SMALL))

@@ -1,6 +1,8 @@
 """Warm LoRAs: a repeat request neither reads nor injects its LoRA, gets the same image as a cold
 one, and plain requests stay exactly those of a fresh server."""
 
+import threading
+
 import numpy as np
 import pytest
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -9,6 +11,7 @@ from PIL import Image
 from sdcog import loras
 from sdcog.generate import Generator
 from sdcog.request import Request
+from sdcog.runner import PredictionCancelledError
 from sdcog.tiny import FAMILIES
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 3, "seed": 4}
@@ -127,3 +130,13 @@ def test_the_lora_is_merged_for_the_request_not_computed_per_step(
     monkeypatch.setattr(loras.WarmLoras, "_merged", watching)
     pixels(generator, (adapter_refs[family]["a"],))
     assert calls == []  # merged: the LoRA layers themselves never ran
+
+
+def test_a_cancelled_request_neither_downloads_nor_loads(generator, adapter_refs, family, loads):
+    cancelled = threading.Event()
+    cancelled.set()
+    request = Request(prompt="a cat", lora_weights=(adapter_refs[family]["b"],), **SMALL)
+    with pytest.raises(PredictionCancelledError):
+        generator(request, cancelled)
+    assert loads == []
+    assert wrappers(generator) == 0

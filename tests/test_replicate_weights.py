@@ -2,15 +2,19 @@
 served from 127.0.0.1, through Cog's real server."""
 
 import io
+import json
 import pickle
 import tarfile
 
 import pytest
 import torch
 from adapter_files import write_replicate_tar
-from safetensors.torch import load
+from safetensors.torch import load, save
 
 from conftest import output_images
+from sdcog import replicate_weights
+from sdcog.downloads import AdapterCache
+from sdcog.limits import MAX_EMBEDDING_ROWS
 from sdcog.pipelines import Pipelines
 from sdcog.replicate_weights import convert_lora
 
@@ -113,7 +117,7 @@ def tar_of(members: dict[str, bytes]) -> bytes:
             },
             "lora.safetensors is not a safetensors file",
         ),  # fmt: skip
-        (None, "is not a .tar archive"),
+        (None, "is not an uncompressed .tar archive"),
     ],
 )
 def test_bad_archives_fail_naming_the_input(server, file_server, fine_tune, members, error):
@@ -133,3 +137,59 @@ def test_a_pickled_archive_url_is_refused_before_any_request(server, file_server
     url = f"{file_server.url}/replicate/model.ckpt"
     assert "is pickled weights" in server.failure(prompt="x", replicate_weights=url, **SMALL)
     assert len(file_server.requests) == before
+
+
+def _members(fine_tune_tar: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(fine_tune_tar)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+@pytest.fixture(scope="module")
+def parts(make_weights, tmp_path_factory) -> dict[str, bytes]:
+    files = write_replicate_tar(make_weights("sdxl"), tmp_path_factory.mktemp("parts"), 4)
+    return _members(files["tar"].read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"special_params.json": b"{not json"}, "special_params.json is broken JSON"),
+        ({"special_params.json": b"[1, 2]"}, "special_params.json is not a JSON object"),
+        ({"special_params.json": b'{"TOK": 1}'}, "special_params.json is not a map of strings"),
+        ({"special_params.json": b"\xff\xfe"}, "special_params.json is broken JSON"),
+        ({"embeddings.pti": b"[" * 1000}, "embeddings.pti is not a safetensors file"),
+    ],
+)
+def test_broken_members_fail_naming_the_input(tmp_path, file_server, parts, change, error):
+    url = file_server.put(f"replicate/broken-{abs(hash(error))}.tar", tar_of(parts | change))
+    with pytest.raises(ValueError, match=f"^replicate_weights: {url}: {error}"):
+        replicate_weights.fetch(AdapterCache(root=tmp_path), url, 0.6)
+
+
+def test_members_are_bounded_by_their_tar_headers(tmp_path, file_server, parts, monkeypatch):
+    url = file_server.put("replicate/bounded.tar", tar_of(parts))
+    size = len(parts["lora.safetensors"])
+    with monkeypatch.context() as limited:
+        limited.setitem(replicate_weights.MAX_TAR_MEMBER_BYTES, "lora.safetensors", size - 1)
+        with pytest.raises(
+            ValueError, match=f"lora.safetensors is {size} bytes; at most {size - 1}"
+        ):
+            replicate_weights.fetch(AdapterCache(root=tmp_path), url, 0.6)
+    rows = torch.zeros(MAX_EMBEDDING_ROWS + 1, 8)
+    many = save({"text_encoders_0": rows, "text_encoders_1": rows.clone()})
+    url = file_server.put("replicate/many.tar", tar_of(parts | {"embeddings.pti": many}))
+    with pytest.raises(ValueError, match=f"embeddings.pti holds {MAX_EMBEDDING_ROWS + 1} tokens"):
+        replicate_weights.fetch(AdapterCache(root=tmp_path), url, 0.6)
+
+
+def test_a_placeholder_cannot_blow_the_prompt_up(server, file_server, parts):
+    if server.family != "sdxl":
+        pytest.skip("SDXL only")
+    # A 10-character prompt that its special_params.json makes 25,000 characters long.
+    blown = json.dumps({"a": "<s0>" * 6250}).encode()
+    url = file_server.put("replicate/blown.tar", tar_of(parts | {"special_params.json": blown}))
+    error = server.failure(prompt="a a a a a ", replicate_weights=url, **SMALL)
+    assert error.startswith(
+        "replicate_weights: its special_params.json makes the prompt 125005 characters long; at "
+        "most 20000"
+    ), error

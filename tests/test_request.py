@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from sdcog.limits import MAX_PROMPT_CHARS
 from sdcog.request import Request
 
 
@@ -35,7 +36,7 @@ def test_controlnet_slots_from_predict_inputs_by_name():
         "controlnet_2_model": None,
         "controlnet_3": "canny",
         "controlnet_3_image": Path("c.png"),
-        "lora_weights": ["a"],
+        "lora_weights": ["o/a"],
         "guidance_scale": 7,
     }
     request = Request.from_inputs(inputs)
@@ -44,7 +45,7 @@ def test_controlnet_slots_from_predict_inputs_by_name():
     assert isinstance(depth.conditioning_scale, float) and isinstance(request.guidance_scale, float)
     assert depth.preprocess is False and depth.model is None
     assert (canny.number, canny.start, canny.end, canny.conditioning_scale) == (3, 0.0, 1.0, 1.0)
-    assert request.lora_weights == ("a",)
+    assert request.lora_weights == ("o/a",)
 
 
 @pytest.mark.parametrize(
@@ -77,5 +78,39 @@ def test_integral_floats_become_ints_and_others_are_refused_by_name():
     assert all(type(v) is int for v in (request.num_outputs, request.seed, request.width))
     with pytest.raises(ValueError, match=r"num_inference_steps: must be a whole number \(got 2.5"):
         Request.from_inputs({"prompt": "x", "num_inference_steps": 2.5})
-    scales = Request.from_inputs({"prompt": "x", "lora_weights": ["a", "b"], "lora_scales": [1, 2]})
+    scales = Request.from_inputs(
+        {"prompt": "x", "lora_weights": ["o/a", "o/b"], "lora_scales": [1, 2]}
+    )
     assert scales.lora_scales == (1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"prompt": "x" * 20_001}, r"^prompt: 20001 characters; at most 20000"),
+        ({"negative_prompt": "\u00e9" * 20_001}, r"^negative_prompt: 20001 characters; at most"),
+        ({"lora_weights": [f"o/l{i}" for i in range(9)]}, r"^lora_weights: 9 entries; at most 8"),
+        ({"textual_inversions": [f"<t{i}>=o/e" for i in range(17)]},
+         r"^textual_inversions: 17 entries; at most 16"),
+        ({"lora_weights": ["o/a", "http://127.0.0.1:8099\\@1.1.1.1/l.safetensors"]},
+         r"^lora_weights: .* backslashes"),
+        ({"textual_inversions": ["<t>=http://u@1.1.1.1/e.safetensors"]},
+         r"^textual_inversions: .* user info"),
+        ({"textual_inversions": ["<t>=just-a-name"]}, r"^textual_inversions: 'just-a-name' is "),
+        ({"replicate_weights": "http://1.1.1.1/t.tar\n"}, r"^replicate_weights: .* control"),
+        ({"lora_weights": ["https://x.example/l.ckpt"]}, r"^lora_weights: .* is pickled weights"),
+        ({"controlnet_1": "canny", "controlnet_1_image": Path("i"),
+          "controlnet_1_model": "ftp://x.example/c.safetensors"}, r"^controlnet_1_model: .* is "),
+    ],
+)  # fmt: skip
+def test_bounds_and_reference_forms_are_checked_before_anything_is_fetched(inputs, message):
+    with pytest.raises(ValueError, match=message):
+        Request.from_inputs({"prompt": "x", **inputs})
+
+
+def test_the_prompt_limit_is_the_schemas():
+    # predict.py's Input(max_length=...) is a literal for Cog's static parser.
+    import predict
+
+    assert predict.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS
+    Request.from_inputs({"prompt": "x" * MAX_PROMPT_CHARS, "lora_weights": ["o/a"] * 8})

@@ -119,7 +119,7 @@ def test_run_then_status_inpaints_like_cog_with_the_mask_inverted(worker, server
         ({"prompt": "x", "scheduler": "LCM"}, "runpod: input.scheduler: 'LCM' is not one of"),
         ({"prompt": "x", "num_outputs": 10}, "runpod: input.num_outputs: 10 is greater than"),
         ({"prompt": "x", "mask": "data:image/png;base64,iVBORw0KGgo="},
-         "runpod: input.mask: not an image"),
+         "runpod: input.mask: could not be "),
         ({"prompt": "x", "init_image": "http://127.0.0.1:9/none.png"},
          "runpod: input.init_image: could not connect to http://127.0.0.1:9/none.png: "
          "Connection refused"),
