@@ -47,7 +47,7 @@ class SafetyChecker:
             else:
                 kept.append(result)
         if not kept:
-            raise RuntimeError(
+            raise ValueError(
                 f"disable_safety_checker: all {len(results)} output(s) were flagged as possibly "
                 "NSFW by the safety checker. Try another prompt or seed, or set "
                 "disable_safety_checker."
