@@ -60,9 +60,9 @@ class Predictor(BasePredictor):
         self.generate = Generator(LocalPath(weights))
         self.model = OneAtATime()
 
-    # Two slots, so a client's next request never finds the last one's slot still closing; the
-    # model itself runs one prediction at a time (sdcog/runner.py).
-    @concurrent(max=2)
+    # Four slots, so two clients sending back to back never find their last slot still closing;
+    # the model itself runs one prediction at a time, the others wait (sdcog/runner.py).
+    @concurrent(max=4)
     async def predict(
         self,
         prompt: str = Input(description="What to draw.", max_length=MAX_PROMPT_CHARS),

@@ -14,7 +14,7 @@ from . import images, runner
 
 
 class OutputFolders:
-    """Cog reads a prediction's files after it returns, while the next one (the other slot) may
+    """Cog reads a prediction's files after it returns, while the next one (another slot) may
     already be running: the folders of the last SLOTS predictions are kept."""
 
     def __init__(self) -> None:

@@ -1,24 +1,36 @@
-"""Two Cog slots, one prediction at a time on the model.
+"""Cog's slots, one prediction at a time on the model.
 
-Cog 0.23.1 frees a slot a moment after it has answered, so with one slot a client that sends its
-next request at once sometimes got `409 At capacity`. predict() is async with two slots
-(`@cog.concurrent(max=2)`; Cog allows more than one only for async predictors), and hands its
-work to OneAtATime: each prediction runs in a worker thread after the one before it has ended.
-A second request made while one runs waits for it; a third gets 409.
+Cog 0.23.1 frees a slot only after it has answered (it waits, in the background, for the worker
+to say the slot is idle), so a client that sends its next request at once can find its last
+slot still taken: with one slot 1 in 10-15 back-to-back requests got `409 At capacity`, with two
+slots and two clients 12 in 300. predict() is async with SLOTS slots (`@cog.concurrent(max=4)`;
+Cog allows more than one only for async predictors): each client may hold a second slot for that
+moment, so two clients sending back to back never see 409. The model runs one prediction at a
+time (OneAtATime): each runs in a worker thread after the one before it has ended, and requests
+beyond the first wait their turn (first come, first served); a fifth concurrent request gets 409.
 
 Cog cancels an async prediction by cancelling its task; the worker thread is then told to stop,
-and raises PredictionCancelledError at its next denoising step.
+and raises PredictionCancelledError at its next denoising step, download or adapter load. The
+cancels Cog 0.23.1 loses on the way are found and honoured by cog_cancel.
 """
 
 import asyncio
+import contextvars
+import functools
+import json
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from cog import CancelationException
 
-# The number in predict.py's @concurrent(max=2), and COG_MAX_CONCURRENCY for local servers.
-SLOTS = 2
+from . import cog_cancel
+
+# The number in predict.py's @concurrent(max=4), and COG_MAX_CONCURRENCY for local servers.
+SLOTS = 4
 
 T = TypeVar("T")
 
@@ -47,18 +59,48 @@ def stop_if_set(event: threading.Event) -> Callable:
 class OneAtATime:
     def __init__(self) -> None:
         self._lock = asyncio.Lock()  # binds to Cog's event loop at first use
+        # One thread for every prediction: torch's and oneDNN's per-thread buffers are made
+        # once, not once per thread of a pool (about 25 MB more RSS over a pool's threads).
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prediction")
+        self._inside = 0
+        # script/serve's supervisor reads how many predictions are inside predict() from here:
+        # Cog's slots all busy while none is would mean Cog has leaked them.
+        status = os.environ.get("SDCOG_STATUS_FILE")
+        self._status = Path(status) if status else None
+        self._report()
 
     async def run(self, work: Callable[[threading.Event], T]) -> T:
-        """work(cancelled) in a worker thread, after every earlier call has finished."""
-        async with self._lock:
-            cancelled = threading.Event()
-            job = asyncio.ensure_future(asyncio.to_thread(work, cancelled))
-            try:
-                return await asyncio.shield(job)
-            except (asyncio.CancelledError, CancelationException):
-                # Cog 0.23.1 sometimes cancels with its own CancelationException, which it then
-                # reports as a failure: it recognises only asyncio's.
-                cancelled.set()
-                # The model is free again only when the thread has stopped.
-                await asyncio.wait([job])
-                raise asyncio.CancelledError from None
+        """work(cancelled) in the prediction thread, after every earlier call has finished."""
+        watcher = asyncio.ensure_future(cog_cancel.honour_lost_cancels(asyncio.current_task()))
+        self._inside += 1
+        self._report()
+        try:
+            async with self._lock:
+                return await self._in_thread(work)
+        finally:
+            watcher.cancel()
+            self._inside -= 1
+            self._report()
+
+    async def _in_thread(self, work: Callable[[threading.Event], T]) -> T:
+        cancelled = threading.Event()
+        # In this task's context: Cog routes what the thread prints to this prediction's logs.
+        call = functools.partial(contextvars.copy_context().run, work, cancelled)
+        job = asyncio.get_running_loop().run_in_executor(self._thread, call)
+        try:
+            return await asyncio.shield(job)
+        except (asyncio.CancelledError, CancelationException):
+            # Cog 0.23.1 sometimes cancels with its own CancelationException, which it then
+            # reports as a failure: it recognises only asyncio's.
+            cancelled.set()
+            # The model is free again only when the thread has stopped.
+            await asyncio.wait([job])
+            if not job.cancelled():
+                job.exception()  # else asyncio logs it, traceback and all, as never retrieved
+            raise asyncio.CancelledError from None
+
+    def _report(self) -> None:
+        if self._status is not None:
+            part = self._status.with_suffix(".part")
+            part.write_text(json.dumps({"predictions": self._inside}))
+            part.replace(self._status)

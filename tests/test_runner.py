@@ -2,10 +2,13 @@
 waited for before the next job starts."""
 
 import asyncio
+import concurrent.futures
+import ctypes
 import threading
 import time
 
 import pytest
+from cog import CancelationException
 
 from sdcog.runner import OneAtATime, PredictionCancelledError, stop_if_set
 
@@ -64,3 +67,70 @@ def test_cancelling_stops_the_thread_before_the_next_job():
 
     assert asyncio.run(main()) == "done"
     assert stop_seen.is_set() and events == ["stopped", "next"]
+
+
+def test_a_cancel_cog_sent_to_its_waiting_thread_cancels_the_prediction():
+    # Cog 0.23.1's race: its thread waits in result() for the task, and a cancel that arrived
+    # before Cog had recorded the future is injected into that thread as CancelationException,
+    # where it would fire only once the whole prediction was done.
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    model = OneAtATime()
+    steps: list[int] = []
+
+    def slow(cancelled: threading.Event) -> str:
+        check = stop_if_set(cancelled)
+        for step in range(500):
+            check(None, step, None, {})
+            steps.append(step)
+            time.sleep(0.01)
+        return "finished"
+
+    outcome: list[str] = []
+
+    def cogs_thread() -> None:
+        future = asyncio.run_coroutine_threadsafe(model.run(slow), loop)
+        try:
+            outcome.append(future.result())
+        except concurrent.futures.CancelledError:
+            outcome.append("canceled")
+        except CancelationException:
+            outcome.append("CancelationException")
+
+    thread = threading.Thread(target=cogs_thread)
+    thread.start()
+    time.sleep(0.2)  # blocked in result() by now
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(CancelationException)
+    )
+    started = time.monotonic()
+    thread.join(timeout=10)
+    assert outcome == ["canceled"]
+    assert time.monotonic() - started < 1
+    assert len(steps) < 150  # stopped, not run to the end
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_prediction_no_one_waits_for_is_stopped():
+    # The same race, when the exception fires as Cog's thread begins to wait: Cog reports the
+    # prediction failed at once and nothing reads its result; the model must not stay busy.
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    model = OneAtATime()
+    steps: list[int] = []
+
+    def slow(cancelled: threading.Event) -> str:
+        check = stop_if_set(cancelled)
+        for step in range(1000):
+            check(None, step, None, {})
+            steps.append(step)
+            time.sleep(0.01)
+        return "finished"
+
+    started = time.monotonic()
+    asyncio.run_coroutine_threadsafe(model.run(slow), loop)  # never waited for
+    follower = asyncio.run_coroutine_threadsafe(model.run(lambda cancelled: "next"), loop)
+    assert follower.result(timeout=10) == "next"  # waited for: it runs
+    assert time.monotonic() - started < 4
+    assert len(steps) < 400
+    loop.call_soon_threadsafe(loop.stop)
