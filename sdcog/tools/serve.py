@@ -1,0 +1,170 @@
+"""script/serve: Cog's HTTP server for this model, supervised.
+
+Cog 0.23.1 can be left unable to serve until it is restarted (README, Security notes): a killed
+worker leaves it UNHEALTHY for good, prediction ids it cannot use as folder names leak their
+slots until every request gets 409, and a setup that failed stays failed. The supervisor runs
+the server in a process group of its own, asks /health-check every second and restarts it:
+
+- when the server exits;
+- when it says UNHEALTHY or DEFUNCT twice in a row;
+- when its setup failed, after a pause that doubles from 2 s up to a minute;
+- when every slot is busy while no prediction is inside predict() for SDCOG_WEDGE_S seconds
+  (default 60), which predict() reports through the file SDCOG_STATUS_FILE.
+
+SIGTERM or SIGINT stops the server (SIGTERM, then SIGKILL after STOP_GRACE_S) and exits. The
+server gets a temporary folder of its own (TMPDIR), removed when the supervisor exits; Cog's
+own per-prediction folders (/tmp/coglet/predictions, which it never removes) are pruned once
+an hour old.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from ..runner import SLOTS
+
+ROOT = Path(__file__).resolve().parents[2]
+POLL_S = 1.0
+STOP_GRACE_S = 30.0
+COG_PREDICTIONS = Path("/tmp/coglet/predictions")
+PRUNE_AFTER_S = 3600.0
+
+
+def say(message: str) -> None:
+    print(f"script/serve: {message}", file=sys.stderr, flush=True)
+
+
+class Supervisor:
+    def __init__(self, host: str, port: int, workdir: Path, wedge_s: float) -> None:
+        self.url = f"http://{host}:{port}"
+        self.command = [sys.executable, "-m", "cog.server.http", "--host", host]
+        self.status_file = workdir / "status.json"
+        self.wedge_s = wedge_s
+        self.env = {
+            **os.environ,
+            "PORT": str(port),
+            "TMPDIR": str(workdir),
+            "SDCOG_STATUS_FILE": str(self.status_file),
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            # What `cog build` bakes in from predict()'s @concurrent(max=...).
+            "COG_MAX_CONCURRENCY": str(SLOTS),
+            # The server starts its worker as a bare `python`: this interpreter must come first.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        self.stopping = threading.Event()
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def run(self) -> int:
+        backoff, unhealthy, wedged_since = 2.0, 0, None
+        self._start()
+        while not self.stopping.wait(POLL_S):
+            status = self._health()
+            reason = None
+            if self.process.poll() is not None:
+                reason = f"it exited with code {self.process.returncode}"
+            elif status in ("UNHEALTHY", "DEFUNCT"):
+                unhealthy += 1
+                reason = f"it is {status}" if unhealthy >= 2 else None
+            elif status == "SETUP_FAILED":
+                say(f"setup failed; trying again in {backoff:g} s")
+                if self.stopping.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 60.0)
+                reason = "its setup failed"
+            elif status == "BUSY" and self._predictions() == 0:
+                wedged_since = wedged_since or time.monotonic()
+                if time.monotonic() - wedged_since > self.wedge_s:
+                    reason = f"every slot busy, no prediction running, for {self.wedge_s:g} s"
+            if status != "BUSY":
+                wedged_since = None
+            if status == "READY":
+                backoff, unhealthy = 2.0, 0
+            if reason:
+                say(f"restarting Cog's server: {reason}")
+                self._stop(grace=5.0)
+                self.restarts += 1
+                unhealthy, wedged_since = 0, None
+                self._start()
+            _prune(COG_PREDICTIONS, PRUNE_AFTER_S)
+        self._stop(grace=STOP_GRACE_S)
+        return 0
+
+    def _start(self) -> None:
+        self.status_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, start_new_session=True
+        )
+
+    def _stop(self, grace: float) -> None:
+        """SIGTERM to the server's process group (server and worker); SIGKILL after `grace`."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # the worker, should it have outlived the server
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _health(self) -> str:
+        try:
+            return requests.get(f"{self.url}/health-check", timeout=5).json()["status"]
+        except (requests.RequestException, ValueError, KeyError):
+            return "DOWN"
+
+    def _predictions(self) -> int | None:
+        """Predictions inside predict(), as predict() reports them (None: not known yet)."""
+        try:
+            return json.loads(self.status_file.read_text())["predictions"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def _prune(folder: Path, older_than_s: float) -> None:
+    """Cog's per-prediction folders (empty inputs/ and outputs/) of predictions long over."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    cutoff = time.time() - older_than_s
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="script/serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    args = parser.parse_args(argv)
+    port = int(os.environ.get("PORT", 5000))
+    wedge_s = float(os.environ.get("SDCOG_WEDGE_S", 60))
+    with tempfile.TemporaryDirectory(prefix="sdcog-serve-") as workdir:
+        supervisor = Supervisor(args.host, port, Path(workdir), wedge_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: supervisor.stopping.set())
+        say(f"serving {supervisor.url} (Cog's server, supervised)")
+        return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""script/serve's supervisor against Cog's real server: it recovers from a failed setup, a killed
+worker and leaked slots, and leaves nothing behind when stopped."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from loopback import dead_proxy_env
+
+from sdcog.local import ROOT, free_port
+from sdcog.runner import SLOTS
+
+SMALL = {"prompt": "x", "width": 128, "height": 128, "num_inference_steps": 2}
+
+
+def wait_for(url: str, wanted: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = requests.get(f"{url}/health-check", timeout=2).json()["status"]
+        except requests.RequestException:
+            status = "DOWN"
+        if status == wanted:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"health {status}, not {wanted}, after {timeout} s")
+
+
+def predicts(url: str) -> bool:
+    answer = requests.post(f"{url}/predictions", json={"input": SMALL}, timeout=120)
+    return answer.status_code == 200 and answer.json()["status"] == "succeeded"
+
+
+@pytest.fixture
+def supervised(tmp_path, make_weights):
+    """script/serve's supervisor over a weights folder that is empty at first."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    port = free_port()
+    env = {**os.environ, **dead_proxy_env(), "PORT": str(port), "WEIGHTS_DIR": str(weights),
+           "SDCOG_WEDGE_S": "3", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    log = open(tmp_path / "serve.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "sdcog.tools.serve"], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    yield process, f"http://127.0.0.1:{port}", weights, make_weights("sd"), log
+    if process.poll() is None:
+        process.kill()
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
+    log.close()
+
+
+def restarts(log) -> list[str]:
+    log.seek(0)
+    return [line.split(": ", 2)[2].strip() for line in log if "restarting Cog's server" in line]
+
+
+def test_the_supervisor_recovers_and_cleans_up(supervised):
+    process, url, weights, tiny, log = supervised
+    # 1. Setup fails (no weights yet); once they are there, a retry comes up.
+    wait_for(url, "SETUP_FAILED")
+    time.sleep(1)
+    for entry in tiny.iterdir():
+        (weights / entry.name).symlink_to(entry)
+    wait_for(url, "READY")
+    assert predicts(url)
+    assert restarts(log)[0] == "its setup failed"
+    server = psutil.Process(process.pid).children()[0]
+    workdir = Path(server.environ()["TMPDIR"])
+
+    # 2. The worker is killed: Cog says UNHEALTHY for good; the supervisor restarts it.
+    for worker in server.children(recursive=True):
+        worker.kill()
+    wait_for(url, "UNHEALTHY", timeout=10)
+    wait_for(url, "READY")
+    assert predicts(url)
+    assert restarts(log)[-1] == "it is UNHEALTHY"
+
+    # 3. Ids Cog cannot use as folder names leak every slot; predict() saw none of them.
+    for n in range(SLOTS):
+        requests.post(f"{url}/predictions", json={"id": "x" * 300 + str(n), "input": SMALL},
+                      timeout=60)  # fmt: skip
+    assert requests.post(f"{url}/predictions", json={"input": SMALL}, timeout=60).status_code == 409
+    wait_for(url, "READY", timeout=60)
+    assert predicts(url)
+    assert restarts(log)[-1].startswith("every slot busy, no prediction running, for 3 s")
+
+    # 4. SIGTERM: the server and its worker stop, the temporary folder goes.
+    group = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                   for pid in group)  # fmt: skip
+    assert not workdir.exists()
+    shutil.rmtree(weights)
