@@ -45,9 +45,11 @@ def say(message: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, host: str, port: int, workdir: Path, wedge_s: float) -> None:
+    def __init__(
+        self, host: str, port: int, workdir: Path, wedge_s: float, cog_args: list[str]
+    ) -> None:
         self.url = f"http://{host}:{port}"
-        self.command = [sys.executable, "-m", "cog.server.http", "--host", host]
+        self.command = [sys.executable, "-m", "cog.server.http", "--host", host, *cog_args]
         self.status_file = workdir / "status.json"
         self.wedge_s = wedge_s
         self.env = {
@@ -155,11 +157,11 @@ def _prune(folder: Path, older_than_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="script/serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    args = parser.parse_args(argv)
+    args, cog_args = parser.parse_known_args(argv)  # the rest goes to Cog (--upload-url, ...)
     port = int(os.environ.get("PORT", 5000))
     wedge_s = float(os.environ.get("SDCOG_WEDGE_S", 60))
     with tempfile.TemporaryDirectory(prefix="sdcog-serve-") as workdir:
-        supervisor = Supervisor(args.host, port, Path(workdir), wedge_s)
+        supervisor = Supervisor(args.host, port, Path(workdir), wedge_s, cog_args)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: supervisor.stopping.set())
         say(f"serving {supervisor.url} (Cog's server, supervised)")
