@@ -6,6 +6,7 @@ import concurrent.futures
 import ctypes
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from cog import CancelationException
@@ -69,27 +70,39 @@ def test_cancelling_stops_the_thread_before_the_next_job():
     assert stop_seen.is_set() and events == ["stopped", "next"]
 
 
-def test_a_cancel_cog_sent_to_its_waiting_thread_cancels_the_prediction():
-    # Cog 0.23.1's race: its thread waits in result() for the task, and a cancel that arrived
-    # before Cog had recorded the future is injected into that thread as CancelationException,
-    # where it would fire only once the whole prediction was done.
+@pytest.fixture
+def cogs_loop():
+    """An event loop in a thread of its own, as Cog's worker runs one for async predictors."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    model = OneAtATime()
-    steps: list[int] = []
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
 
-    def slow(cancelled: threading.Event) -> str:
+
+def denoising(steps: list[int], total: int) -> Callable[[threading.Event], str]:
+    """A job of `total` 10 ms steps that calls the step callback, recording each step run."""
+
+    def work(cancelled: threading.Event) -> str:
         check = stop_if_set(cancelled)
-        for step in range(500):
+        for step in range(total):
             check(None, step, None, {})
             steps.append(step)
             time.sleep(0.01)
         return "finished"
 
+    return work
+
+
+def test_a_cancel_cog_sent_to_its_waiting_thread_cancels_the_prediction(cogs_loop):
+    # Cog 0.23.1's race: its thread waits in result() for the task, and a cancel that arrived
+    # before Cog had recorded the future is injected into that thread as CancelationException,
+    # where it would fire only once the whole prediction was done.
+    steps: list[int] = []
     outcome: list[str] = []
 
     def cogs_thread() -> None:
-        future = asyncio.run_coroutine_threadsafe(model.run(slow), loop)
+        job = denoising(steps, 500)
+        future = asyncio.run_coroutine_threadsafe(OneAtATime().run(job), cogs_loop)
         try:
             outcome.append(future.result())
         except concurrent.futures.CancelledError:
@@ -108,29 +121,16 @@ def test_a_cancel_cog_sent_to_its_waiting_thread_cancels_the_prediction():
     assert outcome == ["canceled"]
     assert time.monotonic() - started < 1
     assert len(steps) < 150  # stopped, not run to the end
-    loop.call_soon_threadsafe(loop.stop)
 
 
-def test_a_prediction_no_one_waits_for_is_stopped():
+def test_a_prediction_no_one_waits_for_is_stopped(cogs_loop):
     # The same race, when the exception fires as Cog's thread begins to wait: Cog reports the
     # prediction failed at once and nothing reads its result; the model must not stay busy.
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
     model = OneAtATime()
     steps: list[int] = []
-
-    def slow(cancelled: threading.Event) -> str:
-        check = stop_if_set(cancelled)
-        for step in range(1000):
-            check(None, step, None, {})
-            steps.append(step)
-            time.sleep(0.01)
-        return "finished"
-
     started = time.monotonic()
-    asyncio.run_coroutine_threadsafe(model.run(slow), loop)  # never waited for
-    follower = asyncio.run_coroutine_threadsafe(model.run(lambda cancelled: "next"), loop)
+    asyncio.run_coroutine_threadsafe(model.run(denoising(steps, 1000)), cogs_loop)  # no waiter
+    follower = asyncio.run_coroutine_threadsafe(model.run(lambda cancelled: "next"), cogs_loop)
     assert follower.result(timeout=10) == "next"  # waited for: it runs
     assert time.monotonic() - started < 4
     assert len(steps) < 400
-    loop.call_soon_threadsafe(loop.stop)
