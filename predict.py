@@ -274,5 +274,5 @@ class Predictor(BasePredictor):
         # Every argument above, by name: sdcog.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}
         request = Request.from_inputs(inputs)
-        files = await self.model.run(lambda cancelled: self.generate(request, cancelled))
-        return [Path(p) for p in files]
+        generation = await self.model.run(lambda cancelled: self.generate(request, cancelled))
+        return [Path(p) for p in generation.paths]

@@ -9,7 +9,6 @@ from typing import Any
 from PIL import Image
 
 from . import (
-    adapters,
     canvas,
     deepcache,
     denoise,
@@ -18,19 +17,21 @@ from . import (
     images,
     memory,
     prompts,
+    protocol,
     replicate_weights,
     runner,
     seeds,
-    speed,
     torch_compile,
 )
+from . import fast_path as fast
+from . import inversions as textual_inversions
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .filechecks import embedding_rows
 from .ip_adapters import IPAdapters
 from .limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
 from .loras import Lora, WarmLoras
-from .outputs import OutputFolders
+from .outputs import Generation, OutputFolders
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .safety import SafetyChecker
@@ -47,10 +48,10 @@ class Generator:
     """Holds the loaded model; each call runs one request and returns its image files."""
 
     def __init__(self, weights_dir: Path, fast_path: str | None = None) -> None:
-        """fast_path: the optimisations to apply (speed.py); None: SDCOG_FAST_PATH's."""
+        """fast_path: the optimisations to apply (fast_path.py); None: SDCOG_FAST_PATH's."""
         setup = Timings(SETUP_STAGES, "setup")
         with setup.stage("pipelines"):
-            self.pipelines = Pipelines.load(weights_dir, speed.fast_path(fast_path))
+            self.pipelines = Pipelines.load(weights_dir, fast.choose(fast_path))
         base = self.pipelines.base["txt2img"]
         with setup.stage("safety"):
             _, dtype = device_and_dtype()
@@ -69,12 +70,12 @@ class Generator:
         print(setup.line())
         self.outputs = OutputFolders()
 
-    def __call__(self, request: Request, cancelled: threading.Event | None = None) -> list[Path]:
-        """The request's image files; `cancelled`, once set, stops it at the next step. A
-        failure is raised as the client may see it (errors.public)."""
+    def __call__(self, request: Request, cancelled: threading.Event | None = None) -> Generation:
+        """The request's images; `cancelled`, once set, stops it at the next step. A failure is
+        raised as the client may see it (errors.public)."""
         failure: Exception | None = None
         try:
-            files = self._generate(request, cancelled)
+            generation = self._generate(request, cancelled)
         except runner.PredictionCancelledError:
             failure = runner.PredictionCancelledError("cancelled")
         except Exception as e:
@@ -84,9 +85,9 @@ class Generator:
         memory.give_back()
         if failure is not None:
             raise failure
-        return files
+        return generation
 
-    def _generate(self, request: Request, cancelled: threading.Event | None) -> list[Path]:
+    def _generate(self, request: Request, cancelled: threading.Event | None) -> Generation:
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
         timings = Timings()
         with timings.stage("read"):
@@ -147,9 +148,9 @@ class Generator:
                         denoised = finish(denoised, shared)
                     results.extend(zip(batch, denoised, strict=True))
             for name, state in cache.items():
-                print(f"deepcache: {state.reused} of {state.total} {name} UNet calls reused")
+                print(protocol.deepcache_line(name, state.reused, state.total))
         for index, (output_seed, _) in enumerate(results):
-            print(f"output {index}: seed {output_seed}")
+            print(protocol.seed_line(index, output_seed))
 
         if request.apply_watermark and self.pipelines.family == "sdxl":
             with timings.stage("watermark"):
@@ -157,13 +158,15 @@ class Generator:
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
         if picture:  # after the watermark, which marks what was generated and nothing else
             results = [(s, picture.paste(image)) for s, image in results]
+        flagged: list[int] = []
         if not request.disable_safety_checker:
             with timings.stage("safety"):
-                results = self.safety.keep_unflagged(results)
+                results, flagged = self.safety.keep_unflagged(results)
         with timings.stage("encode"):
-            files = self.outputs.save(results, request.output_format, request.output_quality)
+            outputs = self.outputs.save(results, request.output_format, request.output_quality)
         print(timings.line())
-        return files
+        counts = {name: (state.reused, state.total) for name, state in cache.items()}
+        return Generation(outputs, flagged, timings.milliseconds, counts)
 
     def _patch_models(
         self,
@@ -182,7 +185,7 @@ class Generator:
         stack.enter_context(torch_compile.eager_unless(plain))
         stack.enter_context(self.loras.applied(loras, cancelled))
         tokenizers = stack.enter_context(
-            adapters.applied(text_pipe, self.pipelines.family, inversions, cancelled)
+            textual_inversions.applied(text_pipe, self.pipelines.family, inversions, cancelled)
         )
         stack.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
         unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
@@ -243,7 +246,7 @@ class Generator:
 
     def _fetch_adapters(
         self, request: Request, cancelled: threading.Event | None
-    ) -> tuple[list[Lora], list[adapters.Inversion], str]:
+    ) -> tuple[list[Lora], list[textual_inversions.Inversion], str]:
         """Every adapter file, from the cache or downloaded, before any is loaded; and the
         prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
         fetch = functools.partial(self.cache.fetch, stop=cancelled)
@@ -253,10 +256,10 @@ class Generator:
         ]
         inversions, rows = [], 0
         for item in request.textual_inversions:
-            token, ref = adapters.parse_inversion(item)
+            token, ref = textual_inversions.parse_inversion(item)
             path = fetch(ref, "textual_inversions")
             rows += embedding_rows(path, "textual_inversions", ref)
-            inversions.append(adapters.Inversion(ref, path, token))
+            inversions.append(textual_inversions.Inversion(ref, path, token))
         prompt = request.prompt
         if request.replicate_weights:
             tuned = replicate_weights.fetch(

@@ -36,7 +36,7 @@ from diffusers import (
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 
-from . import speed
+from . import fast_path as fast
 from .schedulers import make_scheduler
 
 # (family, union ControlNet?) -> mode -> the ControlNet pipeline over the base's components.
@@ -64,6 +64,9 @@ def device_and_dtype() -> tuple[str, torch.dtype]:
     if torch.cuda.is_available():
         return "cuda", torch.float16
     return "cpu", torch.float32
+
+
+FAMILIES = ("sd", "sdxl")  # SD 1.x/2.x, SDXL
 
 
 def family_of(model_dir: Path) -> str:
@@ -96,7 +99,7 @@ class Pipelines:
 
     @classmethod
     def load(cls, weights_dir: Path, fast_path: tuple[str, ...] = ()) -> "Pipelines":
-        """The model at weights_dir, with the fast path's optimisations (speed.py) applied."""
+        """The model at weights_dir, with the fast path's optimisations (fast_path.py) applied."""
         family = family_of(weights_dir / "base")
         device, dtype = device_and_dtype()
         # Straight to the device: no CPU copy of the weights on the way.
@@ -189,4 +192,4 @@ def _prepare(pipe: DiffusionPipeline, fast_path: tuple[str, ...]) -> None:
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe.vae.enable_slicing()  # decode one image at a time: bounded memory for batches
-    speed.apply(pipe, fast_path)
+    fast.apply(pipe, fast_path)

@@ -24,9 +24,9 @@ from typing import IO
 import torch
 from safetensors.torch import load_file, save
 
-from .adapters import Inversion
 from .downloads import AdapterCache
 from .filechecks import check_safetensors_header, read_json_object, tar_members
+from .inversions import Inversion
 from .limits import MAX_EMBEDDING_ROWS, MAX_TAR_MEMBER_BYTES
 from .loras import Lora
 

@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 from . import netguard
-from .adapters import parse_inversion
 from .downloads import check_reference
+from .inversions import parse_inversion
 from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.

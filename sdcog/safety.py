@@ -9,6 +9,8 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from PIL import Image
 from transformers import CLIPImageProcessor
 
+from . import protocol
+
 
 @dataclass
 class SafetyChecker:
@@ -37,13 +39,15 @@ class SafetyChecker:
 
     def keep_unflagged(
         self, results: list[tuple[int, Image.Image]]
-    ) -> list[tuple[int, Image.Image]]:
-        """(seed, image) pairs less the flagged ones (each logged); an error if all are."""
+    ) -> tuple[list[tuple[int, Image.Image]], list[int]]:
+        """(seed, image) pairs less the flagged ones (each logged), and the flagged seeds; an
+        error if all are flagged."""
         flags = self.flags([image for _, image in results])
-        kept = []
+        kept, left_out = [], []
         for index, (result, flagged) in enumerate(zip(results, flags, strict=True)):
             if flagged:
-                print(f"output {index} (seed {result[0]}) was flagged as NSFW and left out")
+                print(protocol.flagged_line(index, result[0]))
+                left_out.append(result[0])
             else:
                 kept.append(result)
         if not kept:
@@ -52,4 +56,4 @@ class SafetyChecker:
                 "NSFW by the safety checker. Try another prompt or seed, or set "
                 "disable_safety_checker."
             )
-        return kept
+        return kept, left_out

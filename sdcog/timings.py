@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
+from . import protocol
+
 STAGES = ("read", "adapters", "prompts", "denoise", "decode", "watermark", "safety", "encode")
 # setup(): each part of the model, loaded straight to the device.
 SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters", "compile")
@@ -59,6 +61,9 @@ class Timings:
                 hook.remove()
             self.seconds["denoise"] -= self.seconds["decode"] - decode_before
 
+    @property
+    def milliseconds(self) -> dict[str, float]:
+        return {name: seconds * 1000 for name, seconds in self.seconds.items()}
+
     def line(self) -> str:
-        stages = ", ".join(f"{name} {seconds * 1000:.0f}" for name, seconds in self.seconds.items())
-        return f"{self.label} (ms): {stages}"
+        return protocol.timings_line(self.milliseconds, self.label)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from loopback import FileServer, WebhookReceiver, dead_proxy_env
 from PIL import Image
 
-from sdcog.local import CogServer, error_message
-from sdcog.tiny import FAMILIES, write_tiny_weights
+from sdcog.pipelines import FAMILIES
+from sdcog.protocol import error_message
+from sdcog.tools import cli
+from sdcog.tools.cog_server import CogServer, RunningServer
+from sdcog.tools.tiny_weights import write_tiny_weights
 
 NATIVE = {"sd": 512, "sdxl": 1024}
 
@@ -123,6 +128,11 @@ def loopback_only_server(make_weights, tmp_path_factory, file_server):
     """An SD server that allows 127.0.0.1 and no other private address."""
     tmp = tmp_path_factory.mktemp("server")
     yield from _serve("sd", make_weights("sd"), tmp, file_server, ALLOW_PRIVATE_URLS="127.0.0.1")
+
+
+def cli_predict(server: CogServer) -> Callable[[dict], dict]:
+    """script/task's way of running one prediction (async, its logs shown), on `server`."""
+    return functools.partial(cli.run, RunningServer(server.url))
 
 
 def data_uri(image: Image.Image, format: str = "PNG") -> str:

@@ -11,7 +11,7 @@ from queue import Empty
 
 from PIL import Image
 
-from sdcog.cli import Webhook
+from sdcog.tools.cli import Webhook
 
 
 class DeadProxy:

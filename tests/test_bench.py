@@ -3,7 +3,7 @@ report carries ratios, stage timings, setup and memory."""
 
 import re
 
-from sdcog import bench
+from sdcog.tools import bench
 
 
 def test_bench_compares_the_paths_in_one_run(make_weights, tmp_path, capsys):

@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from sdcog import cli
-from sdcog.local import ROOT, free_port
+from sdcog.tools import cli
+from sdcog.tools.cog_server import ROOT, free_port
 
 
 def predict(weights: Path, out: Path, *inputs: str) -> list[str]:

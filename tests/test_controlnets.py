@@ -17,9 +17,10 @@ from PIL import Image
 
 from sdcog import generate, pipelines
 from sdcog.generate import Generator
+from sdcog.pipelines import FAMILIES
 from sdcog.request import ControlSlot, Request
 from sdcog.schedulers import make_scheduler
-from sdcog.tiny import FAMILIES, write_tiny_weights
+from sdcog.tools.tiny_weights import write_tiny_weights
 
 SMALL = {"num_inference_steps": 3, "width": 128, "height": 128, "seed": 11}
 
@@ -94,11 +95,11 @@ def test_equals_diffusers_own_controlnet_pipeline(make_weights, control_image, f
         prompt="a lighthouse", prompt_weighting="none", apply_watermark=family != "sdxl", **SMALL
     )
     slot = ControlSlot(1, "canny", control_image, preprocess=False)
-    ours = pixels(generator(replace(request, controlnets=(slot,)))[0])
+    ours = pixels(generator(replace(request, controlnets=(slot,))).paths[0])
     theirs = diffusers_own(weights, family, Image.open(control_image).convert("RGB"), SMALL["seed"])
     assert np.abs(ours - theirs).mean() <= 2  # 2/255 of the 0..255 range
     # The comparison can fail: without the ControlNet, the image is far from diffusers' one.
-    assert np.abs(pixels(generator(request)[0]) - theirs).mean() > 4
+    assert np.abs(pixels(generator(request).paths[0]) - theirs).mean() > 4
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -110,9 +111,13 @@ def test_builds_with_and_without_controlnet_pins(make_weights, tmp_path, control
     request = Request(prompt="a lighthouse", **SMALL)
     with_pins = Generator(make_weights(family))
     without = Generator(bare)
-    assert pixels(with_pins(request)[0]).tolist() == pixels(without(request)[0]).tolist()
+    assert (
+        pixels(with_pins(request).paths[0]).tolist() == pixels(without(request).paths[0]).tolist()
+    )
     entry = "controlnet_canny" if family == "sd" else "controlnet_union"
     slot = ControlSlot(2, "canny", control_image)
     with pytest.raises(ValueError, match=rf"controlnet_2: .*no canny ControlNet; pin \[{entry}\]"):
         without(Request(prompt="x", controlnets=(slot,), **SMALL))
-    assert pixels(without(request)[0]).tolist() == pixels(with_pins(request)[0]).tolist()
+    assert (
+        pixels(without(request).paths[0]).tolist() == pixels(with_pins(request).paths[0]).tolist()
+    )

@@ -12,8 +12,8 @@ from PIL import Image
 
 from sdcog import deepcache
 from sdcog.generate import Generator
+from sdcog.pipelines import FAMILIES
 from sdcog.request import ControlSlot, Request
-from sdcog.tiny import FAMILIES
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 7, "seed": 3}
 
@@ -104,7 +104,7 @@ def leftovers(generator: Generator) -> list[str]:
 
 
 def pixels(generator: Generator, **input) -> np.ndarray:
-    paths = generator(Request(prompt="a cat", **{**SMALL, **input}))
+    paths = generator(Request(prompt="a cat", **{**SMALL, **input})).paths
     return np.stack([np.asarray(Image.open(path), dtype=np.float64) for path in paths])
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from PIL import Image
 
+from conftest import cli_predict
 from sdcog.dialects import Build, hydrogen
-from sdcog.local import RunningServer
-from sdcog.task import run
-from sdcog.weights import PIN_FILE
+from sdcog.dialects.tasks import run
+from sdcog.pins import PIN_FILE
 
 SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
 
@@ -46,9 +46,7 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
         '[base]\nrepo = "emilianJR/chilloutmix_NiPrunedFp32Fix"', 1))  # fmt: skip
     file_server.put("api/download/models/34562", adapter_refs["sd"]["a_bytes"])
     task = documented_example(control_image.read_bytes())
-    answer = run(
-        RunningServer(server.url), "hydrogen", task, Build.from_pins(pins), tmp_path / "out"
-    )
+    answer = run(cli_predict(server), "hydrogen", task, Build.from_pins(pins), tmp_path / "out")
     paths = answer.splitlines()
     assert len(paths) == 9
     assert all(Image.open(p).size == (512, 512) for p in paths)
@@ -143,7 +141,7 @@ def test_the_schema_is_a_valid_json_schema():
 def test_script_task_checks_before_starting_a_server_and_runs_on_a_given_one(
     server, tmp_path, capsys
 ):
-    from sdcog.task import main
+    from sdcog.tools.task import main
 
     if server.family != "sd":
         pytest.skip("an SD 1.5 task")

@@ -11,10 +11,10 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+from conftest import cli_predict
 from sdcog.dialects import HERE, Build, FieldError, runware
-from sdcog.local import RunningServer
-from sdcog.task import run
-from sdcog.weights import PIN_FILE
+from sdcog.dialects.tasks import run
+from sdcog.pins import PIN_FILE
 
 SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
 UUID = "a770f077-f413-47de-9dac-be0b26a35da6"
@@ -57,7 +57,7 @@ def test_the_documented_example_runs_unchanged(server, tmp_path):
         pytest.skip("the example asks for 1024x1024: SDXL's native size")
     build = build_naming_base(tmp_path, "sdxl", "runware:101@1")
     answer = json.loads(
-        run(RunningServer(server.url), "runware", documented_example(), build, tmp_path / "out")
+        run(cli_predict(server), "runware", documented_example(), build, tmp_path / "out")
     )
     data = answer["data"]
     assert len(data) == 2 and set(answer) == {"data"}
@@ -97,7 +97,7 @@ def test_several_tasks_each_answer_in_their_output_type(server, tmp_path):
             "outputFormat": "WEBP",
         },
     ]
-    data = json.loads(run(RunningServer(server.url), "runware", payload, SD, tmp_path))["data"]
+    data = json.loads(run(cli_predict(server), "runware", payload, SD, tmp_path))["data"]
     assert [d["taskUUID"] for d in data] == [payload[1]["taskUUID"]] + [payload[2]["taskUUID"]] * 2
     assert [d["seed"] for d in data] == [40, 40, 41]
     assert all("NSFWContent" not in d for d in data)  # only answered when checkNSFW asks
@@ -107,7 +107,7 @@ def test_several_tasks_each_answer_in_their_output_type(server, tmp_path):
     assert (first.format, first.size, webp.format) == ("PNG", (128, 128), "WEBP")
     # The same seed and settings give the same image whatever the output type.
     again = {**payload[1], "outputType": "base64Data"}
-    (entry,) = json.loads(run(RunningServer(server.url), "runware", [again], SD, tmp_path))["data"]
+    (entry,) = json.loads(run(cli_predict(server), "runware", [again], SD, tmp_path))["data"]
     assert (
         first.tobytes()
         == Image.open(io.BytesIO(base64.b64decode(entry["imageBase64Data"]))).tobytes()
@@ -128,7 +128,7 @@ def test_a_refusal_by_the_server_names_the_runware_field(server, tmp_path, contr
         "advancedFeatures": {"hiresFix": True},
     }
     with pytest.raises(FieldError) as raised:
-        run(RunningServer(server.url), "runware", [task], SD, tmp_path)
+        run(cli_predict(server), "runware", [task], SD, tmp_path)
     assert raised.value.field == "advancedFeatures.hiresFix"
     assert "hires fix is for text-to-image" in raised.value.problem
     error = json.loads(runware.failure(raised.value))["errors"][0]
@@ -342,7 +342,7 @@ def test_the_schema_is_a_valid_json_schema():
 
 
 def test_script_task_answers_runware_json(server, tmp_path, capsys):
-    from sdcog.task import main
+    from sdcog.tools.task import main
 
     if server.family != "sd":
         pytest.skip("an SD 1.5 task")

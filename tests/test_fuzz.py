@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from PIL import Image
 from schemathesis import GenerationMode
 
-from sdcog.local import error_message
+from sdcog.protocol import error_message
 
 # Per family and mode; tiny SDXL (refiner, union ControlNet) costs about 4x as much per case.
 EXAMPLES = {

@@ -64,17 +64,17 @@ def test_outputs_are_denoised_in_memory_bounded_batches(generator, monkeypatch):
     finally:
         handle.remove()
     assert sizes == [2, 2, 1]
-    assert len(files) == 5
+    assert len(files.paths) == 5
 
 
 def test_file_names_carry_index_seed_and_a_prediction_token(generator):
     first = generator(
         Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128)
-    )
+    ).paths
     assert [f.name[: len("out-0-seed11-")] for f in first] == ["out-0-seed11-", "out-1-seed12-"]
     second = generator(
         Request(prompt="x", seed=11, num_outputs=2, num_inference_steps=1, width=128, height=128)
-    )
+    ).paths
     assert {f.name for f in first}.isdisjoint(f.name for f in second)
 
 
@@ -82,7 +82,7 @@ def test_outputs_are_removed_once_no_slot_can_still_be_sending_them(generator):
     # Cog reads a prediction's files after it returns, while the other slot's prediction runs:
     # the last SLOTS predictions' folders stay, older ones go.
     request = Request(prompt="x", num_inference_steps=1, width=128, height=128)
-    folders = [generator(request)[0].parent for _ in range(SLOTS + 1)]
+    folders = [generator(request).paths[0].parent for _ in range(SLOTS + 1)]
     assert [f.exists() for f in folders] == [False] + [True] * SLOTS
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import save
 
 from conftest import data_uri, output_images
 from sdcog.limits import MAX_ASPECT, MAX_INPUT_PIXELS, MAX_LORAS
-from sdcog.soak import png_bomb
+from sdcog.tools.soak import png_bomb
 
 SMALL = {"prompt": "x", "num_inference_steps": 2, "width": 128, "height": 128, "seed": 3}
 

@@ -140,7 +140,7 @@ def test_outpainting_with_an_inpainting_fine_tune(inpainting_weights, tmp_path):
     assert generator.pipelines.base["inpaint"].unet.config.in_channels == 9
     request = Request(prompt="x", image=tmp_path / "in.png", outpaint_right=64, outpaint_blur=0,
                       num_inference_steps=2, seed=1)  # fmt: skip
-    (path,) = generator(request)
+    (path,) = generator(request).paths
     out = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
     assert out.shape == (128, 192, 3)
     assert np.array_equal(out[:, :128], np.asarray(image))

@@ -50,7 +50,7 @@ def test_matches_diffusers_own_ip_adapter_pipeline(family_weights, tmp_path):
     generator = Generator(weights)
     request = Request(**{**SMALL, "width": 256, "height": 256}, apply_watermark=family != "sdxl",
                       ip_adapter_image=tmp_path / "ref.png", ip_adapter="plus")  # fmt: skip
-    ours = np.asarray(Image.open(generator(request)[0]), dtype=np.float64)
+    ours = np.asarray(Image.open(generator(request).paths[0]), dtype=np.float64)
 
     pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     extra = {"feature_extractor": None, "image_encoder": None}  # load_ip_adapter makes them
@@ -83,12 +83,12 @@ def test_off_is_bit_identical_to_a_build_without_ip_adapter_pins(family_weights,
     request = Request(**SMALL)
     plain = Generator(without)
     assert plain.ip_adapters.adapters == {}
-    expected = plain(request)[0].read_bytes()
+    expected = plain(request).paths[0].read_bytes()
     with_pins = Generator(weights)
-    assert with_pins(request)[0].read_bytes() == expected
+    assert with_pins(request).paths[0].read_bytes() == expected
     reference_image().save(tmp_path / "ref.png")
     with_pins(Request(**SMALL, ip_adapter_image=tmp_path / "ref.png"))
-    assert with_pins(request)[0].read_bytes() == expected
+    assert with_pins(request).paths[0].read_bytes() == expected
     with pytest.raises(ValueError, match="^ip_adapter_image: this build has no IP-Adapter"):
         plain(Request(**SMALL, ip_adapter_image=tmp_path / "ref.png"))
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 from sdcog import loras
 from sdcog.generate import Generator
+from sdcog.pipelines import FAMILIES
 from sdcog.request import Request
 from sdcog.runner import PredictionCancelledError
-from sdcog.tiny import FAMILIES
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 3, "seed": 4}
 
@@ -44,7 +44,7 @@ def loads(monkeypatch) -> list[str]:
 def pixels(generator: Generator, refs: tuple[str, ...] = (), scales=None) -> np.ndarray:
     request = Request(prompt="a cat", lora_weights=refs,
                       lora_scales=scales or (1.0,) * len(refs), **SMALL)  # fmt: skip
-    [path] = generator(request)
+    [path] = generator(request).paths
     return np.asarray(Image.open(path))
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import data_uri, decode_output, output_images
 from predict import SCHEDULERS
-from sdcog.local import error_message
+from sdcog.protocol import error_message
 from sdcog.runner import SLOTS
 
 FAST = {"num_inference_steps": 3}

@@ -1,4 +1,4 @@
-"""The RunPod worker (sdcog/runpod_worker.py) through the RunPod SDK's own local API server
+"""The RunPod worker (sdcog/dialects/runpod_worker.py) through the RunPod SDK's own local API server
 (/run, /runsync, /status/{id}) on 127.0.0.1, over the tiny SD weights; its payload's translation
 (sdcog/dialects/runpod.py)."""
 
@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 import predict
 from conftest import data_uri, decode_output, output_images
 from sdcog.dialects import HERE, FieldError, runpod
-from sdcog.local import ROOT, free_port
+from sdcog.tools.cog_server import ROOT, free_port
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def worker(make_weights, tmp_path_factory):
     (tmp / "tmp").mkdir()
     log = open(tmp / "worker.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "sdcog.runpod_worker", "--rp_serve_api", "--rp_api_host",
+        [sys.executable, "-m", "sdcog.dialects.runpod_worker", "--rp_serve_api", "--rp_api_host",
          "127.0.0.1", "--rp_api_port", str(port), "--rp_log_level", "INFO"],
         cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from sdcog.safety import SafetyChecker
-from sdcog.tiny import write_safety
+from sdcog.tools.tiny_weights import write_safety
 
 
 @pytest.fixture(scope="module")

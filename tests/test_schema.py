@@ -4,7 +4,7 @@ import ast
 import json
 from pathlib import Path
 
-from sdcog.openapi import build_schema, render
+from sdcog.tools.schema import build_schema, render
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -150,7 +150,7 @@ def test_watermark_off_leaves_the_pipelines_pixels_untouched(sdxl_generator):
     from sdcog.seeds import generators
 
     request = Request(prompt="a bay", seed=4, num_inference_steps=3, apply_watermark=False)
-    (path,) = sdxl_generator(request)
+    (path,) = sdxl_generator(request).paths
     pipe = sdxl_generator.pipelines.get("txt2img", request.scheduler)
     raw = pipe(  # no negative prompt: diffusers conditions on zeros, as this SDXL's config asks
         prompt=["a bay"],

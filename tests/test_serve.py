@@ -14,8 +14,8 @@ import pytest
 import requests
 from loopback import dead_proxy_env
 
-from sdcog.local import ROOT, free_port
 from sdcog.runner import SLOTS
+from sdcog.tools.cog_server import ROOT, free_port
 
 SMALL = {"prompt": "x", "width": 128, "height": 128, "num_inference_steps": 2}
 

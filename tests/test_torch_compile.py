@@ -21,7 +21,7 @@ def compiled(make_weights, tmp_path_factory) -> Generator:
 
 
 def pixels(generator: Generator, **input) -> np.ndarray:
-    [path] = generator(Request(prompt="a cat", **{**SMALL, **input}))
+    [path] = generator(Request(prompt="a cat", **{**SMALL, **input})).paths
     return np.asarray(Image.open(path), dtype=np.float64)
 
 

@@ -4,7 +4,7 @@ One module per system: its payload's JSON Schema (a .schema.json file beside it,
 jsonschema before anything else), a translation to predict()'s inputs, and its response shape.
 A field this package cannot honour fails naming the field as the payload spells it.
 
-A dialect module offers (sdcog/task.py runs them in this order):
+A dialect module offers (sdcog/dialects/tasks.py runs them in this order):
     translate(payload, build) -> list of predict() inputs, one per prediction
     failed(payload, index, message) -> the error for prediction `index` having failed
     answer(payload, results, out) -> what the system answers for the finished predictions
@@ -18,8 +18,8 @@ from typing import Any
 
 import jsonschema
 
+from ..pins import PIN_FILE, read_pins
 from ..request import CONTROL_KINDS
-from ..weights import PIN_FILE, read_pins
 
 HERE = Path(__file__).parent
 # Names users write for the same weights a pin fetches (the repository moved or was renamed).

@@ -6,10 +6,11 @@ syntax, DPMSolverMultistep. Weights (`lora.weight`, `controlnet.weight`, `refine
 denoising_cutoff`) are percentages there.
 """
 
+import time
 from pathlib import Path
 from typing import Any
 
-from .. import cli
+from .. import protocol
 from . import Build, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
@@ -41,7 +42,8 @@ def failed(task: dict[str, Any], index: int, message: str) -> ValueError:
 
 def answer(task: dict[str, Any], results: list[dict[str, Any]], out: Path) -> str:
     """The images, written to `out`: one path per line."""
-    return "\n".join(str(path) for path in cli.save(results[0], out))
+    paths = protocol.save(results[0], out, time.strftime("%Y%m%d-%H%M%S"))
+    return "\n".join(str(path) for path in paths)
 
 
 failure = str

@@ -3,7 +3,7 @@
 The input and its defaults are those of RunPod's worker (runpod-workers/worker-stable_diffusion_v1):
 512x512, 50 steps, guidance 7.5, one image, prompt_strength 0.8, the K-LMS scheduler, prompts as
 written (no weighting syntax), PNG. Its mask is the other way round from ours: black is
-repainted there, so sdcog/runpod_worker.py inverts the mask it fetches. As there, images are only
+repainted there, so runpod_worker.py inverts the mask it fetches. As there, images are only
 checked for NSFW content with `nsfw: true` (flagged ones are left out).
 """
 

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import cli
+from .. import protocol
 from . import Build, FieldError, validate
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
@@ -81,7 +81,7 @@ def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Pa
     data = []
     for task, result in zip(_inference_tasks(payload), results, strict=True):
         images = iter(result["output"])
-        for seed, flagged in cli.output_seeds(result.get("logs", "")):
+        for seed, flagged in protocol.output_seeds(result.get("logs", "")):
             entry = {
                 "taskType": "imageInference",
                 "taskUUID": task["taskUUID"],
@@ -269,7 +269,7 @@ def _image(uri: str, output_type: str, entry: dict[str, Any], out: Path) -> dict
     if output_type == "base64Data":
         return {"imageBase64Data": uri.split(",", 1)[1]}
     out.mkdir(parents=True, exist_ok=True)
-    extension, data = cli.read_data_uri(uri)
+    extension, data = protocol.read_data_uri(uri)
     path = out / f"{entry['imageUUID']}.{extension}"
     path.write_bytes(data)
     return {"imageURL": path.resolve().as_uri()}

@@ -1,7 +1,6 @@
-"""Pinned weights: the pin file, and downloads that are resumable, safetensors-only and checked.
+"""script/download-weights: the pinned weights (sdcog/pins.py), downloaded resumably,
+safetensors-only and checked.
 
-weights/pins.toml names each model (an entry) by repository, revision and files, or by the URL of
-a single-file .safetensors checkpoint plus the diffusers repository whose configs describe it.
 Entry NAME ends up in weights/NAME/ in diffusers' layout (a single file is converted once). The
 sha256 of every file is recorded in weights/SHA256SUMS.json on first download and checked on
 every later run.
@@ -11,109 +10,25 @@ import hashlib
 import json
 import os
 import shutil
-import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import requests
 from safetensors import safe_open
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-PIN_FILE = DEFAULT_WEIGHTS_DIR / "pins.toml"
+from ..pins import (
+    DEFAULT_WEIGHTS_DIR,
+    PIN_FILE,
+    WEIGHT_SUFFIX,
+    Pin,
+    SingleFilePin,
+    component_files,
+    read_pins,
+)
+
 SUMS_FILE = "SHA256SUMS.json"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-
-# Only these may hold tensors: pickles (.ckpt, .bin, .pt, .pth) are never loaded. ONNX (the pose
-# annotator) is a protobuf graph that onnxruntime reads as data.
-WEIGHT_SUFFIX = ".safetensors"
-DATA_SUFFIXES = {".json", ".txt", ".onnx", WEIGHT_SUFFIX}
-
-# The files of each kind of component in a diffusers repository. An entry without `files` gets
-# those of every component its model_index.json names.
-COMPONENT_FILES = {
-    "CLIPTextModel": ["config.json", "model.safetensors"],
-    "CLIPTextModelWithProjection": ["config.json", "model.safetensors"],
-    "CLIPTokenizer": [
-        "merges.txt",
-        "special_tokens_map.json",
-        "tokenizer_config.json",
-        "vocab.json",
-    ],
-    "UNet2DConditionModel": ["config.json", "diffusion_pytorch_model.safetensors"],
-    "AutoencoderKL": ["config.json", "diffusion_pytorch_model.safetensors"],
-}
-# Pinned as entries of their own ([safety]) or unused.
-NOT_DOWNLOADED = {"safety_checker", "feature_extractor", "image_encoder"}
-
-
-def component_files(model_index: dict, skip: set[str], weights: bool = True) -> list[str]:
-    """The repository files of a pipeline's components, less those in `skip`."""
-    files = ["model_index.json"]
-    for name, spec in model_index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
-            continue
-        if name in skip or name in NOT_DOWNLOADED:
-            continue
-        kind = spec[1]
-        if kind.endswith("Scheduler"):
-            names = ["scheduler_config.json"]
-        elif kind in COMPONENT_FILES:
-            names = COMPONENT_FILES[kind]
-        else:
-            raise ValueError(
-                f"component {name} ({kind}) has no known files: list `files` in its pin"
-            )
-        files += [f"{name}/{n}" for n in names if weights or not n.endswith(WEIGHT_SUFFIX)]
-    return files
-
-
-@dataclass(frozen=True)
-class Pin:
-    name: str
-    repo: str
-    revision: str
-    files: list[str] | None = None  # None: every component's files, from model_index.json
-    air: list[str] = field(default_factory=list)  # other names of these weights (see _stamp)
-
-    def __post_init__(self) -> None:
-        for path in self.files or []:
-            if Path(path).suffix not in DATA_SUFFIXES:
-                raise ValueError(
-                    f"pin {self.name}: {path} is not safetensors, ONNX, JSON or text; pickled "
-                    "weights (.ckpt, .bin, .pt) are never downloaded"
-                )
-
-    def url(self, path: str, endpoint: str) -> str:
-        return f"{endpoint.rstrip('/')}/{self.repo}/resolve/{self.revision}/{path}"
-
-
-@dataclass(frozen=True)
-class SingleFilePin:
-    """A single-file checkpoint (original/civitai layout), converted once to diffusers' layout
-    with the configs and tokenizer of a pinned diffusers repository of the same architecture."""
-
-    name: str
-    url: str
-    config_repo: str
-    config_revision: str
-    air: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.url.split("?")[0].endswith(WEIGHT_SUFFIX):
-            raise ValueError(
-                f"pin {self.name}: {self.url} is not a .safetensors file; pickled checkpoints "
-                "(.ckpt, .bin, .pt) are never downloaded"
-            )
-
-
-def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin]:
-    with open(pin_file, "rb") as f:
-        table = tomllib.load(f)
-    return [
-        SingleFilePin(name=name, **entry) if "url" in entry else Pin(name=name, **entry)
-        for name, entry in table.items()
-    ]
 
 
 def _auth_headers() -> dict[str, str]:

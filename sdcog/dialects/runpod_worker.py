@@ -1,8 +1,8 @@
 """A RunPod serverless worker from the same package: RunPod's `stable-diffusion-v1` jobs
 (sdcog/dialects/runpod.py), run in-process by the Generator that predict() uses.
 
-    python -m sdcog.runpod_worker          # on RunPod: the SDK takes the endpoint's jobs
-    python -m sdcog.runpod_worker --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+    python -m sdcog.dialects.runpod_worker          # on RunPod: the SDK takes the endpoint's jobs
+    python -m sdcog.dialects.runpod_worker --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
                                            # the SDK's local API: /run, /runsync, /status/{id}
 
 Weights come from WEIGHTS_DIR (default weights/). Each job answers `[{"image", "seed"}]`: the
@@ -14,7 +14,6 @@ same guard as every URL (netguard: public addresses only unless ALLOW_PRIVATE_UR
 import base64
 import io
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,16 +24,15 @@ import runpod
 from PIL import Image, ImageOps
 from runpod.serverless.utils import rp_upload
 
-from . import cli, images, transfer
-from .dialects import FieldError
-from .dialects import runpod as dialect
-from .generate import Generator
-from .request import Request
-from .weights import DEFAULT_WEIGHTS_DIR
+from .. import images, protocol, transfer
+from ..generate import Generator
+from ..pins import DEFAULT_WEIGHTS_DIR
+from ..request import Request
+from . import FieldError
+from . import runpod as dialect
 
 MAX_IMAGE_BYTES = 50 * 1024**2
 TIMEOUT_S = 60
-SEED = re.compile(r"-seed(\d+)-")  # outputs.py names each file after its seed
 
 
 class Worker:
@@ -46,13 +44,13 @@ class Worker:
         try:
             inputs = dialect.inputs({"input": job["input"]})
             with _fetched(inputs) as inputs:
-                files = self.generate(Request.from_inputs(inputs))
+                generation = self.generate(Request.from_inputs(inputs))
         except FieldError as e:
             return {"error": str(e)}
         except (ValueError, RuntimeError) as e:  # the request's own checks, all flagged NSFW
             return {"error": str(dialect.field_error(str(e)))}
-        return [{"image": _answer(job["id"], path), "seed": int(SEED.search(path.name)[1])}
-                for path in files]  # fmt: skip
+        return [{"image": _answer(job["id"], output.path), "seed": output.seed}
+                for output in generation.outputs]  # fmt: skip
 
 
 @contextmanager
@@ -81,7 +79,7 @@ def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def _image(reference: str, field: str) -> Image.Image:
     """An image from an http(s) URL (through sdcog.transfer) or a data URI."""
     if reference.startswith("data:"):
-        _, data = cli.read_data_uri(reference)
+        _, data = protocol.read_data_uri(reference)
     else:
         try:
             with transfer.get(reference, field, TIMEOUT_S) as response:

@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from sdcog import full_weights as full
+from sdcog.tools import full_size_weights as full
 
 
 def count(build) -> int:

@@ -1,7 +1,8 @@
-"""The three paths script/bench compares, each on the same weights, seed and inputs: a plain
-diffusers pipeline as its documentation loads it, our Generator in-process, and a prediction
-through Cog's HTTP server. Each path answers `call(case)` with a function that makes one image and
-returns it with the logs, or None where the case is not the path's (DeepCache in diffusers)."""
+"""The paths script/bench compares, each on the same weights, seed and inputs: our Generator
+in-process and a prediction through Cog's HTTP server here; a plain diffusers pipeline as its
+documentation loads it in bench_diffusers.py. Each path answers `call(case)` with a function that
+makes one image and returns it as an Outcome, or None where the case is not the path's (DeepCache
+in diffusers)."""
 
 import base64
 import functools
@@ -11,8 +12,8 @@ import os
 import platform
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
@@ -21,14 +22,27 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import cli
-from .controlnets import KIND_ENTRIES, UNION_ENTRY
-from .local import CogServer
+from .. import protocol
+from ..controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..generate import Generator
+from ..request import Request
+from .cog_server import CogServer
 
 CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache")
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 NEGATIVE = "blurry, low quality"
-Call = Callable[[], tuple[np.ndarray, str]]
+
+
+@dataclass
+class Outcome:
+    """One image a path made, with what our paths report about it."""
+
+    image: np.ndarray
+    stages: dict[str, float] = field(default_factory=dict)  # milliseconds per timings stage
+    deepcache: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+Call = Callable[[], Outcome]
 
 
 def sync() -> None:
@@ -149,31 +163,23 @@ class Setup:
     def lora_url(self) -> str:
         return f"http://127.0.0.1:{self.files.server_port}/lora.safetensors"
 
-    def open(self, path: str) -> Any:
-        """A path by name; generator:A+B is our Generator with SDCOG_FAST_PATH=A,B."""
-        from .bench_diffusers import Diffusers
-
-        name, _, fast_path = path.partition(":")
-        if name == "generator" and fast_path:
-            return Ours(self, fast_path.replace("+", ","))
-        return {"diffusers": Diffusers, "generator": Ours, "server": Served}[name](self)
-
 
 class Ours:
     """Our Generator in-process: the predictor's work without the HTTP server."""
 
     def __init__(self, setup: Setup, fast_path: str | None = None) -> None:
-        from .generate import Generator
-
         self.setup = setup
         self.generator = Generator(setup.weights, fast_path)
 
     def call(self, case: str) -> Call:
-        from .bench import captured
-        from .request import Request
-
         request = Request.from_inputs(self.setup.inputs(case))
-        return lambda: captured(lambda: self.generator(request))
+
+        def call() -> Outcome:
+            generation = self.generator(request)
+            image = np.asarray(Image.open(generation.paths[0]).convert("RGB"))
+            return Outcome(image, generation.timings, generation.deepcache)
+
+        return call
 
     def pids(self) -> None:
         return None  # this process
@@ -200,13 +206,14 @@ class Served:
             data = base64.b64encode(self.setup.control.read_bytes()).decode()
             inputs["controlnet_1_image"] = f"data:image/png;base64,{data}"
 
-        def call() -> tuple[np.ndarray, str]:
+        def call() -> Outcome:
             result = self.server.post(inputs).json()
             if result.get("status") != "succeeded":
                 raise RuntimeError(f"{case}: {result.get('error')}")
-            _, data = cli.read_data_uri(result["output"][0])
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            return np.asarray(image), result.get("logs", "")
+            _, data = protocol.read_data_uri(result["output"][0])
+            image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            logs = result.get("logs", "")
+            return Outcome(image, protocol.timings(logs), protocol.deepcache_counts(logs))
 
         return call
 

@@ -198,9 +198,6 @@ def write_safety(directory: Path, threshold: float = 1.0) -> None:
     ).save_pretrained(directory / "feature_extractor")
 
 
-FAMILIES = ("sd", "sdxl")
-
-
 def write_tiny_weights(
     directory: Path, family: str = "sd", safety_threshold: float = 1.0, controls: bool = True
 ) -> None:

@@ -1,4 +1,4 @@
-"""python -m sdcog.bench_deepcache WEIGHTS_DIR [SIZE]: what a DeepCache-reused UNet call costs
+"""python -m sdcog.tools.bench_deepcache WEIGHTS_DIR [SIZE]: what a DeepCache-reused UNet call costs
 against a full one, per branch (the UNet work DeepCache saves, apart from everything else)."""
 
 import sys
@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from . import deepcache
+from .. import deepcache
 
 
 def main() -> None:

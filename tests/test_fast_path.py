@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sdcog import speed
+from sdcog import fast_path
 from sdcog.generate import Generator
+from sdcog.pipelines import FAMILIES
 from sdcog.request import Request
-from sdcog.tiny import FAMILIES
 
 TOLERANCE = 2  # mean abs difference, in 0-255 pixel values
 
@@ -29,7 +29,7 @@ def pair(request, make_weights) -> tuple[Path, Generator, Generator]:
 
 def pixels(generator: Generator, **input) -> np.ndarray:
     request = Request(prompt="a cat", width=128, height=128, num_inference_steps=3, seed=5, **input)
-    [path] = generator(request)
+    [path] = generator(request).paths
     return np.asarray(Image.open(path), dtype=np.float64)
 
 
@@ -39,15 +39,15 @@ def mean_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_fast_path_keeps_the_image(pair):
     _, fast, plain = pair
-    assert speed.is_fused(fast.pipelines.base["txt2img"].unet)
-    assert not speed.is_fused(plain.pipelines.base["txt2img"].unet)
+    assert fast_path.is_fused(fast.pipelines.base["txt2img"].unet)
+    assert not fast_path.is_fused(plain.pipelines.base["txt2img"].unet)
     assert mean_diff(pixels(fast), pixels(plain)) <= TOLERANCE
 
 
 def test_each_optimisation_keeps_the_image(make_weights):
     weights = make_weights("sd")
     plain = pixels(build(weights, "none"))
-    for name in speed.FAST_PATH:
+    for name in fast_path.FAST_PATH:
         assert mean_diff(pixels(build(weights, name)), plain) <= TOLERANCE, name
 
 
@@ -80,7 +80,7 @@ def test_loras_work_with_fused_attention_and_it_comes_back(pair, adapter_refs):
     # ones, which real weights do not.
     assert mean_diff(with_lora, pixels(plain, **lora)) <= 0.1
     assert mean_diff(with_lora, before) > 5 * TOLERANCE
-    assert speed.is_fused(fused.pipelines.base["txt2img"].unet)
+    assert fast_path.is_fused(fused.pipelines.base["txt2img"].unet)
     assert np.array_equal(pixels(fused), before)
     # The full fast path after a LoRA request: as before it.
     fast_before = pixels(fast)
@@ -91,6 +91,6 @@ def test_loras_work_with_fused_attention_and_it_comes_back(pair, adapter_refs):
 def test_unknown_fast_path_names_are_refused(monkeypatch):
     monkeypatch.setenv("SDCOG_FAST_PATH", "channels_last,warp_drive")
     with pytest.raises(ValueError, match="SDCOG_FAST_PATH: unknown \\['warp_drive'\\]"):
-        speed.fast_path()
+        fast_path.choose()
     monkeypatch.setenv("SDCOG_FAST_PATH", "none")
-    assert speed.fast_path() == ()
+    assert fast_path.choose() == ()

@@ -1,7 +1,7 @@
-"""Running Cog's real HTTP server for predict.py without Docker (script/predict and the tests)."""
+"""Cog's real HTTP server for predict.py, run without Docker (script/predict, script/task, the
+soak, the bench and the tests)."""
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -11,17 +11,9 @@ from typing import IO
 
 import requests
 
-from .runner import SLOTS
+from ..runner import SLOTS
 
-ROOT = Path(__file__).resolve().parent.parent
-# Cog 0.23.1 reports an exception from the async predict() as "Prediction failed: Async
-# prediction failed: ValueError: <message>" (coglet wraps it twice); ours name the input first.
-COG_ERROR_PREFIX = re.compile(r"(?:(?:Async p|P)rediction failed: )+(?:\w+(?:Error|Exception): )?")
-
-
-def error_message(error: str) -> str:
-    """A failed prediction's error as predict() raised it, without Cog's prefixes."""
-    return COG_ERROR_PREFIX.sub("", error, count=1)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ import argparse
 import base64
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -22,12 +21,10 @@ from typing import Any
 
 import requests
 
-from .local import ROOT, CogServer, error_message
+from ..protocol import error_message, save
+from .cog_server import ROOT, CogServer
 
 CACHE = ROOT / ".cache"
-# generate.py's log lines: every output's seed, and those the safety checker left out.
-OUTPUT_SEED = re.compile(r"^output \d+: seed (\d+)$", re.M)
-FLAGGED_SEED = re.compile(r"^output \d+ \(seed (\d+)\) was flagged", re.M)
 TYPES = {"integer": int, "number": float}
 
 
@@ -56,17 +53,6 @@ def typed(name: str, value: str, schemas: dict) -> object:
         except ValueError:
             raise SystemExit(f"-i {name}={value}: {name} takes a number ({kind})") from None
     return value
-
-
-def output_seeds(logs: str) -> list[tuple[int, bool]]:
-    """Every output's seed, and whether the safety checker left it out, from the logs."""
-    flagged = set(FLAGGED_SEED.findall(logs))
-    return [(int(s), s in flagged) for s in OUTPUT_SEED.findall(logs)]
-
-
-def kept_seeds(logs: str) -> list[int]:
-    """The seeds of the returned images, in order, from the prediction's logs."""
-    return [seed for seed, flagged in output_seeds(logs) if not flagged]
 
 
 class Webhook:
@@ -120,27 +106,6 @@ def run(server: CogServer, inputs: dict) -> dict:
         webhook.httpd.shutdown()
 
 
-def read_data_uri(uri: str) -> tuple[str, bytes]:
-    """A data: URI (as Cog's server answers files) as its file extension and its bytes."""
-    header, data = uri.split(",", 1)
-    extension = header.split("/")[-1].split(";")[0].replace("jpeg", "jpg")
-    return extension, base64.b64decode(data)
-
-
-def save(result: dict, folder: Path) -> list[Path]:
-    """The images as out-<index>-seed<seed>-<time>.<ext>: a later run never overwrites them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    seeds = kept_seeds(result.get("logs", ""))
-    paths = []
-    for index, (uri, seed) in enumerate(zip(result["output"], seeds, strict=True)):
-        extension, data = read_data_uri(uri)
-        path = folder / f"out-{index}-seed{seed}-{stamp}.{extension}"
-        path.write_bytes(data)
-        paths.append(path)
-    return paths
-
-
 def main(argv: list[str] | None = None) -> None:
     """script/predict: `cog predict` without Docker. Starts the real server, runs one
     prediction, saves its images."""
@@ -189,5 +154,5 @@ def main(argv: list[str] | None = None) -> None:
     if result["status"] != "succeeded":
         error = error_message(result.get("error") or "")
         raise SystemExit(f"prediction {result['status']}: {error}")
-    for path in save(result, args.output):
+    for path in save(result, args.output, time.strftime("%Y%m%d-%H%M%S")):
         print(path)

@@ -33,8 +33,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
+from ..protocol import error_message
 from .cli import Webhook
-from .local import CogServer, error_message
+from .cog_server import CogServer
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 4, "seed": 7}
 RSS_SLACK = 1.02  # +2 % from the second quarter's median to the last's (the first warms up)

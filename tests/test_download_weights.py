@@ -10,16 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sdcog.weights import (
-    PIN_FILE,
-    Pin,
-    Sums,
-    component_files,
-    download,
-    download_weights,
-    read_pins,
-    sha256,
-)
+from sdcog.pins import PIN_FILE, Pin, component_files, read_pins
+from sdcog.tools.download_weights import Sums, download, download_weights, sha256
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -127,7 +119,9 @@ def test_download_fetches_exactly_the_pins_and_the_model_loads(hub, tmp_path, ti
     from sdcog.generate import Generator
     from sdcog.request import Request
 
-    (image,) = Generator(weights)(Request(prompt="x", num_inference_steps=2, width=128, height=128))
+    (image,) = Generator(weights)(
+        Request(prompt="x", num_inference_steps=2, width=128, height=128)
+    ).paths
     assert image.exists()
 
 
@@ -242,7 +236,9 @@ def test_single_file_model_serves(single_file_hub, tmp_path):
         write_single_file_pins(tmp_path / "pins.toml", single_file_hub),
         single_file_hub.endpoint,
     )
-    (image,) = Generator(weights)(Request(prompt="x", num_inference_steps=2, width=128, height=128))
+    (image,) = Generator(weights)(
+        Request(prompt="x", num_inference_steps=2, width=128, height=128)
+    ).paths
     assert image.exists()
 
 
@@ -276,7 +272,7 @@ def test_sdxl_pins_download_and_serve(make_weights, tmp_path):
     assert generator.pipelines.family == "sdxl" and generator.pipelines.refiner is not None
     request = Request(prompt="x", num_inference_steps=10, width=256, height=256,
                       refine="expert_ensemble_refiner")  # fmt: skip
-    assert generator(request)[0].exists()
+    assert generator(request).paths[0].exists()
 
 
 def test_listing_air_ids_changes_nothing_fetched(hub, tmp_path):

@@ -10,7 +10,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .ip_adapters import ENCODER, ENTRY, FILES
+from ..ip_adapters import ENCODER, ENTRY, FILES
 
 VISION = 32  # the encoder's width and projection (ViT-H: 1280 and 1024)
 QUERIES, RESAMPLER, DEPTH = 16, 64, 4  # as the plus adapters, narrower

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sdcog.weights import PIN_FILE, component_files, read_pins
+from sdcog.pins import PIN_FILE, component_files, read_pins
 
 PIN_FILES = {"sd": PIN_FILE, "sdxl": PIN_FILE.with_name("pins-sdxl.toml")}
 
@@ -22,8 +22,8 @@ def test_tiny_weights_have_exactly_the_pinned_layout(make_weights, family):
 
 
 def test_tiny_weights_are_deterministic(tiny_weights, tmp_path):
-    from sdcog.tiny import write_tiny_weights
-    from sdcog.weights import sha256
+    from sdcog.tools.download_weights import sha256
+    from sdcog.tools.tiny_weights import write_tiny_weights
 
     write_tiny_weights(tmp_path)
     for file in (

@@ -21,7 +21,7 @@ from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_
 FAST_PATH = ("channels_last", "fused_qkv")
 
 
-def fast_path(value: str | None = None) -> tuple[str, ...]:
+def choose(value: str | None = None) -> tuple[str, ...]:
     """The optimisations `value` (default: SDCOG_FAST_PATH) names; unknown names are refused.
     Unset: all on CUDA; on a CPU only fused_qkv (channels_last made no measurable difference
     there, and converting the weights adds a quarter to setup)."""

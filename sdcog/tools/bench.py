@@ -3,32 +3,27 @@ prediction through Cog's server, on the same weights, seed and inputs, in one ru
 
 Each path runs its cases (warm-up, then N timed runs) and is freed before the next loads, so the
 memory peak is one model's. Ratios are to the plain diffusers call measured in this same run.
-Stage timings are the medians of the timings lines our predictions log.
+Stage timings are the medians of those our paths report (the Generator's, and the timings line
+of each prediction through the server).
 """
 
 import argparse
 import gc
-import io
 import platform
-import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..pipelines import device_and_dtype, family_of
+from ..timings import STAGES
 from . import bench_paths as paths
-from .pipelines import device_and_dtype, family_of
-from .timings import STAGES
-
-STAGE_PATTERN = re.compile(r"^timings \(ms\): (.*)$", re.M)
+from .bench_diffusers import Diffusers
 
 
 @dataclass
@@ -36,8 +31,7 @@ class Result:
     seconds: list[float] = field(default_factory=list)
     stages: list[dict[str, float]] = field(default_factory=list)
     peak_bytes: int = 0
-    image: np.ndarray | None = None
-    logs: str = ""
+    last: paths.Outcome | None = None
 
     @property
     def median(self) -> float:
@@ -49,25 +43,24 @@ class Result:
         return {k: statistics.median(s[k] for s in self.stages) for k in self.stages[0]}
 
 
-def parse_stages(logs: str) -> dict[str, float]:
-    match = STAGE_PATTERN.search(logs)
-    if not match:
-        return {}
-    return {name: float(ms) for name, ms in re.findall(r"(\w+) (\d+)", match.group(1))}
+def open_path(setup: paths.Setup, path: str) -> object:
+    """A path by name; generator:A+B is our Generator with SDCOG_FAST_PATH=A,B."""
+    name, _, fast_path = path.partition(":")
+    if name == "generator" and fast_path:
+        return paths.Ours(setup, fast_path.replace("+", ","))
+    return {"diffusers": Diffusers, "generator": paths.Ours, "server": paths.Served}[name](setup)
 
 
-def timed(call: Callable[[], tuple[np.ndarray, str]], result: Result) -> None:
+def timed(call: paths.Call, result: Result) -> None:
     start = time.perf_counter()
-    result.image, result.logs = call()
+    result.last = call()
     paths.sync()
     result.seconds.append(time.perf_counter() - start)
-    if stages := parse_stages(result.logs):
-        result.stages.append(stages)
+    if result.last.stages:
+        result.stages.append(result.last.stages)
 
 
-def measure(
-    call: Callable[[], tuple[np.ndarray, str]], warmup: int, runs: int, pids: list[int] | None
-) -> Result:
+def measure(call: paths.Call, warmup: int, runs: int, pids: list[int] | None) -> Result:
     """Warm-up calls, then timed ones; the memory peak (of `pids`, or this process) is over the
     timed ones."""
     result = Result()
@@ -103,14 +96,6 @@ def interleaved(runners: dict, cases: list[str], warmup: int, runs: int) -> dict
         if pids := runners[name].pids():
             results[name][case].peak_bytes = paths.peak(pids)
     return results
-
-
-def captured(call: Callable[[], list[Path]]) -> tuple[np.ndarray, str]:
-    """Our generator's first image and its logs."""
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        files = call()
-    return np.asarray(Image.open(files[0]).convert("RGB")), buffer.getvalue()
 
 
 def plain_read(weights: Path) -> tuple[float, int]:
@@ -157,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     runners = {}
     for name in chosen:
         start = time.perf_counter()
-        runner = setup.open(name)
+        runner = open_path(setup, name)
         setups[name] = time.perf_counter() - start
         if args.interleave:
             runners[name] = runner
@@ -249,15 +234,15 @@ def findings(
     ours = results.get("generator", {})
     plain = ours.get("txt2img")
     raw = results.get("diffusers", {}).get("txt2img")
-    if plain and raw and raw.image is not None:
-        diff = np.abs(plain.image.astype(float) - raw.image.astype(float)).mean()
+    if plain and raw and raw.last is not None:
+        diff = np.abs(plain.last.image.astype(float) - raw.last.image.astype(float)).mean()
         out.append(f"- Generator vs diffusers, txt2img image: mean abs diff {diff:.2f}/255.")
     if plain and (lora := ours.get("lora")):
         out.append(f"- Warm LoRA: {lora.median / plain.median:.3f}x a plain request.")
     if plain and (cached := ours.get("deepcache")):
-        diff = np.abs(cached.image.astype(float) - plain.image.astype(float)).mean()
-        counts = re.findall(r"deepcache: (\d+) of (\d+) base", cached.logs)
-        reused = f"{counts[0][0]} of {counts[0][1]} UNet calls reused" if counts else ""
+        diff = np.abs(cached.last.image.astype(float) - plain.last.image.astype(float)).mean()
+        counts = cached.last.deepcache.get("base")
+        reused = f"{counts[0]} of {counts[1]} UNet calls reused" if counts else ""
         out.append(f"- DeepCache (interval 3): {plain.median / cached.median:.2f}x faster than "
                    f"plain, {reused}; mean abs diff {diff:.2f}/255.")  # fmt: skip
     return out

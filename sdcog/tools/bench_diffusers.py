@@ -14,9 +14,9 @@ from diffusers import (
 )
 from PIL import Image
 
-from .bench_paths import NEGATIVE, PROMPT, Call, Setup
-from .controlnets import CLASSES, UNION_ENTRY, UNION_MODES
-from .pipelines import CONTROL_PIPELINES, device_and_dtype
+from ..controlnets import CLASSES, UNION_ENTRY, UNION_MODES
+from ..pipelines import CONTROL_PIPELINES, device_and_dtype
+from .bench_paths import NEGATIVE, PROMPT, Call, Outcome, Setup
 
 
 class Diffusers:
@@ -104,5 +104,5 @@ class Diffusers:
         del self.pipe, self.refiner, self.lora_pipe
 
 
-def _first(images: list) -> tuple[np.ndarray, str]:
-    return np.asarray(images[0].convert("RGB")), ""
+def _first(images: list) -> Outcome:
+    return Outcome(np.asarray(images[0].convert("RGB")))

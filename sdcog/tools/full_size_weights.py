@@ -28,8 +28,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from .controlnets import KIND_ENTRIES, UNION_ENTRY
-from .tiny import SEED, _scheduler, _sdxl_scheduler, write_tokenizer
+from ..controlnets import KIND_ENTRIES, UNION_ENTRY
+from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, write_tokenizer
 
 # The tokenizer's ids (tiny.write_tokenizer) in CLIP's 49408-row embedding table.
 TOKENS = {"vocab_size": 49408, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}

@@ -1,0 +1,27 @@
+"""Another system's task payload run as predictions: the dialect's translation into predict()'s
+inputs, one prediction per input set, and the system's answer. The front door gives `predict`
+(script/task: Cog's server, sdcog/tools/task.py)."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import protocol
+from . import Build, hydrogen, runware
+
+DIALECTS = {"hydrogen": hydrogen, "runware": runware}
+
+
+def run(
+    predict: Callable[[dict], dict], dialect: str, payload: object, build: Build, out: Path
+) -> str:
+    """What the system answers, its images written to `out`; a ValueError names what the payload
+    got wrong. `predict(inputs)` returns the finished prediction as Cog's server answers it."""
+    module = DIALECTS[dialect]
+    results = []
+    for index, inputs in enumerate(module.translate(payload, build)):
+        result = predict(inputs)
+        if result["status"] != "succeeded":
+            message = protocol.error_message(result.get("error") or "") or result["status"]
+            raise module.failed(payload, index, message)
+        results.append(result)
+    return module.answer(payload, results, out)

@@ -1,0 +1,101 @@
+"""What code outside a prediction reads from it: the lines of its logs and the names of its files.
+
+Cog's HTTP API returns a prediction's files (data URIs or uploads), its logs and its error, and
+nothing else: which seed made which output, which outputs the safety checker left out, where the
+time went and how much DeepCache reused are told in log lines, and the seed in each file's name.
+Those lines and names are written and read here only, so the two sides cannot drift apart.
+In-process callers get the same facts as data (sdcog.outputs.Generation).
+"""
+
+import base64
+import re
+from pathlib import Path
+
+TIMINGS, SETUP_TIMINGS = "timings", "setup"
+_SEED = re.compile(r"^output (\d+): seed (\d+)$", re.M)
+_FLAGGED = re.compile(r"^output (\d+) \(seed (\d+)\) was flagged", re.M)
+_DEEPCACHE = re.compile(r"^deepcache: (\d+) of (\d+) (\w+) UNet calls reused$", re.M)
+# Cog 0.23.1 reports an exception from the async predict() as "Prediction failed: Async
+# prediction failed: ValueError: <message>" (coglet wraps it twice); ours name the input first.
+_COG_ERROR_PREFIX = re.compile(r"(?:(?:Async p|P)rediction failed: )+(?:\w+(?:Error|Exception): )?")
+
+
+# Written by the prediction
+
+
+def seed_line(index: int, seed: int) -> str:
+    return f"output {index}: seed {seed}"
+
+
+def flagged_line(index: int, seed: int) -> str:
+    return f"output {index} (seed {seed}) was flagged as NSFW and left out"
+
+
+def timings_line(milliseconds: dict[str, float], label: str = TIMINGS) -> str:
+    stages = ", ".join(f"{name} {ms:.0f}" for name, ms in milliseconds.items())
+    return f"{label} (ms): {stages}"
+
+
+def deepcache_line(unet: str, reused: int, total: int) -> str:
+    return f"deepcache: {reused} of {total} {unet} UNet calls reused"
+
+
+def output_name(index: int, seed: int, token: str) -> str:
+    """An output file's name without its extension; `token` keeps it unique."""
+    return f"out-{index}-seed{seed}-{token}"
+
+
+# Read by its callers
+
+
+def output_seeds(logs: str) -> list[tuple[int, bool]]:
+    """Every output's seed, and whether the safety checker left it out, from the logs."""
+    flagged = {int(seed) for _, seed in _FLAGGED.findall(logs)}
+    return [(int(seed), int(seed) in flagged) for _, seed in _SEED.findall(logs)]
+
+
+def kept_seeds(logs: str) -> list[int]:
+    """The seeds of the returned images, in order, from the prediction's logs."""
+    return [seed for seed, flagged in output_seeds(logs) if not flagged]
+
+
+def timings(logs: str, label: str = TIMINGS) -> dict[str, float]:
+    """The stage timings (ms) of a timings line, or {} without one."""
+    match = re.search(rf"^{label} \(ms\): (.*)$", logs, re.M)
+    return {name: float(ms) for name, ms in re.findall(r"(\w+) (\d+)", match[1])} if match else {}
+
+
+def deepcache_counts(logs: str) -> dict[str, tuple[int, int]]:
+    """UNet name -> (calls that reused features, calls), from the logs."""
+    return {unet: (int(reused), int(total)) for reused, total, unet in _DEEPCACHE.findall(logs)}
+
+
+def error_message(error: str) -> str:
+    """A failed prediction's error as predict() raised it, without Cog's prefixes."""
+    return _COG_ERROR_PREFIX.sub("", error, count=1)
+
+
+def read_data_uri(uri: str) -> tuple[str, bytes]:
+    """A data: URI (as Cog's server answers files) as its file extension and its bytes."""
+    header, data = uri.split(",", 1)
+    extension = header.split("/")[-1].split(";")[0].replace("jpeg", "jpg")
+    return extension, base64.b64decode(data)
+
+
+def save(result: dict, folder: Path, stamp: str) -> list[Path]:
+    """A finished prediction's images as out-<index>-seed<seed>-<stamp>.<ext> in `folder`;
+    where a name is taken (another run in the same second), the whole run gets -2, -3, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = kept_seeds(result.get("logs", ""))
+    files = [read_data_uri(uri) for uri in result["output"]]
+    for run in range(1, 1000):
+        suffix = f"-{run}" if run > 1 else ""
+        paths = [
+            folder / f"{output_name(index, seed, stamp + suffix)}.{extension}"
+            for index, ((extension, _), seed) in enumerate(zip(files, seeds, strict=True))
+        ]
+        if not any(path.exists() for path in paths):
+            break
+    for path, (_, data) in zip(paths, files, strict=True):
+        path.write_bytes(data)
+    return paths

@@ -1,0 +1,67 @@
+"""script/task: another system's task payload, run through Cog's server.
+
+    script/task --dialect hydrogen|runware TASK.json [-o outputs/] [--pins weights/pins.toml]
+                [--url URL]
+
+The payload is checked against the dialect's JSON Schema and translated to predict()'s inputs
+(sdcog/dialects/tasks.py); the predictions run on Cog's real server (started over the build's
+weights, or the one at --url), the images are written to the output folder, and what the system
+would answer is printed (hydrogen: the images' paths; runware: its JSON response).
+"""
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..dialects import Build
+from ..dialects.tasks import DIALECTS, run
+from ..pins import PIN_FILE
+from . import cli
+from .cog_server import ROOT, CogServer, RunningServer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="script/task", description=__doc__.split("\n")[0])
+    parser.add_argument("--dialect", choices=sorted(DIALECTS), required=True)
+    parser.add_argument("task", type=Path, help="the task's JSON file")
+    parser.add_argument("-o", "--output", type=Path, default=ROOT / "outputs")
+    parser.add_argument("--pins", type=Path, default=PIN_FILE, help="the build's pin file")
+    parser.add_argument("--weights", type=Path, help="weights for a server started here")
+    parser.add_argument("--url", help="a Cog server already running")
+    args = parser.parse_args(argv)
+    try:
+        task = json.loads(args.task.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{args.task}: not a JSON task: {e}") from None
+    build = Build.from_pins(args.pins)
+    try:
+        DIALECTS[args.dialect].translate(task, build)  # fail before a server starts
+        with _server(args.url, args.weights) as server:
+            predict = functools.partial(cli.run, server)
+            answer = run(predict, args.dialect, task, build, args.output)
+    except ValueError as e:
+        raise SystemExit(DIALECTS[args.dialect].failure(e)) from None
+    print(answer)
+
+
+@contextmanager
+def _server(url: str | None, weights: Path) -> Iterator[RunningServer]:
+    """The Cog server at `url`, or one started here over `weights` and stopped afterwards."""
+    if url:
+        yield RunningServer(url)
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="sdcog-task-") as tmp,
+        open(cli.CACHE / "cog-server.log", "w") as log,
+    ):
+        print("starting Cog's server ...", file=sys.stderr)
+        server = CogServer(weights, log, env={"TMPDIR": tmp})
+        try:
+            yield server
+        finally:
+            server.stop()
