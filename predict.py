@@ -5,8 +5,6 @@ Cog's CLI reads this file statically: every Input() argument is a literal or one
 module-level literal constants below.
 """
 
-import os
-from pathlib import Path as LocalPath
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, concurrent
@@ -14,6 +12,7 @@ from cog import BasePredictor, Input, Path, concurrent
 from sdcog.generate import Generator
 from sdcog.request import Request
 from sdcog.runner import OneAtATime
+from sdcog.settings import Settings
 
 SIZES = [
     128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1088,
@@ -55,10 +54,11 @@ CONTROL_MODEL_HELP = (
 
 class Predictor(BasePredictor):
     def setup(self) -> None:
-        """Load the pinned weights once: from WEIGHTS_DIR, default weights/ beside this file."""
-        weights = os.environ.get("WEIGHTS_DIR") or LocalPath(__file__).parent / "weights"
-        self.generate = Generator(LocalPath(weights))
-        self.model = OneAtATime()
+        """Load the pinned weights once: from WEIGHTS_DIR, default weights/ beside this file
+        (every setting: sdcog/settings.py)."""
+        self.settings = Settings.from_env()
+        self.generate = Generator(self.settings.weights_dir, self.settings)
+        self.model = OneAtATime(self.settings.status_file)
 
     # Four slots, so two clients sending back to back never find their last slot still closing;
     # the model itself runs one prediction at a time, the others wait (sdcog/runner.py).
@@ -273,6 +273,6 @@ class Predictor(BasePredictor):
     ) -> list[Path]:
         # Every argument above, by name: sdcog.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}
-        request = Request.from_inputs(inputs)
+        request = Request.from_inputs(inputs, self.settings.local_input_paths)
         generation = await self.model.run(lambda cancelled: self.generate(request, cancelled))
         return [Path(p) for p in generation.paths]

@@ -136,13 +136,8 @@ class ControlNets:
         if not slots:
             return None
         models, modes = zip(*(self._model(slot, stop) for slot in slots), strict=True)
+        _check_mix(slots, modes)
         unions = [mode is not None for mode in modes]
-        if any(unions) and not all(unions):
-            mixed = slots[unions.index(False)]
-            raise ValueError(
-                f"{mixed.name}: its ControlNet cannot run together with the union ControlNet "
-                "of the other slots; use kinds the union model serves, or one model kind only"
-            )
         maps = [self._map(slot, image, size) for slot, image in zip(slots, images, strict=True)]
         for slot in slots:
             print(
@@ -158,14 +153,25 @@ class ControlNets:
             ends=[slot.end for slot in slots],
         )
 
+    def check(self, slots: tuple[ControlSlot, ...]) -> None:
+        """What can be checked before any download or annotator: a pinned ControlNet serves
+        each slot that names no model of its own, and those run together."""
+        pinned = [slot for slot in slots if not slot.model]
+        _check_mix(pinned, [self._pinned(slot)[1] for slot in pinned])
+
     def _model(
         self, slot: ControlSlot, stop: threading.Event | None
     ) -> tuple[ModelMixin, int | None]:
-        if slot.model:
-            folder = self.cache.fetch_model(slot.model, f"{slot.name}_model", stop)
-            what = f"{slot.name}_model: {slot.model}"
-            model = load_controlnet(folder, self.unet_config, self.dtype, self.device, what)
-        elif (entry := KIND_ENTRIES[slot.kind]) in self.pinned:
+        if not slot.model:
+            return self._pinned(slot)
+        folder = self.cache.fetch_model(slot.model, f"{slot.name}_model", stop)
+        what = f"{slot.name}_model: {slot.model}"
+        model = load_controlnet(folder, self.unet_config, self.dtype, self.device, what)
+        return model, self._union_mode(slot, model)
+
+    def _pinned(self, slot: ControlSlot) -> tuple[ModelMixin, int | None]:
+        """The build's ControlNet for the slot's kind, and its union mode (None: not union)."""
+        if (entry := KIND_ENTRIES[slot.kind]) in self.pinned:
             model = self.pinned[entry]
         elif UNION_ENTRY in self.pinned and slot.kind in UNION_MODES:
             model = self.pinned[UNION_ENTRY]
@@ -177,14 +183,18 @@ class ControlNets:
                 f"{slot.name}: this build has no {slot.kind} ControlNet; pin {entries} in "
                 "weights/pins.toml and run script/download-weights"
             )
+        return model, self._union_mode(slot, model)
+
+    @staticmethod
+    def _union_mode(slot: ControlSlot, model: ModelMixin) -> int | None:
         if not isinstance(model, ControlNetUnionModel):
-            return model, None
+            return None
         if slot.kind not in UNION_MODES:
             raise ValueError(
                 f"{slot.name}: the union ControlNet has no {slot.kind} mode; pin "
                 f"[{KIND_ENTRIES[slot.kind]}] for it"
             )
-        return model, UNION_MODES[slot.kind]
+        return UNION_MODES[slot.kind]
 
     def _map(self, slot: ControlSlot, image: Image.Image, size: tuple[int, int]) -> Image.Image:
         """The control map at the output size: annotated from the resized image, or the given
@@ -193,3 +203,14 @@ class ControlNets:
         if not slot.preprocess:
             return image
         return self.annotators(slot.kind, image, f"{slot.name}_preprocess")
+
+
+def _check_mix(slots: list[ControlSlot] | tuple[ControlSlot, ...], modes: list | tuple) -> None:
+    """The union ControlNet (modes not None) runs with union slots only."""
+    unions = [mode is not None for mode in modes]
+    if any(unions) and not all(unions):
+        mixed = slots[unions.index(False)]
+        raise ValueError(
+            f"{mixed.name}: its ControlNet cannot run together with the union ControlNet "
+            "of the other slots; use kinds the union model serves, or one model kind only"
+        )

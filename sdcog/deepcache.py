@@ -9,7 +9,7 @@ pipeline call (a hires second pass, the next batch, the refiner's own UNet), and
 removed when the with-block ends.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +97,16 @@ def _reusing(module: torch.nn.Module, state: _State) -> Iterator[None]:
             module.forward = own
 
 
+def check(unets: Iterable[UNet2DConditionModel], interval: int, branch: int) -> None:
+    """The branch must be one the UNets have (when DeepCache is on at all)."""
+    for unet in unets if interval > 1 else ():
+        if not 0 <= branch < branches(unet):
+            raise ValueError(
+                f"deepcache_branch: this model's UNet has branches 0 to {branches(unet) - 1} "
+                f"(got {branch})"
+            )
+
+
 @contextmanager
 def cached(
     unets: dict[str, UNet2DConditionModel], interval: int, branch: int
@@ -106,12 +116,7 @@ def cached(
     if interval == 1:
         yield {}
         return
-    for unet in unets.values():
-        if not 0 <= branch < branches(unet):
-            raise ValueError(
-                f"deepcache_branch: this model's UNet has branches 0 to {branches(unet) - 1} "
-                f"(got {branch})"
-            )
+    check(unets.values(), interval, branch)
     states = {}
     with ExitStack() as stack:
         for name, unet in unets.items():

@@ -8,13 +8,12 @@ repository `owner/repo` holding one safetensors file (or one named
 pytorch_lora_weights.safetensors). Every request goes through sdcog.transfer: public addresses
 only (netguard), checked at each redirect, within one deadline for the whole download
 (ADAPTER_TIMEOUT_S), and stopped at once by a cancelled prediction (`stop`). HF_TOKEN and
-CIVITAI_TOKEN, when set, go to their own hosts only.
+CIVITAI_TOKEN, when set, go to their own hosts only. The limits and endpoints are settings.
 """
 
 import functools
 import hashlib
 import json
-import os
 import re
 import tempfile
 import threading
@@ -27,13 +26,8 @@ import requests
 
 from . import netguard, transfer
 from .filechecks import CHECKS, PICKLE_SUFFIXES
+from .settings import Settings
 
-MAX_FILE_BYTES = int(os.environ.get("ADAPTER_MAX_BYTES", 2 * 1024**3))
-CACHE_BYTES = int(os.environ.get("ADAPTER_CACHE_BYTES", 10 * 1024**3))
-CACHE_DIR = Path(
-    os.environ.get("ADAPTER_CACHE_DIR") or Path(tempfile.gettempdir()) / "sdcog-adapters"
-)
-TIMEOUT_S = float(os.environ.get("ADAPTER_TIMEOUT_S", 120))  # per file, the whole download
 CHUNK = 1 << 16
 REPO = re.compile(r"[\w.-]+/[\w.-]+")
 PREFERRED = "pytorch_lora_weights.safetensors"
@@ -64,25 +58,27 @@ def check_reference(reference: str, input_name: str) -> None:
 class AdapterCache:
     def __init__(
         self,
-        root: Path = CACHE_DIR,
-        max_bytes: int = CACHE_BYTES,
-        max_file_bytes: int = MAX_FILE_BYTES,
-        timeout_s: float = TIMEOUT_S,
+        settings: Settings | None = None,
+        root: Path | None = None,
+        max_bytes: int | None = None,
+        max_file_bytes: int | None = None,
+        timeout_s: float | None = None,
         endpoint: str | None = None,
         civitai: str | None = None,
     ) -> None:
-        self.root = root
-        self.max_bytes = max_bytes
-        self.max_file_bytes = max_file_bytes
-        self.timeout_s = timeout_s
-        self.endpoint = (
-            endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        ).rstrip("/")
-        self.civitai = (
-            civitai or os.environ.get("CIVITAI_ENDPOINT", "https://civitai.com")
-        ).rstrip("/")
+        """The cache `settings` (default: the environment's) describe; an argument given
+        replaces its setting."""
+        settings = settings or Settings.from_env()
+        self.root = root or settings.adapter_cache_dir
+        self.max_bytes = max_bytes or settings.adapter_cache_bytes
+        self.max_file_bytes = max_file_bytes or settings.adapter_max_bytes
+        self.timeout_s = timeout_s or settings.adapter_timeout_s
+        self.endpoint = (endpoint or settings.hf_endpoint).rstrip("/")
+        self.civitai = (civitai or settings.civitai_endpoint).rstrip("/")
+        self.allowed = settings.private_networks
+        self.tokens = settings.tokens
         self.root.mkdir(parents=True, exist_ok=True)
-        self.index_path = root / "index.json"
+        self.index_path = self.root / "index.json"
         # reference -> {"sha256", "size", "used"}
         self.index: dict[str, dict] = (
             json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
@@ -214,7 +210,8 @@ class AdapterCache:
             raise ValueError(f"{input_name}: {reference[:200]!r} is not a Hugging Face owner/repo")
         api = f"{self.endpoint}/api/models/{reference}"
         try:
-            with transfer.get(api, input_name, self.timeout_s, stop, self._headers) as response:
+            get = transfer.get(api, input_name, self.timeout_s, stop, self._headers, self.allowed)
+            with get as response:
                 if response.status_code == 404:
                     raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
                 response.raise_for_status()
@@ -232,7 +229,8 @@ class AdapterCache:
         too_big = ValueError(
             f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit"
         )
-        with transfer.get(url, input_name, self.timeout_s, stop, self._headers) as response:
+        get = transfer.get(url, input_name, self.timeout_s, stop, self._headers, self.allowed)
+        with get as response:
             self._check_response(response, input_name, reference)
             if _content_length(response) > self.max_file_bytes:
                 raise too_big
@@ -254,7 +252,7 @@ class AdapterCache:
     def _headers(self, url: str) -> dict[str, str]:
         """A token for its own host only: HF_TOKEN to Hugging Face, CIVITAI_TOKEN to civitai."""
         variable = self._token_variable(url)
-        token = variable and os.environ.get(variable)
+        token = variable and self.tokens.get(variable)
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _check_response(self, response: requests.Response, input_name: str, reference: str) -> None:

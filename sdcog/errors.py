@@ -16,16 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _server_paths() -> re.Pattern[str]:
-    roots = {
-        tempfile.gettempdir(),
-        os.environ.get("ADAPTER_CACHE_DIR", ""),
-        os.environ.get("WEIGHTS_DIR", ""),
-        str(ROOT),
-        sys.prefix,
-        sys.base_prefix,
-        str(Path.home()),
-    }
+def _server_paths(folders: list[Path]) -> re.Pattern[str]:
+    roots = {tempfile.gettempdir(), *map(str, folders), str(ROOT), sys.prefix, sys.base_prefix,
+             str(Path.home())}  # fmt: skip
     roots = sorted({os.path.abspath(r) for r in roots if r} - {"/"}, key=len, reverse=True)
     # A root where a path starts (not inside a URL), and the rest of the path after it, up to a
     # quote, space or bracket.
@@ -33,9 +26,10 @@ def _server_paths() -> re.Pattern[str]:
     return re.compile(f"(?<![\\w.:/-])(?:{alternatives})(?:/[^\\s'\"()\\[\\],;]*)?")
 
 
-def public(error: Exception) -> Exception:
+def public(error: Exception, folders: list[Path]) -> Exception:
     """The exception a client is shown for `error`: ours keep their text, others are prefixed
-    with their type; server paths are replaced either way."""
+    with their type; paths under the server's own `folders` (weights, caches), its temporary
+    folder, its code and its packages are replaced either way."""
     text = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-    scrubbed = _server_paths().sub("<server>", text)
+    scrubbed = _server_paths(folders).sub("<server>", text)
     return ValueError(scrubbed) if isinstance(error, ValueError) else RuntimeError(scrubbed)

@@ -1,7 +1,7 @@
 """The fast path: what setup does to the loaded models so that each step costs less.
 
-On by default (SDCOG_FAST_PATH lists them; `none` turns all off, for comparisons; on a CPU only
-fused_qkv is on by default):
+On by default (settings: SDCOG_FAST_PATH lists them; `none` turns all off, for comparisons; on a
+CPU only fused_qkv is on by default):
 - channels_last: the UNets' and VAE's convolutions in NHWC, the layout fast conv kernels want.
 - fused_qkv: one matmul for self-attention's query, key and value (and one for cross-attention's
   key and value). The separate projections become views of the fused weights, so it costs no
@@ -12,8 +12,6 @@ Each keeps images within 2/255 (mean abs difference) of the plain path; tests ch
 Opt in, at setup: SDCOG_COMPILE=1 compiles the UNets with torch.compile (torch_compile.py).
 """
 
-import os
-
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
@@ -22,12 +20,11 @@ FAST_PATH = ("channels_last", "fused_qkv")
 
 
 def choose(value: str | None = None) -> tuple[str, ...]:
-    """The optimisations `value` (default: SDCOG_FAST_PATH) names; unknown names are refused.
-    Unset: all on CUDA; on a CPU only fused_qkv (channels_last made no measurable difference
-    there, and converting the weights adds a quarter to setup)."""
-    default = FAST_PATH if torch.cuda.is_available() else ("fused_qkv",)
+    """The optimisations `value` (SDCOG_FAST_PATH's) names; unknown names are refused. None:
+    all on CUDA; on a CPU only fused_qkv (channels_last made no measurable difference there,
+    and converting the weights adds a quarter to setup)."""
     if value is None:
-        value = os.environ.get("SDCOG_FAST_PATH", ",".join(default))
+        return FAST_PATH if torch.cuda.is_available() else ("fused_qkv",)
     value = value.strip()
     if value in ("", "none"):
         return ()

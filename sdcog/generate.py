@@ -1,6 +1,5 @@
 """Request -> pipeline -> images: one prediction from start to files on disk."""
 
-import functools
 import threading
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,23 +17,20 @@ from . import (
     memory,
     prompts,
     protocol,
-    replicate_weights,
     runner,
     seeds,
     torch_compile,
 )
-from . import fast_path as fast
-from . import inversions as textual_inversions
 from .controlnets import ControlNets
 from .downloads import AdapterCache
-from .filechecks import embedding_rows
 from .ip_adapters import IPAdapters
-from .limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
-from .loras import Lora, WarmLoras
+from .loras import WarmLoras
 from .outputs import Generation, OutputFolders
+from .patches import Patches
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .safety import SafetyChecker
+from .settings import Settings
 from .timings import SETUP_STAGES, Timings
 from .watermark import apply_watermark
 
@@ -47,16 +43,17 @@ TILED_DECODE_PIXELS = 1024 * 1024
 class Generator:
     """Holds the loaded model; each call runs one request and returns its image files."""
 
-    def __init__(self, weights_dir: Path, fast_path: str | None = None) -> None:
-        """fast_path: the optimisations to apply (fast_path.py); None: SDCOG_FAST_PATH's."""
+    def __init__(self, weights_dir: Path, settings: Settings | None = None) -> None:
+        """The model at weights_dir; settings (default: the environment's) for the rest."""
+        self.weights_dir, self.settings = weights_dir, settings or Settings.from_env()
         setup = Timings(SETUP_STAGES, "setup")
         with setup.stage("pipelines"):
-            self.pipelines = Pipelines.load(weights_dir, fast.choose(fast_path))
+            self.pipelines = Pipelines.load(weights_dir, self.settings.fast_path)
         base = self.pipelines.base["txt2img"]
         with setup.stage("safety"):
             _, dtype = device_and_dtype()
             self.safety = SafetyChecker.load(weights_dir / "safety", self.pipelines.device, dtype)
-        self.cache = AdapterCache()
+        self.cache = AdapterCache(self.settings)
         self.loras = WarmLoras(base)
         with setup.stage("controlnets"):
             self.controlnets = ControlNets(weights_dir, base.unet, self.cache)
@@ -66,7 +63,9 @@ class Generator:
             )
         with setup.stage("compile"):  # opt in: SDCOG_COMPILE
             refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
-            torch_compile.compile_unets(base, refiner, self.pipelines.native_size)
+            mode = self.settings.compile_mode
+            torch_compile.compile_unets(base, refiner, self.pipelines.native_size, mode)
+        self.patches = Patches(self.pipelines, self.cache, self.loras, self.ip_adapters, mode)
         print(setup.line())
         self.outputs = OutputFolders()
 
@@ -79,7 +78,7 @@ class Generator:
         except runner.PredictionCancelledError:
             failure = runner.PredictionCancelledError("cancelled")
         except Exception as e:
-            failure = errors.public(e)
+            failure = errors.public(e, [self.weights_dir, self.cache.root])
         # Raised here, outside the except blocks: what the caller keeps of a failure does not
         # hold the original's traceback, whose frames hold decoded images and tensors.
         memory.give_back()
@@ -87,8 +86,25 @@ class Generator:
             raise failure
         return generation
 
-    def _generate(self, request: Request, cancelled: threading.Event | None) -> Generation:
+    def check(self, request: Request) -> None:
+        """Every check a request can fail that needs no download, decoding or annotator, as
+        diffusers' check_inputs: so none fails after work has been spent on it."""
         request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
+        text_pipe = self.pipelines.base["txt2img"]
+        for name in ("prompt", "negative_prompt"):
+            prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)
+        if request.ip_adapter_image:
+            self.ip_adapters.check(request.ip_adapter)
+        self.controlnets.check(request.controlnets)
+        unets = [text_pipe.unet]
+        if request.refine != "no_refiner":
+            unets.append(self.pipelines.refiner["txt2img"].unet)
+        deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
+        if request.refine == "expert_ensemble_refiner":
+            denoise.check_split(self.pipelines.refiner_scheduler(request.scheduler), request)
+
+    def _generate(self, request: Request, cancelled: threading.Event | None) -> Generation:
+        self.check(request)
         timings = Timings()
         with timings.stage("read"):
             picture, image, mask, control_images, ip_image = self._read_images(request)
@@ -106,8 +122,6 @@ class Generator:
         refiner = None
         if request.refine != "no_refiner":
             refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
-            if request.refine == "expert_ensemble_refiner":
-                denoise.check_split(refiner.scheduler, request)
         hires_fix = first != size
         stage = " (hires fix: first pass)" if hires_fix else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
@@ -129,14 +143,12 @@ class Generator:
         text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
         with ExitStack() as loaded:  # what the request changes: undone when it closes
             with timings.stage("adapters"):
-                tokenizers, cache, prompt = self._patch_models(
-                    loaded, request, ip_adapter, refiner, cancelled
-                )
+                patched = self.patches.applied(loaded, request, ip_adapter, refiner, cancelled)
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(
-                    text_pipe, self.pipelines.family, prompt, request.negative_prompt,
-                    request.prompt_weighting, request.clip_skip, tokenizers,
+                    text_pipe, self.pipelines.family, patched.prompt, request.negative_prompt,
+                    request.prompt_weighting, request.clip_skip, patched.tokenizers,
                     refiner_zeros=zeros,
                 )  # fmt: skip
             with timings.denoising(pipe.vae):
@@ -147,7 +159,7 @@ class Generator:
                         shared = denoise.arguments(request, batch, stop) | embeds.base
                         denoised = finish(denoised, shared)
                     results.extend(zip(batch, denoised, strict=True))
-            for name, state in cache.items():
+            for name, state in patched.deepcache.items():
                 print(protocol.deepcache_line(name, state.reused, state.total))
         for index, (output_seed, _) in enumerate(results):
             print(protocol.seed_line(index, output_seed))
@@ -165,34 +177,8 @@ class Generator:
         with timings.stage("encode"):
             outputs = self.outputs.save(results, request.output_format, request.output_quality)
         print(timings.line())
-        counts = {name: (state.reused, state.total) for name, state in cache.items()}
+        counts = {name: (state.reused, state.total) for name, state in patched.deepcache.items()}
         return Generation(outputs, flagged, timings.milliseconds, counts)
-
-    def _patch_models(
-        self,
-        stack: ExitStack,
-        request: Request,
-        ip_adapter: str | None,
-        refiner: Any,
-        cancelled: threading.Event | None,
-    ) -> tuple[dict[str, Any], dict[str, deepcache._State], str]:
-        """LoRAs, embeddings, the IP-Adapter and DeepCache on the shared models, each undone
-        when `stack` closes. Returns the tokenizers to encode prompts with, DeepCache's counts,
-        and the prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
-        text_pipe = self.pipelines.base["txt2img"]
-        loras, inversions, prompt = self._fetch_adapters(request, cancelled)
-        plain = not loras and ip_adapter is None and request.deepcache_interval == 1
-        stack.enter_context(torch_compile.eager_unless(plain))
-        stack.enter_context(self.loras.applied(loras, cancelled))
-        tokenizers = stack.enter_context(
-            textual_inversions.applied(text_pipe, self.pipelines.family, inversions, cancelled)
-        )
-        stack.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
-        unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
-        cache = stack.enter_context(
-            deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
-        )
-        return tokenizers, cache, prompt
 
     def _read_images(self, request: Request) -> tuple[Any, ...]:
         """The canvas (or None), the image and mask the pipeline paints (the canvas's region of
@@ -211,7 +197,6 @@ class Generator:
             ]
         ip_image = None
         if request.ip_adapter_image:
-            self.ip_adapters.check(request.ip_adapter)
             ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
         return picture, image, mask, control_images, ip_image
 
@@ -243,43 +228,6 @@ class Generator:
         if ip_image:
             inputs["ip_adapter_image"] = ip_image
         return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
-
-    def _fetch_adapters(
-        self, request: Request, cancelled: threading.Event | None
-    ) -> tuple[list[Lora], list[textual_inversions.Inversion], str]:
-        """Every adapter file, from the cache or downloaded, before any is loaded; and the
-        prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
-        fetch = functools.partial(self.cache.fetch, stop=cancelled)
-        loras = [
-            Lora(ref, fetch(ref, "lora_weights"), scale)
-            for ref, scale in zip(request.lora_weights, request.scales, strict=True)
-        ]
-        inversions, rows = [], 0
-        for item in request.textual_inversions:
-            token, ref = textual_inversions.parse_inversion(item)
-            path = fetch(ref, "textual_inversions")
-            rows += embedding_rows(path, "textual_inversions", ref)
-            inversions.append(textual_inversions.Inversion(ref, path, token))
-        prompt = request.prompt
-        if request.replicate_weights:
-            tuned = replicate_weights.fetch(
-                self.cache, request.replicate_weights, request.replicate_scale, cancelled
-            )
-            loras.append(tuned.lora)
-            inversions += tuned.inversions
-            rows += len(tuned.inversions)
-            prompt = tuned.prompt(prompt)
-            if len(prompt) > MAX_PROMPT_CHARS:
-                raise ValueError(
-                    f"replicate_weights: its special_params.json makes the prompt {len(prompt)} "
-                    f"characters long; at most {MAX_PROMPT_CHARS}"
-                )
-        if rows > MAX_REQUEST_EMBEDDING_ROWS:
-            raise ValueError(
-                f"textual_inversions: {rows} embedding vectors in all; at most "
-                f"{MAX_REQUEST_EMBEDDING_ROWS} per request"
-            )
-        return loras, inversions, prompt
 
 
 def _mode_inputs(

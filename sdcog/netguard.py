@@ -8,17 +8,15 @@ resolves to is checked, and sdcog.transfer connects to a checked address (no sec
 at every redirect hop. Addresses that embed an IPv4 address (::ffff:a.b.c.d, NAT64
 64:ff9b::a.b.c.d, 6to4, Teredo) are judged by it; the deprecated IPv4-compatible (::a.b.c.d) and
 IPv4-translated (::ffff:0:a.b.c.d) forms are refused. Loopback, private, link-local,
-cloud-metadata (169.254.169.254) and reserved addresses are refused unless ALLOW_PRIVATE_URLS
-allows them: 1 allows every address, a comma-separated list of networks (`10.0.0.0/8,127.0.0.1`)
-just those.
+cloud-metadata (169.254.169.254) and reserved addresses are refused unless the allowed networks
+(settings: ALLOW_PRIVATE_URLS) hold them: None allows every address.
 
 File inputs: Cog downloads an http(s) URL or data URI given for a file input to a temporary file
 and hands predict() that file as a cog Path. A plain string is a path on the server's own disk;
-it is refused unless ALLOW_LOCAL_INPUT_PATHS=1.
+it is refused unless local paths are allowed (settings: ALLOW_LOCAL_INPUT_PATHS).
 """
 
 import ipaddress
-import os
 import re
 import socket
 import tempfile
@@ -31,6 +29,7 @@ from urllib3.util import parse_url
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Networks = tuple[Network, ...] | None  # the non-public networks allowed; None: all of them
 MAX_URL_LENGTH = 4096
 # Characters no valid URL holds unescaped, and that clients disagree on: WHATWG parsers (and
 # urllib3) read "\" as "/", Python's urlsplit as part of the host; whitespace and control
@@ -103,7 +102,7 @@ def _target(path: str, query: str) -> str:
     return (path or "/") + (f"?{query}" if query else "")
 
 
-def resolve(url: str, input_name: str) -> tuple[Url, list[Address]]:
+def resolve(url: str, input_name: str, allowed: Networks = ()) -> tuple[Url, list[Address]]:
     """The parsed URL and the addresses to connect to: each one resolved once and checked."""
     parsed = parse(url, input_name)
     try:
@@ -112,7 +111,7 @@ def resolve(url: str, input_name: str) -> tuple[Url, list[Address]]:
         raise ValueError(f"{input_name}: cannot resolve the host of {url[:200]}: {e}") from None
     addresses = list(dict.fromkeys(_address(sockaddr) for *_, sockaddr in infos))
     for address in addresses:
-        check_address(address, url, input_name)
+        check_address(address, url, input_name, allowed)
     return parsed, addresses
 
 
@@ -123,9 +122,8 @@ def _address(sockaddr: tuple) -> Address:
     return address
 
 
-def check_address(address: Address, url: str, input_name: str) -> None:
-    """Refuse an address that is not public, unless ALLOW_PRIVATE_URLS allows it."""
-    allowed = allowed_networks()
+def check_address(address: Address, url: str, input_name: str, allowed: Networks = ()) -> None:
+    """Refuse an address that is not public, unless `allowed` holds it."""
     if allowed is None or is_public(address) or any(address in n for n in allowed):
         return
     raise ValueError(
@@ -152,21 +150,24 @@ def is_public(address: Address) -> bool:
     return address in GLOBAL_UNICAST_V6 and address.is_global
 
 
-def allowed_networks() -> list[Network] | None:
-    """The non-public networks URLs may reach; None: all of them."""
-    value = os.environ.get("ALLOW_PRIVATE_URLS", "").strip()
+def networks(value: str | None) -> Networks:
+    """ALLOW_PRIVATE_URLS's value as the networks it allows: unset or 0 none, 1 all, or a
+    comma-separated list (`10.0.0.0/8,127.0.0.1`)."""
+    value = (value or "").strip()
     if value in ("", "0"):
-        return []
+        return ()
     if value == "1":
         return None
-    return [ipaddress.ip_network(n.strip(), strict=False) for n in value.split(",") if n.strip()]
+    return tuple(
+        ipaddress.ip_network(n.strip(), strict=False) for n in value.split(",") if n.strip()
+    )
 
 
-def input_file(value: Any, input_name: str) -> Path:
+def input_file(value: Any, input_name: str, local_paths: bool = False) -> Path:
     """A file input as predict() got it: Cog's download (allowed), or a server path (refused
-    unless ALLOW_LOCAL_INPUT_PATHS=1)."""
+    unless `local_paths`)."""
     downloaded = isinstance(value, Path) and value.parent == Path(tempfile.gettempdir())
-    if downloaded or os.environ.get("ALLOW_LOCAL_INPUT_PATHS") == "1":
+    if downloaded or local_paths:
         return Path(value)
     raise ValueError(
         f"{input_name}: {str(value)[:200]!r} is a path on the server; send the file as an "

@@ -166,6 +166,10 @@ class Pipelines:
         pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"])
         return pipe
 
+    def refiner_scheduler(self, scheduler: str) -> Any:
+        """A fresh scheduler `scheduler` for the refiner, on no pipeline yet."""
+        return make_scheduler(scheduler, self.scheduler_configs["refiner"])
+
     def get_refiner(self, mode: str, scheduler: str) -> DiffusionPipeline:
         assert self.refiner is not None
         pipe = self.refiner[mode]

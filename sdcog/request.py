@@ -1,5 +1,6 @@
 """A validated generation request: what predict() hands to the package."""
 
+import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args
@@ -148,10 +149,16 @@ class Request:
     deepcache_branch: int = 0
 
     @classmethod
-    def from_inputs(cls, inputs: dict[str, Any]) -> "Request":
-        """The request from predict()'s arguments, matched by name."""
+    def from_inputs(cls, inputs: dict[str, Any], local_paths: bool = False) -> "Request":
+        """The request from predict()'s arguments, matched by name; a name it does not know is
+        refused. File inputs must be Cog's downloads, unless `local_paths` (settings:
+        ALLOW_LOCAL_INPUT_PATHS)."""
+        if unknown := sorted(set(inputs) - INPUT_NAMES):
+            close = difflib.get_close_matches(unknown[0], INPUT_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"{unknown[0]}: not an input{hint}")
         inputs = {
-            name: netguard.input_file(value, name)
+            name: netguard.input_file(value, name, local_paths)
             if name in FILE_INPUTS and value is not None
             else value
             for name, value in inputs.items()
@@ -294,3 +301,15 @@ def check_prompt_length(text: str, input_name: str) -> None:
         raise ValueError(
             f"{input_name}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (and 600 tokens)"
         )
+
+
+# predict()'s input names: the request's fields, and each ControlNet slot's (controlnet_N_*).
+INPUT_NAMES = frozenset(
+    {f.name for f in fields(Request)} - {"controlnets"}
+    | {
+        name
+        for n in range(1, CONTROL_SLOTS + 1)
+        for name in (f"controlnet_{n}", *(f"controlnet_{n}_{f.name}" for f in fields(ControlSlot)
+                                         if f.name not in ("number", "kind")))
+    }
+)  # fmt: skip

@@ -18,7 +18,6 @@ import asyncio
 import contextvars
 import functools
 import json
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,16 +56,15 @@ def stop_if_set(event: threading.Event) -> Callable:
 
 
 class OneAtATime:
-    def __init__(self) -> None:
+    def __init__(self, status_file: Path | None = None) -> None:
+        """status_file: where script/serve's supervisor reads how many predictions are inside
+        predict(): Cog's slots all busy while none is would mean Cog has leaked them."""
         self._lock = asyncio.Lock()  # binds to Cog's event loop at first use
         # One thread for every prediction: torch's and oneDNN's per-thread buffers are made
         # once, not once per thread of a pool (about 25 MB more RSS over a pool's threads).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prediction")
         self._inside = 0
-        # script/serve's supervisor reads how many predictions are inside predict() from here:
-        # Cog's slots all busy while none is would mean Cog has leaked them.
-        status = os.environ.get("SDCOG_STATUS_FILE")
-        self._status = Path(status) if status else None
+        self._status = status_file
         self._report()
 
     async def run(self, work: Callable[[threading.Event], T]) -> T:

@@ -2,36 +2,34 @@
 adds CUDA graphs, max-autotune searches kernels longer).
 
 The UNets are compiled and warmed up at the model's native size during setup, so the first
-prediction is not the slow one. Inductor's artefacts go to .cache/torch-compile beside predict.py
-(TORCHINDUCTOR_CACHE_DIR): a container that restarts compiles from that cache in a fraction of
-the time. Requests that patch the UNet for themselves (LoRAs, DeepCache, IP-Adapter) run it
-uncompiled rather than recompiling it for every variation.
+prediction is not the slow one. Inductor keeps its artefacts where TORCHINDUCTOR_CACHE_DIR says
+(script/env: .cache/torch-compile beside predict.py): a server that restarts compiles from that
+cache in a fraction of the time. Requests that patch the UNet for themselves (LoRAs, DeepCache,
+IP-Adapter) run it uncompiled rather than recompiling it for every variation.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "torch-compile"
 
-
-def mode() -> str | None:
-    value = os.environ.get("SDCOG_COMPILE", "").strip()
+def mode(value: str | None) -> str | None:
+    """SDCOG_COMPILE's value as a torch.compile mode: unset or 0 off, 1 the default mode."""
+    value = (value or "").strip()
     if value in ("", "0"):
         return None
     return "default" if value == "1" else value
 
 
-def compile_unets(base: DiffusionPipeline, refiner: DiffusionPipeline | None, size: int) -> None:
-    """Compile the base's (and refiner's) UNet in place and warm each up at the native size."""
-    chosen = mode()
+def compile_unets(
+    base: DiffusionPipeline, refiner: DiffusionPipeline | None, size: int, chosen: str | None
+) -> None:
+    """Compile the base's (and refiner's) UNet in place, in mode `chosen` (None: leave them),
+    and warm each up at the native size."""
     if chosen is None:
         return
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
     # Two steps with guidance at the native size: the shapes a default request uses. The
     # refiner (image to image) starts from latents of that size.
     warm_ups = [(base, {"width": size, "height": size})]
@@ -46,7 +44,8 @@ def compile_unets(base: DiffusionPipeline, refiner: DiffusionPipeline | None, si
 
 
 @contextmanager
-def eager_unless(plain: bool) -> Iterator[None]:
-    """Compiled code runs only for plain requests; the others run eagerly."""
-    with nullcontext() if plain or mode() is None else torch.compiler.set_stance("force_eager"):
+def eager_unless(plain: bool, chosen: str | None) -> Iterator[None]:
+    """Compiled code (mode `chosen`; None: nothing is compiled) runs only for plain requests;
+    the others run eagerly."""
+    with nullcontext() if plain or chosen is None else torch.compiler.set_stance("force_eager"):
         yield

@@ -42,16 +42,18 @@ def get(
     timeout_s: float,
     stop: threading.Event | None = None,
     headers: Headers = lambda url: {},
+    allowed: netguard.Networks = (),
 ) -> Iterator[requests.Response]:
-    """The response to GET `url` (redirects followed, each hop checked), its body not read yet;
-    read it inside the with-block. `headers(url)` gives each hop its headers, so a token goes
-    to its own host and not to wherever that host redirects. A refusal, a failure, the deadline
-    or `stop` raise ValueError naming the input (PredictionCancelledError for `stop`)."""
+    """The response to GET `url` (redirects followed, each hop checked against the `allowed`
+    non-public networks), its body not read yet; read it inside the with-block. `headers(url)`
+    gives each hop its headers, so a token goes to its own host and not to wherever that host
+    redirects. A refusal, a failure, the deadline or `stop` raise ValueError naming the input
+    (PredictionCancelledError for `stop`)."""
     watch = Watchdog(timeout_s, stop)
     token = _WATCHDOG.set(watch)
     try:
         with watch, requests.Session() as session:
-            with _follow(session, url, input_name, headers, watch) as response:
+            with _follow(session, url, input_name, headers, watch, allowed) as response:
                 yield response
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
         watch.raise_if_fired(input_name, url)
@@ -66,10 +68,15 @@ def get(
 
 
 def _follow(
-    session: requests.Session, url: str, input_name: str, headers: Headers, watch: "Watchdog"
+    session: requests.Session,
+    url: str,
+    input_name: str,
+    headers: Headers,
+    watch: "Watchdog",
+    allowed: netguard.Networks,
 ) -> requests.Response:
     for _ in range(MAX_REDIRECTS + 1):
-        response = _send(session, url, input_name, headers(url), watch)
+        response = _send(session, url, input_name, headers(url), watch, allowed)
         if not response.is_redirect:
             response.url = url  # as written, not the address it was sent to
             return response
@@ -84,9 +91,10 @@ def _send(
     input_name: str,
     headers: dict[str, str],
     watch: "Watchdog",
+    allowed: netguard.Networks,
 ) -> requests.Response:
     """One hop: to the first checked address that accepts the connection."""
-    parsed, addresses = netguard.resolve(url, input_name)
+    parsed, addresses = netguard.resolve(url, input_name, allowed)
     session.mount(f"{parsed.scheme}://", _PinnedAdapter(parsed.host))
     # The environment's proxies for the URL as written (NO_PROXY judged on its host name): the
     # explicit None keeps requests from choosing again for the address.

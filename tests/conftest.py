@@ -1,25 +1,19 @@
-"""Shared fixtures: tiny weights made once per session, and Cog's real HTTP server over them."""
+"""Shared fixtures: tiny weights made once per session, and Cog's real HTTP server over them.
+
+Tests that use one of the servers are marked `server`; with `slow` ones they are left out of
+`script/test`'s fast tier (`script/test --all` runs everything, as CI does)."""
 
 from __future__ import annotations
 
-import base64
-import functools
-import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import ADAPTER_MAX_BYTES, ServerUnderTest, shapes
 from loopback import FileServer, WebhookReceiver, dead_proxy_env
-from PIL import Image
 
 from sdcog.pipelines import FAMILIES
-from sdcog.protocol import error_message
-from sdcog.tools import cli
-from sdcog.tools.cog_server import CogServer, RunningServer
 from sdcog.tools.tiny_weights import write_tiny_weights
-
-NATIVE = {"sd": 512, "sdxl": 1024}
 
 
 @pytest.fixture(scope="session")
@@ -48,34 +42,6 @@ def sdxl_weights(make_weights) -> Path:
     return make_weights("sdxl")
 
 
-class ServerUnderTest(CogServer):
-    def __init__(self, weights: Path, log_path: Path, family: str, env: dict[str, str]) -> None:
-        super().__init__(weights, open(log_path, "w"), env=env)
-        self.family = family
-        self.native = NATIVE[family]
-
-    def predict(self, **input) -> dict:
-        """A sync prediction; asserts only that the server answered 200 (never 409: see
-        sdcog/runner.py, and test_100_back_to_back_requests_never_see_409)."""
-        response = self.post(input)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def failure(self, **input) -> str:
-        """The error of a prediction that must fail, as predict() raised it (no Cog prefixes)."""
-        result = self.predict(**input)
-        assert result["status"] == "failed", result.get("logs")
-        return error_message(result["error"])
-
-    def stop(self) -> None:
-        super().stop()
-        self.log.close()
-
-
-# Tiny LoRAs and ControlNets (SDXL union: 6 MB) are smaller; the oversize test serves more.
-ADAPTER_MAX_BYTES = 8_000_000
-
-
 def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer, **env: str):
     env = {
         # The test servers are on 127.0.0.1; test_netguard checks the default, strict policy.
@@ -93,19 +59,6 @@ def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer, **env
     cog.stop()
 
 
-@pytest.fixture(scope="session", params=FAMILIES)
-def server(request, make_weights, tmp_path_factory, file_server):
-    """Cog's server over tiny weights, once per model family."""
-    weights = make_weights(request.param)
-    yield from _serve(request.param, weights, tmp_path_factory.mktemp("server"), file_server)
-
-
-@pytest.fixture(scope="session", params=FAMILIES)
-def flagging_server(request, make_weights, tmp_path_factory, file_server):
-    weights = make_weights(request.param, safety_threshold=-2.0)
-    yield from _serve(request.param, weights, tmp_path_factory.mktemp("server"), file_server)
-
-
 @pytest.fixture(scope="session")
 def sd_server(make_weights, tmp_path_factory, file_server):
     yield from _serve("sd", make_weights("sd"), tmp_path_factory.mktemp("server"), file_server)
@@ -114,6 +67,19 @@ def sd_server(make_weights, tmp_path_factory, file_server):
 @pytest.fixture(scope="session")
 def sdxl_server(make_weights, tmp_path_factory, file_server):
     yield from _serve("sdxl", make_weights("sdxl"), tmp_path_factory.mktemp("server"), file_server)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def server(request):
+    """Cog's server over tiny weights, for each model family: that family's one server."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def flagging_server(request, make_weights, tmp_path_factory, file_server):
+    """A server whose safety checker flags every image."""
+    weights = make_weights(request.param, safety_threshold=-2.0)
+    yield from _serve(request.param, weights, tmp_path_factory.mktemp("server"), file_server)
 
 
 @pytest.fixture(scope="session")
@@ -130,36 +96,17 @@ def loopback_only_server(make_weights, tmp_path_factory, file_server):
     yield from _serve("sd", make_weights("sd"), tmp, file_server, ALLOW_PRIVATE_URLS="127.0.0.1")
 
 
-def cli_predict(server: CogServer) -> Callable[[dict], dict]:
-    """script/task's way of running one prediction (async, its logs shown), on `server`."""
-    return functools.partial(cli.run, RunningServer(server.url))
-
-
-def data_uri(image: Image.Image, format: str = "PNG") -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format)
-    mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[format]
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
-
-
-def decode_output(uri: str) -> bytes:
-    assert uri.startswith("data:"), uri[:80]
-    return base64.b64decode(uri.split(",", 1)[1])
-
-
-def output_images(result: dict) -> list[Image.Image]:
-    assert result["status"] == "succeeded", json.dumps(result)[:2000]
-    return [Image.open(io.BytesIO(decode_output(uri))) for uri in result["output"]]
-
-
-@pytest.fixture(autouse=True)
-def in_process_policy(monkeypatch):
-    """In-process tests fetch from 127.0.0.1 and pass local files; test_netguard undoes this to
-    check the default policy. Anything else goes to the dead proxy."""
-    for name, value in dead_proxy_env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    monkeypatch.setenv("ALLOW_LOCAL_INPUT_PATHS", "1")
+@pytest.fixture(autouse=True, scope="session")
+def in_process_policy():
+    """The settings in-process tests run with (Settings.from_env, read when a Generator or an
+    AdapterCache is made): they fetch from 127.0.0.1 and pass local files; test_netguard and
+    test_transfer give their policies as arguments. Anything else goes to the dead proxy."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in dead_proxy_env().items():
+            patch.setenv(name, value)
+        patch.setenv("ALLOW_PRIVATE_URLS", "1")
+        patch.setenv("ALLOW_LOCAL_INPUT_PATHS", "1")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +126,6 @@ def webhooks():
 @pytest.fixture(scope="session")
 def control_image(tmp_path_factory) -> Path:
     """A 128x128 picture of shapes: edges for every annotator."""
-    from test_annotators import shapes
 
     path = tmp_path_factory.mktemp("control") / "shapes.png"
     shapes((128, 128)).save(path)
@@ -224,3 +170,13 @@ def adapter_refs(make_weights, file_server, tmp_path_factory):
         refs[family]["repo"] = repo
         refs[family]["a_bytes"] = made["a"].read_bytes()
     return refs
+
+
+SERVER_FIXTURES = {"server", "sd_server", "sdxl_server", "flagging_server", "strict_server",
+                   "loopback_only_server"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

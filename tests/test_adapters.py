@@ -6,8 +6,7 @@ import time
 
 import pytest
 import requests
-
-from conftest import ADAPTER_MAX_BYTES, output_images
+from helpers import ADAPTER_MAX_BYTES, output_images
 
 SMALL = {"num_inference_steps": 3, "width": 256, "height": 256, "seed": 5}
 PROMPT = "a lighthouse by the sea"

@@ -4,19 +4,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from helpers import shapes
+from PIL import Image
 
 from sdcog import annotators, pose
 from sdcog.annotators import Annotators
-
-
-def shapes(size: tuple[int, int] = (160, 128)) -> Image.Image:
-    """A photo stand-in: a grey background with a bright disc and a dark bar."""
-    image = Image.new("RGB", size, (120, 120, 120))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((20, 20, 80, 80), fill=(250, 230, 40))
-    draw.rectangle((100, 30, 130, 110), fill=(10, 20, 30))
-    return image
 
 
 def test_canny_is_opencv_canny_at_100_200():

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import data_uri, output_images, shapes
 from PIL import Image
-from test_annotators import shapes
 
-from conftest import data_uri, output_images
 from predict import CONTROLNETS, SCHEDULERS
 from sdcog.images import output_size
 from sdcog.request import CONTROL_KINDS

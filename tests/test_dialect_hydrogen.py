@@ -5,14 +5,15 @@ import base64
 import json
 
 import pytest
+from helpers import cli_predict
 from PIL import Image
 
-from conftest import cli_predict
-from sdcog.dialects import Build, hydrogen
+from sdcog.dialects import ModelNames, hydrogen
 from sdcog.dialects.tasks import run
 from sdcog.pins import PIN_FILE
 
-SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
+SD = ModelNames.from_pins(PIN_FILE)
+SDXL = ModelNames.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
 
 
 def documented_example(control_png: bytes) -> dict:
@@ -46,7 +47,8 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
         '[base]\nrepo = "emilianJR/chilloutmix_NiPrunedFp32Fix"', 1))  # fmt: skip
     file_server.put("api/download/models/34562", adapter_refs["sd"]["a_bytes"])
     task = documented_example(control_image.read_bytes())
-    answer = run(cli_predict(server), "hydrogen", task, Build.from_pins(pins), tmp_path / "out")
+    names = ModelNames.from_pins(pins)
+    answer = run(cli_predict(server), "hydrogen", task, names, tmp_path / "out")
     paths = answer.splitlines()
     assert len(paths) == 9
     assert all(Image.open(p).size == (512, 512) for p in paths)

@@ -9,14 +9,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from helpers import cli_predict
 from PIL import Image
 
-from conftest import cli_predict
-from sdcog.dialects import HERE, Build, FieldError, runware
+from sdcog.dialects import HERE, FieldError, ModelNames, runware
 from sdcog.dialects.tasks import run
 from sdcog.pins import PIN_FILE
 
-SD, SDXL = Build.from_pins(PIN_FILE), Build.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
+SD = ModelNames.from_pins(PIN_FILE)
+SDXL = ModelNames.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
 UUID = "a770f077-f413-47de-9dac-be0b26a35da6"
 
 
@@ -41,7 +42,7 @@ def documented_example() -> list[dict]:
     ]
 
 
-def build_naming_base(tmp_path: Path, family: str, air: str) -> Build:
+def build_naming_base(tmp_path: Path, family: str, air: str) -> ModelNames:
     """The family's stock pins with `air` listed for [base]: a build that serves that AIR id."""
     source = PIN_FILE if family == "sd" else PIN_FILE.with_name("pins-sdxl.toml")
     text = source.read_text()
@@ -49,7 +50,7 @@ def build_naming_base(tmp_path: Path, family: str, air: str) -> Build:
     revision = text.index("\n", text.index("revision", base))
     pins = tmp_path / "pins.toml"
     pins.write_text(f'{text[:revision]}\nair = ["{air}"]{text[revision:]}')
-    return Build.from_pins(pins)
+    return ModelNames.from_pins(pins)
 
 
 def test_the_documented_example_runs_unchanged(server, tmp_path):
@@ -253,7 +254,7 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
         "controlNet": [{"model": "civitai:38784@44736", "guideImage": "AAAA"}],
     }
     del control["refiner"], control["vae"]
-    (inputs,) = runware.translate([control], Build.from_pins(pins))
+    (inputs,) = runware.translate([control], ModelNames.from_pins(pins))
     assert inputs["controlnet_1"] == "depth" and "controlnet_1_model" not in inputs
 
 

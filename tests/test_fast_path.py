@@ -1,6 +1,7 @@
 """The fast path keeps images within 2/255 of the plain path, costs no memory, keeps LoRAs
 working, and leaves nothing behind."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,13 @@ from sdcog import fast_path
 from sdcog.generate import Generator
 from sdcog.pipelines import FAMILIES
 from sdcog.request import Request
+from sdcog.settings import Settings
 
 TOLERANCE = 2  # mean abs difference, in 0-255 pixel values
 
 
-def build(weights, fast_path: str) -> Generator:
-    return Generator(weights, fast_path)
+def build(weights, chosen: str) -> Generator:
+    return Generator(weights, Settings.from_env({**os.environ, "SDCOG_FAST_PATH": chosen}))
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -88,9 +90,8 @@ def test_loras_work_with_fused_attention_and_it_comes_back(pair, adapter_refs):
     assert np.array_equal(pixels(fast), fast_before)
 
 
-def test_unknown_fast_path_names_are_refused(monkeypatch):
-    monkeypatch.setenv("SDCOG_FAST_PATH", "channels_last,warp_drive")
+def test_unknown_fast_path_names_are_refused():
     with pytest.raises(ValueError, match="SDCOG_FAST_PATH: unknown \\['warp_drive'\\]"):
-        fast_path.choose()
-    monkeypatch.setenv("SDCOG_FAST_PATH", "none")
-    assert fast_path.choose() == ()
+        Settings.from_env({"SDCOG_FAST_PATH": "channels_last,warp_drive"})
+    assert Settings.from_env({"SDCOG_FAST_PATH": "none"}).fast_path == ()
+    assert Settings.from_env({}).fast_path == fast_path.choose(None) == ("fused_qkv",)  # a CPU

@@ -7,7 +7,7 @@ import torch
 
 from sdcog import generate
 from sdcog.generate import Generator
-from sdcog.request import Request
+from sdcog.request import ControlSlot, Request
 from sdcog.runner import SLOTS
 
 
@@ -103,3 +103,43 @@ def test_setup_loads_straight_to_the_device_without_dispatch_hooks(generator):
     assert not any(hasattr(m, "_hf_hook") for model in models for m in model.modules())
     assert not pipe._is_pipeline_device_mapped()
     assert {p.device.type for model in models for p in model.parameters()} == {"cpu"}
+
+
+class Counted:
+    """The annotators, counting their calls (and making them)."""
+
+    def __init__(self, annotators) -> None:
+        self.annotators, self.calls = annotators, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.annotators(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"deepcache_interval": 2, "deepcache_branch": 11}, r"^deepcache_branch: "),
+        ({"prompt": "a red cat, " * 200}, r"^prompt: \d+ tokens is more than the 600"),
+        ({"negative_prompt": "blurry, " * 400}, r"^negative_prompt: \d+ tokens"),
+        ({"refine": "expert_ensemble_refiner"}, r"^refine: only SDXL builds"),
+    ],
+)
+def test_checks_run_before_any_download_or_annotator(
+    generator, adapter_refs, file_server, control_image, monkeypatch, inputs, message
+):
+    # A LoRA no earlier request fetched, and a ControlNet whose image needs annotating: a check
+    # that failed after them would show as a download and an annotator call.
+    lora = file_server.put(
+        f"unfetched/{abs(hash(message))}.safetensors", adapter_refs["sd"]["a_bytes"]
+    )
+    annotators = Counted(generator.controlnets.annotators)
+    monkeypatch.setattr(generator.controlnets, "annotators", annotators)
+    slot = ControlSlot(1, "canny", control_image)
+    request = Request(**{"prompt": "x", "lora_weights": (lora,), "lora_scales": (1.0,),
+                         "controlnets": (slot,), "num_inference_steps": 2, "width": 128,
+                         "height": 128, **inputs})  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        generator(request)
+    assert file_server.count(lora.rsplit("/", 1)[1]) == 0
+    assert annotators.calls == 0

@@ -9,10 +9,10 @@ import json
 import psutil
 import pytest
 import torch
+from helpers import data_uri, output_images
 from PIL import Image
 from safetensors.torch import save
 
-from conftest import data_uri, output_images
 from sdcog.limits import MAX_ASPECT, MAX_INPUT_PIXELS, MAX_LORAS
 from sdcog.tools.soak import png_bomb
 

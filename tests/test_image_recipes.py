@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 from diffusers import UNet2DConditionModel
+from helpers import data_uri, output_images
 from PIL import Image
 
-from conftest import data_uri, output_images
 from sdcog.generate import Generator
 from sdcog.request import Request
 

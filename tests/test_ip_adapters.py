@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from helpers import data_uri, output_images
 from PIL import Image
 
-from conftest import data_uri, output_images
 from sdcog.generate import Generator
 from sdcog.ip_adapters import FILES
 from sdcog.request import Request

@@ -68,7 +68,6 @@ def no_lookups(monkeypatch):
         raise AssertionError(f"a lookup was started for {args[0]!r}")
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
 
 
 @pytest.mark.parametrize("url", AMBIGUOUS)
@@ -79,8 +78,7 @@ def test_ambiguous_urls_are_refused_before_any_lookup(no_lookups, url):
 
 
 @pytest.mark.parametrize("url", PRIVATE)
-def test_private_addresses_are_refused(monkeypatch, url):
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
+def test_private_addresses_are_refused(url):
     with pytest.raises(ValueError, match=r"^lora_weights: .* leads to .*ALLOW_PRIVATE_URLS"):
         netguard.resolve(url, "lora_weights")
 
@@ -108,30 +106,30 @@ def test_one_parse_gives_what_is_sent():
     )
 
 
-def test_a_list_of_networks_allows_just_those(monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "10.0.0.0/8, 127.0.0.1")
-    assert netguard.resolve("http://10.9.9.9/x", "lora_weights")[1] == [
+def test_a_list_of_networks_allows_just_those():
+    allowed = netguard.networks("10.0.0.0/8, 127.0.0.1")
+    assert netguard.resolve("http://10.9.9.9/x", "lora_weights", allowed)[1] == [
         ipaddress.ip_address("10.9.9.9")
     ]
-    netguard.resolve("http://127.0.0.1/x", "lora_weights")
-    netguard.resolve("http://[::ffff:127.0.0.1]/x", "lora_weights")  # the same address
+    netguard.resolve("http://127.0.0.1/x", "lora_weights", allowed)
+    netguard.resolve("http://[::ffff:127.0.0.1]/x", "lora_weights", allowed)  # the same address
     for refused in ("http://192.168.1.1/x", "http://[::1]/x", "http://[64:ff9b::127.0.0.1]/x"):
         with pytest.raises(ValueError, match="leads to"):
-            netguard.resolve(refused, "lora_weights")
+            netguard.resolve(refused, "lora_weights", allowed)
     # Allowing all still parses strictly.
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    netguard.resolve("http://192.168.1.1/x", "lora_weights")
+    assert (
+        netguard.networks("1") is None and netguard.networks("0") == netguard.networks(None) == ()
+    )
+    netguard.resolve("http://192.168.1.1/x", "lora_weights", None)
     with pytest.raises(ValueError, match="backslashes"):
-        netguard.resolve("http://127.0.0.1\\@1.1.1.1/x", "lora_weights")
+        netguard.resolve("http://127.0.0.1\\@1.1.1.1/x", "lora_weights", None)
 
 
-def test_server_paths_are_refused_unless_allowed(monkeypatch, tmp_path):
-    monkeypatch.delenv("ALLOW_LOCAL_INPUT_PATHS", raising=False)
+def test_server_paths_are_refused_unless_allowed(tmp_path):
     with pytest.raises(ValueError, match="^image: '/etc/hostname' is a path on the server"):
         netguard.input_file("/etc/hostname", "image")
     with pytest.raises(ValueError, match="^mask: .* is a path on the server"):
         netguard.input_file(tmp_path / "m.png", "mask")  # a Path outside Cog's download folder
     downloaded = Path(tempfile.gettempdir()) / "tmpabc123photo.png"
     assert netguard.input_file(downloaded, "image") == downloaded
-    monkeypatch.setenv("ALLOW_LOCAL_INPUT_PATHS", "1")
-    assert netguard.input_file("/etc/hostname", "image") == Path("/etc/hostname")
+    assert netguard.input_file("/etc/hostname", "image", local_paths=True) == Path("/etc/hostname")

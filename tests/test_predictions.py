@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from helpers import data_uri, decode_output, output_images
 from PIL import Image
 
-from conftest import data_uri, decode_output, output_images
 from predict import SCHEDULERS
 from sdcog.protocol import error_message
 from sdcog.runner import SLOTS

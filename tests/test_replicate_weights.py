@@ -9,9 +9,9 @@ import tarfile
 import pytest
 import torch
 from adapter_files import write_replicate_tar
+from helpers import output_images
 from safetensors.torch import load, save
 
-from conftest import output_images
 from sdcog import replicate_weights
 from sdcog.downloads import AdapterCache
 from sdcog.limits import MAX_EMBEDDING_ROWS

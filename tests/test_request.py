@@ -1,9 +1,11 @@
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from sdcog.limits import MAX_PROMPT_CHARS
-from sdcog.request import Request
+from sdcog.request import INPUT_NAMES, ControlSlot, Request
 
 
 def test_modes():
@@ -39,7 +41,7 @@ def test_controlnet_slots_from_predict_inputs_by_name():
         "lora_weights": ["o/a"],
         "guidance_scale": 7,
     }
-    request = Request.from_inputs(inputs)
+    request = Request.from_inputs(inputs, local_paths=True)
     depth, canny = request.controlnets
     assert (depth.number, depth.kind, depth.image, depth.end) == (2, "depth", Path("d.png"), 0.5)
     assert isinstance(depth.conditioning_scale, float) and isinstance(request.guidance_scale, float)
@@ -69,7 +71,7 @@ def test_controlnet_slots_from_predict_inputs_by_name():
 )  # fmt: skip
 def test_controlnet_inputs_that_cannot_work_name_the_input(inputs, message):
     with pytest.raises(ValueError, match=message):
-        Request.from_inputs({"prompt": "x", **inputs})
+        Request.from_inputs({"prompt": "x", **inputs}, local_paths=True)
 
 
 def test_integral_floats_become_ints_and_others_are_refused_by_name():
@@ -105,7 +107,7 @@ def test_integral_floats_become_ints_and_others_are_refused_by_name():
 )  # fmt: skip
 def test_bounds_and_reference_forms_are_checked_before_anything_is_fetched(inputs, message):
     with pytest.raises(ValueError, match=message):
-        Request.from_inputs({"prompt": "x", **inputs})
+        Request.from_inputs({"prompt": "x", **inputs}, local_paths=True)
 
 
 def test_the_prompt_limit_is_the_schemas():
@@ -114,3 +116,36 @@ def test_the_prompt_limit_is_the_schemas():
 
     assert predict.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS
     Request.from_inputs({"prompt": "x" * MAX_PROMPT_CHARS, "lora_weights": ["o/a"] * 8})
+
+
+def test_unknown_names_are_refused_with_the_closest_one():
+    with pytest.raises(ValueError, match=r"^negative_promt: not an input \(did you mean "
+                                         r"negative_prompt\?\)"):  # fmt: skip
+        Request.from_inputs({"prompt": "x", "negative_promt": "blurry"})
+    with pytest.raises(ValueError, match=r"^colour: not an input$"):
+        Request.from_inputs({"prompt": "x", "colour": "red"})
+
+
+def test_predict_inputs_are_the_request_and_their_defaults_its_own():
+    # One source of defaults: what predict() offers is what Request does without it.
+    import inspect
+
+    import predict
+
+    parameters = inspect.signature(predict.Predictor.predict).parameters
+    offered = {name: p.default.default for name, p in parameters.items() if name != "self"}
+    assert set(offered) == INPUT_NAMES
+    request, slot = Request(prompt="x"), {f.name: f.default for f in fields(ControlSlot)}
+    for name, default in offered.items():
+        if name == "prompt":
+            continue
+        if match := re.fullmatch(r"controlnet_\d", name):
+            assert default == "none", name  # no slot
+            continue
+        if match := re.fullmatch(r"controlnet_\d_(\w+)", name):
+            expected = slot[match[1]] if match[1] != "image" else None
+        else:
+            expected = getattr(request, name)
+        if isinstance(expected, tuple):
+            expected = list(expected)
+        assert default == expected, name

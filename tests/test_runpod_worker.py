@@ -13,13 +13,15 @@ import jsonschema
 import numpy as np
 import pytest
 import requests
+from helpers import data_uri, decode_output, output_images
 from loopback import dead_proxy_env
 from PIL import Image, ImageDraw
 
 import predict
-from conftest import data_uri, decode_output, output_images
 from sdcog.dialects import HERE, FieldError, runpod
 from sdcog.tools.cog_server import ROOT, free_port
+
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")

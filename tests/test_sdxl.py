@@ -6,12 +6,12 @@ import shutil
 import numpy as np
 import pytest
 from diffusers.pipelines.stable_diffusion_xl.watermark import WATERMARK_BITS
+from helpers import data_uri, decode_output, output_images
 from imwatermark import WatermarkDecoder
 from PIL import Image
 
-from conftest import data_uri, decode_output, output_images
 from sdcog.generate import Generator
-from sdcog.request import Request
+from sdcog.request import ControlSlot, Request
 
 STEPS = {"num_inference_steps": 10, "seed": 21}
 
@@ -176,3 +176,27 @@ def test_sdxl_uses_the_separately_pinned_vae(sdxl_generator, sdxl_weights):
     vae = sdxl_generator.pipelines.base["txt2img"].vae
     assert vae.config.scaling_factor == 0.13025
     assert not (sdxl_weights / "base/vae").exists()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"refine": "expert_ensemble_refiner", "high_noise_frac": 0.99}, r"^high_noise_frac: "),
+        ({"refine": "base_image_refiner", "deepcache_interval": 2, "deepcache_branch": 10},
+         r"^deepcache_branch: "),
+        ({"controlnets": "canny and tile"}, r"^controlnet_2: this build has no tile ControlNet"),
+    ],
+)  # fmt: skip
+def test_sdxl_checks_run_before_any_download(
+    sdxl_generator, adapter_refs, file_server, control_image, inputs, message
+):
+    lora = file_server.put(f"unfetched-xl/{abs(hash(message))}.safetensors",
+                           adapter_refs["sdxl"]["a_bytes"])  # fmt: skip
+    if inputs.get("controlnets"):  # this build's one ControlNet is the union one, without tile
+        inputs = {"controlnets": (ControlSlot(1, "canny", control_image),
+                                  ControlSlot(2, "tile", control_image))}  # fmt: skip
+    request = Request(prompt="x", lora_weights=(lora,), lora_scales=(1.0,),
+                      num_inference_steps=4, width=256, height=256, **inputs)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        sdxl_generator(request)
+    assert file_server.count(lora.rsplit("/", 1)[1]) == 0

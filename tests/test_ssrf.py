@@ -5,10 +5,9 @@ Location. The servers run with the dead proxy; receivers on 127.0.0.1 and ::1 co
 and must count none."""
 
 import pytest
+from helpers import data_uri, output_images
 from loopback import DEAD_PROXY, FileServer
 from PIL import Image
-
-from conftest import data_uri, output_images
 
 SMALL = {"prompt": "x", "num_inference_steps": 2, "width": 128, "height": 128}
 NAME = "lora.safetensors"

@@ -17,12 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from loopback import DEAD_PROXY, FileServer
 
-from sdcog import transfer
+from sdcog import netguard, transfer
 from sdcog.runner import PredictionCancelledError
 
+V4 = netguard.networks("127.0.0.1")
 
-def fetch(url: str, timeout: float = 5, **kwargs) -> bytes:
-    with transfer.get(url, "lora_weights", timeout, **kwargs) as response:
+
+def fetch(url: str, timeout: float = 5, allowed: netguard.Networks = V4, **kwargs) -> bytes:
+    with transfer.get(url, "lora_weights", timeout, allowed=allowed, **kwargs) as response:
         response.raise_for_status()
         return response.content
 
@@ -64,7 +66,6 @@ def resolving(monkeypatch, answers: dict[str, list[list[str]]]) -> list[str]:
 
 def test_the_checked_address_is_the_address_connected_to(twins, monkeypatch):
     v4, v6 = twins
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "127.0.0.1")
     # First 127.0.0.1 (allowed), then ::1 (refused) for anyone who asks again.
     asked = resolving(monkeypatch, {"rebind.test": [["127.0.0.1"], ["::1"]]})
     port = v4.httpd.server_port
@@ -77,19 +78,17 @@ def test_the_checked_address_is_the_address_connected_to(twins, monkeypatch):
 def test_every_address_of_a_host_is_checked_and_the_next_tried(twins, monkeypatch):
     v4, v6 = twins
     port = v4.httpd.server_port
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "127.0.0.1")
     resolving(monkeypatch, {"both.test": [["127.0.0.1", "::1"]], "next.test": [["::2", "::1"]]})
     with pytest.raises(ValueError, match="leads to ::1"):
         fetch(f"http://both.test:{port}/x.safetensors")
     assert v4.requests == v6.requests == []
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "::/126")  # ::1, and ::2, which nothing answers
-    assert fetch(f"http://next.test:{port}/x.safetensors") == b"from ::1"
+    ipv6_loopbacks = netguard.networks("::/126")  # ::1, and ::2, which nothing answers
+    assert fetch(f"http://next.test:{port}/x.safetensors", allowed=ipv6_loopbacks) == b"from ::1"
 
 
 def test_every_redirect_hop_is_checked(twins, monkeypatch):
     v4, v6 = twins
     port = v4.httpd.server_port
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "127.0.0.1")
     v4.redirects["/hop1"] = "/hop2"  # relative, as servers often answer
     v4.redirects["/hop2"] = "/x.safetensors"
     assert fetch(f"{v4.url}/hop1") == b"from 127.0.0.1"
@@ -130,10 +129,9 @@ def test_a_proxy_is_handed_the_checked_address(monkeypatch):
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_port}")
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS")
     asked = resolving(monkeypatch, {"files.example": [["93.184.216.34"], ["127.0.0.1"]]})
     try:
-        assert fetch("http://files.example/a/b.safetensors?v=1") == b"proxied"
+        assert fetch("http://files.example/a/b.safetensors?v=1", allowed=()) == b"proxied"
     finally:
         proxy.shutdown()
     assert seen == [("http://93.184.216.34:80/a/b.safetensors?v=1", "files.example")]
@@ -142,11 +140,10 @@ def test_a_proxy_is_handed_the_checked_address(monkeypatch):
 
 def test_without_a_proxy_a_public_address_goes_to_the_dead_proxy(monkeypatch):
     # conftest's environment: every proxy is the dead one, so nothing leaves this machine.
-    monkeypatch.delenv("ALLOW_PRIVATE_URLS")
     resolving(monkeypatch, {"files.example": [["93.184.216.34"]]})
     before = DEAD_PROXY.connections
     with pytest.raises(ValueError, match="^lora_weights: could not"):
-        fetch("http://files.example/x.safetensors")
+        fetch("http://files.example/x.safetensors", allowed=())
     assert DEAD_PROXY.connections == before + 1
 
 
@@ -183,7 +180,6 @@ def test_tls_names_and_verifies_the_host_as_written(tmp_path, monkeypatch, certi
     files.put("x.safetensors", b"over tls")
     files.httpd.socket = context.wrap_socket(files.httpd.socket, server_side=True)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "127.0.0.1")
     resolving(monkeypatch, {"tls.test": [["127.0.0.1"]]})
     url = f"https://tls.test:{files.httpd.server_port}/x.safetensors"
     try:
@@ -233,6 +229,5 @@ def test_a_cancel_stops_a_download_at_once(tmp_path):
 
 def test_ipv6_literals_connect_as_written(twins, monkeypatch):
     _, v6 = twins
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "::1")
-    assert fetch(f"{v6.url}/x.safetensors") == b"from ::1"
+    assert fetch(f"{v6.url}/x.safetensors", allowed=netguard.networks("::1")) == b"from ::1"
     assert ipaddress.ip_address("::1").version == 6

@@ -29,14 +29,14 @@ ALIASES = {
 
 
 @dataclass(frozen=True)
-class Build:
-    """What this build serves: the names of each pinned entry's weights, by entry name (its
+class ModelNames:
+    """The names of what this build serves: each pinned entry's weights, by entry name (its
     repository or URL first, then aliases and the AIR ids its pin lists under `air`)."""
 
     names: dict[str, tuple[str, ...]]
 
     @classmethod
-    def from_pins(cls, pin_file: Path = PIN_FILE) -> "Build":
+    def from_pins(cls, pin_file: Path = PIN_FILE) -> "ModelNames":
         names = {}
         for pin in read_pins(pin_file):
             source = getattr(pin, "repo", None) or pin.url

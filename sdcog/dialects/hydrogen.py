@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol
-from . import Build, validate
+from . import ModelNames, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
 PREPROCESS = {
@@ -31,7 +31,7 @@ SCHEDULERS = {
 HF_ENDPOINT = "https://huggingface.co"
 
 
-def translate(task: dict[str, Any], build: Build) -> list[dict[str, Any]]:
+def translate(task: dict[str, Any], build: ModelNames) -> list[dict[str, Any]]:
     """A task is one prediction."""
     return [inputs(task, build)]
 
@@ -49,7 +49,7 @@ def answer(task: dict[str, Any], results: list[dict[str, Any]], out: Path) -> st
 failure = str
 
 
-def inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
+def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     """predict()'s inputs for a task, or a ValueError naming the task's field."""
     validate(task, "hydrogen")
     base = task["base_model"]
@@ -114,7 +114,7 @@ def _scheduler(scheduler: dict[str, Any] | None) -> str:
     return SCHEDULERS[method]
 
 
-def _controlnet(controlnet: dict[str, Any], build: Build) -> dict[str, Any]:
+def _controlnet(controlnet: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     model = controlnet["model"]
     preprocess = controlnet.get("preprocess")
     if preprocess and preprocess["method"] not in PREPROCESS:

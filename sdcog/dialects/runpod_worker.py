@@ -26,8 +26,9 @@ from runpod.serverless.utils import rp_upload
 
 from .. import images, protocol, transfer
 from ..generate import Generator
-from ..pins import DEFAULT_WEIGHTS_DIR
+from ..netguard import Networks
 from ..request import Request
+from ..settings import Settings
 from . import FieldError
 from . import runpod as dialect
 
@@ -36,25 +37,33 @@ TIMEOUT_S = 60
 
 
 class Worker:
-    def __init__(self, weights_dir: Path) -> None:
-        self.generate = Generator(weights_dir)
+    def __init__(self, weights_dir: Path, settings: Settings | None = None) -> None:
+        self.generate = Generator(weights_dir, settings)
+        self.allowed = self.generate.settings.private_networks
+        # RunPod's SDK uploads to its bucket when this is set, as RunPod's own workers do.
+        self.upload = bool(os.environ.get("BUCKET_ENDPOINT_URL"))
 
     def handle(self, job: dict[str, Any]) -> list[dict[str, Any]] | dict[str, str]:
         """One job: its images and seeds, or {"error": ...} naming the input at fault."""
         try:
             inputs = dialect.inputs({"input": job["input"]})
-            with _fetched(inputs) as inputs:
+            with _fetched(inputs, self.allowed) as inputs:
                 generation = self.generate(Request.from_inputs(inputs))
         except FieldError as e:
             return {"error": str(e)}
         except (ValueError, RuntimeError) as e:  # the request's own checks, all flagged NSFW
             return {"error": str(dialect.field_error(str(e)))}
-        return [{"image": _answer(job["id"], output.path), "seed": output.seed}
+        return [{"image": self._answer(job["id"], output.path), "seed": output.seed}
                 for output in generation.outputs]  # fmt: skip
+
+    def _answer(self, job_id: str, path: Path) -> str:
+        if self.upload:
+            return rp_upload.upload_image(job_id, str(path))
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 @contextmanager
-def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _fetched(inputs: dict[str, Any], allowed: Networks) -> Iterator[dict[str, Any]]:
     """The inputs with init_image and mask as files in the temporary folder (where Request
     expects downloads), the mask inverted to ours; the files are removed afterwards."""
     files = []
@@ -62,7 +71,7 @@ def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         fetched = dict(inputs)
         for name in ("image", "mask"):
             if name in inputs:
-                image = _image(inputs[name], dialect.FIELDS.get(name, name))
+                image = _image(inputs[name], dialect.FIELDS.get(name, name), allowed)
                 if name == "mask":  # black is repainted in RunPod's masks, white in ours
                     image = ImageOps.invert(image.convert("L"))
                 handle, path = tempfile.mkstemp(prefix="runpod-", suffix=".png")
@@ -76,13 +85,13 @@ def _fetched(inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
             path.unlink(missing_ok=True)
 
 
-def _image(reference: str, field: str) -> Image.Image:
+def _image(reference: str, field: str, allowed: Networks) -> Image.Image:
     """An image from an http(s) URL (through sdcog.transfer) or a data URI."""
     if reference.startswith("data:"):
         _, data = protocol.read_data_uri(reference)
     else:
         try:
-            with transfer.get(reference, field, TIMEOUT_S) as response:
+            with transfer.get(reference, field, TIMEOUT_S, allowed=allowed) as response:
                 response.raise_for_status()
                 data = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
         except ValueError as e:  # transfer's errors name the field first
@@ -97,15 +106,9 @@ def _image(reference: str, field: str) -> Image.Image:
         raise FieldError("runpod", ("input", field), str(e).removeprefix(f"{field}: ")) from None
 
 
-def _answer(job_id: str, path: Path) -> str:
-    if os.environ.get("BUCKET_ENDPOINT_URL"):
-        return rp_upload.upload_image(job_id, str(path))
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
 def main() -> None:
-    weights = Path(os.environ.get("WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
-    runpod.serverless.start({"handler": Worker(weights).handle})
+    settings = Settings.from_env()
+    runpod.serverless.start({"handler": Worker(settings.weights_dir, settings).handle})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol
-from . import Build, FieldError, validate
+from . import FieldError, ModelNames, validate
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
 HIRES_SCALE = 1.5  # first pass at 2/3 of the requested size
@@ -54,7 +54,7 @@ AIR = re.compile(r"^(urn:air:[^:]+:[^:]+:)?(?P<source>[a-z]+):\d+@\d+$")
 IMAGE_UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
 
-def translate(payload: list[dict[str, Any]], build: Build) -> list[dict[str, Any]]:
+def translate(payload: list[dict[str, Any]], build: ModelNames) -> list[dict[str, Any]]:
     """predict()'s inputs for each imageInference task, or a FieldError naming the field."""
     try:
         validate(payload, "runware")
@@ -120,7 +120,7 @@ def _fail(field: str, problem: str) -> FieldError:
     return FieldError("runware", tuple(field.split(".")), problem)
 
 
-def _inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
+def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     if not build.serves("base", task["model"]):
         raise _fail(
             "model",
@@ -200,7 +200,9 @@ def _inputs(task: dict[str, Any], build: Build) -> dict[str, Any]:
     return inputs
 
 
-def _controlnet(index: int, control: dict[str, Any], steps: int, build: Build) -> dict[str, Any]:
+def _controlnet(
+    index: int, control: dict[str, Any], steps: int, build: ModelNames
+) -> dict[str, Any]:
     field, model = f"controlNet.{index}", control["model"]
     kind, own = build.controlnet(model)
     if kind is None:

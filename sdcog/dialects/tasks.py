@@ -6,13 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import protocol
-from . import Build, hydrogen, runware
+from . import ModelNames, hydrogen, runware
 
 DIALECTS = {"hydrogen": hydrogen, "runware": runware}
 
 
 def run(
-    predict: Callable[[dict], dict], dialect: str, payload: object, build: Build, out: Path
+    predict: Callable[[dict], dict], dialect: str, payload: object, build: ModelNames, out: Path
 ) -> str:
     """What the system answers, its images written to `out`; a ValueError names what the payload
     got wrong. `predict(inputs)` returns the finished prediction as Cog's server answers it."""

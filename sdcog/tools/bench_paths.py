@@ -12,7 +12,7 @@ import os
 import platform
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,11 @@ from safetensors.torch import save_file
 
 from .. import protocol
 from ..controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..fast_path import choose
 from ..generate import Generator
+from ..netguard import networks
 from ..request import Request
+from ..settings import Settings
 from .cog_server import CogServer
 
 CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache")
@@ -129,9 +132,14 @@ class Setup:
         handler.log_message = lambda *args: None
         self.files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=self.files.serve_forever, daemon=True).start()
-        # Our paths fetch the LoRA from that loopback server and read the control image.
-        os.environ.update(ALLOW_PRIVATE_URLS="127.0.0.1", ALLOW_LOCAL_INPUT_PATHS="1")
-        os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"]))
+        # Our paths fetch the LoRA from that loopback server and read the control image: the
+        # Generator through its settings, Cog's server through its environment.
+        self.settings = replace(
+            Settings.from_env(), private_networks=networks("127.0.0.1"), local_input_paths=True
+        )
+        no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"]))
+        self.server_env = {"ALLOW_PRIVATE_URLS": "127.0.0.1", "ALLOW_LOCAL_INPUT_PATHS": "1",
+                           "NO_PROXY": no_proxy, "no_proxy": no_proxy}  # fmt: skip
 
     def supports(self, case: str) -> bool:
         if case == "refiner":
@@ -169,10 +177,13 @@ class Ours:
 
     def __init__(self, setup: Setup, fast_path: str | None = None) -> None:
         self.setup = setup
-        self.generator = Generator(setup.weights, fast_path)
+        settings = setup.settings
+        if fast_path is not None:
+            settings = replace(settings, fast_path=choose(fast_path))
+        self.generator = Generator(setup.weights, settings)
 
     def call(self, case: str) -> Call:
-        request = Request.from_inputs(self.setup.inputs(case))
+        request = Request.from_inputs(self.setup.inputs(case), local_paths=True)
 
         def call() -> Outcome:
             generation = self.generator(request)
@@ -194,7 +205,7 @@ class Served:
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
         self.log = open(setup.workdir / "cog-server.log", "w")
-        self.server = CogServer(setup.weights, self.log, env=dict(os.environ))
+        self.server = CogServer(setup.weights, self.log, env=setup.server_env)
 
     def pids(self) -> list[int]:
         process = psutil.Process(self.server.process.pid)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..dialects import Build
+from ..dialects import ModelNames
 from ..dialects.tasks import DIALECTS, run
 from ..pins import PIN_FILE
 from . import cli
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         task = json.loads(args.task.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"{args.task}: not a JSON task: {e}") from None
-    build = Build.from_pins(args.pins)
+    build = ModelNames.from_pins(args.pins)
     try:
         DIALECTS[args.dialect].translate(task, build)  # fail before a server starts
         with _server(args.url, args.weights) as server:

@@ -1,0 +1,100 @@
+"""What a request changes on the shared models for its own duration, undone when it ends: its
+LoRAs, its textual inversions (a Replicate fine-tune's too), the IP-Adapter, DeepCache, and
+whether compiled code runs. Every adapter file is fetched before any is loaded."""
+
+import functools
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from . import deepcache, replicate_weights, torch_compile
+from . import inversions as textual_inversions
+from .downloads import AdapterCache
+from .filechecks import embedding_rows
+from .ip_adapters import IPAdapters
+from .limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
+from .loras import Lora, WarmLoras
+from .pipelines import Pipelines
+from .request import Request
+
+
+@dataclass
+class Patched:
+    tokenizers: dict[str, Any]  # to encode prompts with: "" / "_2" -> tokenizer
+    deepcache: dict[str, deepcache._State]  # UNet -> DeepCache's counts
+    prompt: str  # the request's, a Replicate fine-tune's placeholder replaced by its tokens
+
+
+class Patches:
+    def __init__(
+        self,
+        pipelines: Pipelines,
+        cache: AdapterCache,
+        loras: WarmLoras,
+        ip_adapters: IPAdapters,
+        compile_mode: str | None,
+    ) -> None:
+        self.pipelines, self.cache, self.loras = pipelines, cache, loras
+        self.ip_adapters, self.compile_mode = ip_adapters, compile_mode
+
+    def applied(
+        self,
+        stack: ExitStack,
+        request: Request,
+        ip_adapter: str | None,
+        refiner: Any,
+        cancelled: threading.Event | None,
+    ) -> Patched:
+        """The request's patches on the shared models, each undone when `stack` closes."""
+        text_pipe = self.pipelines.base["txt2img"]
+        loras, inversions, prompt = self._fetch(request, cancelled)
+        plain = not loras and ip_adapter is None and request.deepcache_interval == 1
+        stack.enter_context(torch_compile.eager_unless(plain, self.compile_mode))
+        stack.enter_context(self.loras.applied(loras, cancelled))
+        tokenizers = stack.enter_context(
+            textual_inversions.applied(text_pipe, self.pipelines.family, inversions, cancelled)
+        )
+        stack.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
+        unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
+        cache = stack.enter_context(
+            deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
+        )
+        return Patched(tokenizers, cache, prompt)
+
+    def _fetch(
+        self, request: Request, cancelled: threading.Event | None
+    ) -> tuple[list[Lora], list[textual_inversions.Inversion], str]:
+        """Every adapter file, from the cache or downloaded, before any is loaded; and the
+        prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
+        fetch = functools.partial(self.cache.fetch, stop=cancelled)
+        loras = [
+            Lora(ref, fetch(ref, "lora_weights"), scale)
+            for ref, scale in zip(request.lora_weights, request.scales, strict=True)
+        ]
+        inversions, rows = [], 0
+        for item in request.textual_inversions:
+            token, ref = textual_inversions.parse_inversion(item)
+            path = fetch(ref, "textual_inversions")
+            rows += embedding_rows(path, "textual_inversions", ref)
+            inversions.append(textual_inversions.Inversion(ref, path, token))
+        prompt = request.prompt
+        if request.replicate_weights:
+            tuned = replicate_weights.fetch(
+                self.cache, request.replicate_weights, request.replicate_scale, cancelled
+            )
+            loras.append(tuned.lora)
+            inversions += tuned.inversions
+            rows += len(tuned.inversions)
+            prompt = tuned.prompt(prompt)
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(
+                    f"replicate_weights: its special_params.json makes the prompt {len(prompt)} "
+                    f"characters long; at most {MAX_PROMPT_CHARS}"
+                )
+        if rows > MAX_REQUEST_EMBEDDING_ROWS:
+            raise ValueError(
+                f"textual_inversions: {rows} embedding vectors in all; at most "
+                f"{MAX_REQUEST_EMBEDDING_ROWS} per request"
+            )
+        return loras, inversions, prompt

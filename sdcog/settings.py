@@ -1,0 +1,72 @@
+"""The runtime's settings: read from the environment once, at setup (Settings.from_env), and
+handed to what uses them. No other runtime module reads the environment, and no code writes it:
+a tool or a test that wants other settings builds its own.
+
+| variable | setting | default |
+|---|---|---|
+| WEIGHTS_DIR | weights_dir | weights/ beside predict.py |
+| SDCOG_FAST_PATH | fast_path | all on CUDA; fused_qkv on a CPU (fast_path.py) |
+| SDCOG_COMPILE | compile_mode | off; 1: torch.compile's default mode, or a mode's name |
+| ALLOW_PRIVATE_URLS | private_networks | none; 1: all; or a comma-separated list of networks |
+| ALLOW_LOCAL_INPUT_PATHS | local_input_paths | off; 1: file inputs may be server paths |
+| ADAPTER_CACHE_DIR | adapter_cache_dir | sdcog-adapters in the temporary folder |
+| ADAPTER_CACHE_BYTES | adapter_cache_bytes | 10 GiB |
+| ADAPTER_MAX_BYTES | adapter_max_bytes | 2 GiB, per file |
+| ADAPTER_TIMEOUT_S | adapter_timeout_s | 120, per download (redirects included) |
+| HF_ENDPOINT, CIVITAI_ENDPOINT | hf_endpoint, civitai_endpoint | the public sites |
+| HF_TOKEN, CIVITAI_TOKEN | tokens | none; each goes to its own host only |
+| SDCOG_STATUS_FILE | status_file | none (script/serve's supervisor sets it) |
+"""
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import fast_path, netguard, torch_compile
+from .pins import DEFAULT_WEIGHTS_DIR
+
+TOKEN_VARIABLES = ("HF_TOKEN", "CIVITAI_TOKEN")
+
+
+@dataclass(frozen=True)
+class Settings:
+    weights_dir: Path = DEFAULT_WEIGHTS_DIR
+    fast_path: tuple[str, ...] = field(default_factory=fast_path.choose)
+    compile_mode: str | None = None
+    private_networks: netguard.Networks = ()
+    local_input_paths: bool = False
+    adapter_cache_dir: Path = field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "sdcog-adapters"
+    )
+    adapter_cache_bytes: int = 10 * 1024**3
+    adapter_max_bytes: int = 2 * 1024**3
+    adapter_timeout_s: float = 120.0
+    hf_endpoint: str = "https://huggingface.co"
+    civitai_endpoint: str = "https://civitai.com"
+    tokens: Mapping[str, str] = field(default_factory=dict)  # variable -> token
+    status_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        def given(name: str) -> str | None:
+            value = environ.get(name, "").strip()
+            return value or None
+
+        defaults = cls()
+        return cls(
+            weights_dir=Path(given("WEIGHTS_DIR") or defaults.weights_dir),
+            fast_path=fast_path.choose(given("SDCOG_FAST_PATH")),
+            compile_mode=torch_compile.mode(given("SDCOG_COMPILE")),
+            private_networks=netguard.networks(given("ALLOW_PRIVATE_URLS")),
+            local_input_paths=given("ALLOW_LOCAL_INPUT_PATHS") == "1",
+            adapter_cache_dir=Path(given("ADAPTER_CACHE_DIR") or defaults.adapter_cache_dir),
+            adapter_cache_bytes=int(given("ADAPTER_CACHE_BYTES") or defaults.adapter_cache_bytes),
+            adapter_max_bytes=int(given("ADAPTER_MAX_BYTES") or defaults.adapter_max_bytes),
+            adapter_timeout_s=float(given("ADAPTER_TIMEOUT_S") or defaults.adapter_timeout_s),
+            hf_endpoint=given("HF_ENDPOINT") or defaults.hf_endpoint,
+            civitai_endpoint=given("CIVITAI_ENDPOINT") or defaults.civitai_endpoint,
+            tokens={name: token for name in TOKEN_VARIABLES if (token := given(name))},
+            status_file=Path(status) if (status := given("SDCOG_STATUS_FILE")) else None,
+        )

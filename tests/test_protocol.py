@@ -1,0 +1,42 @@
+"""The log lines and names other code reads: what is written reads back the same."""
+
+import base64
+
+from sdcog import protocol
+
+
+def test_lines_read_back_as_written():
+    logs = "\n".join([
+        "txt2img 512x512, DDIM, seed 5",
+        protocol.deepcache_line("base", 33, 50),
+        protocol.seed_line(0, 5), protocol.seed_line(1, 6), protocol.seed_line(2, 7),
+        protocol.flagged_line(1, 6),
+        protocol.timings_line({"read": 2.4, "denoise": 2210.2}),
+    ])  # fmt: skip
+    assert protocol.output_seeds(logs) == [(5, False), (6, True), (7, False)]
+    assert protocol.kept_seeds(logs) == [5, 7]
+    assert protocol.timings(logs) == {"read": 2.0, "denoise": 2210.0}
+    assert protocol.timings(logs, protocol.SETUP_TIMINGS) == {}
+    assert protocol.deepcache_counts(logs) == {"base": (33, 50)}
+
+
+def test_cog_errors_lose_cogs_prefixes_only():
+    error = "Prediction failed: Async prediction failed: ValueError: image: could not be read"
+    assert protocol.error_message(error) == "image: could not be read"
+    assert protocol.error_message("prompt: too long") == "prompt: too long"
+
+
+def test_an_answer_saves_under_its_seeds_and_never_overwrites(tmp_path):
+    png = "data:image/png;base64," + base64.b64encode(b"one").decode()
+    jpeg = "data:image/jpeg;base64," + base64.b64encode(b"two").decode()
+    result = {
+        "output": [png, jpeg],
+        "logs": protocol.seed_line(0, 3) + "\n" + protocol.seed_line(1, 4),
+    }
+    first = protocol.save(result, tmp_path, "20261128-101010")
+    assert [p.name for p in first] == ["out-0-seed3-20261128-101010.png",
+                                       "out-1-seed4-20261128-101010.jpg"]  # fmt: skip
+    again = protocol.save(result, tmp_path, "20261128-101010")  # the same second
+    assert [p.name for p in again] == ["out-0-seed3-20261128-101010-2.png",
+                                       "out-1-seed4-20261128-101010-2.jpg"]  # fmt: skip
+    assert first[0].read_bytes() == b"one" and again[1].read_bytes() == b"two"
