@@ -3,7 +3,11 @@ report carries ratios, stage timings, setup and memory."""
 
 import re
 
+import pytest
+
 from sdcog.tools import bench
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_bench_compares_the_paths_in_one_run(make_weights, tmp_path, capsys):

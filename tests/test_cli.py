@@ -15,6 +15,8 @@ from PIL import Image
 from sdcog.tools import cli
 from sdcog.tools.cog_server import ROOT, free_port
 
+pytestmark = pytest.mark.server
+
 
 def predict(weights: Path, out: Path, *inputs: str) -> list[str]:
     cli.main(["--weights", str(weights), "-o", str(out), *(a for i in inputs for a in ("-i", i))])
@@ -28,8 +30,7 @@ def test_local_names_keep_seeds_and_runs_never_overwrite(tiny_weights, tmp_path,
         "out-0-seed5.png",
         "out-1-seed6.png",
     ]
-    time.sleep(1.1)
-    second = predict(tiny_weights, tmp_path, *small, "num_inference_steps=3")
+    second = predict(tiny_weights, tmp_path, *small, "num_inference_steps=3")  # same second
     assert len(second) == 4 and set(first) < set(second)
     assert "output 1: seed 6" in capsys.readouterr().err
 

@@ -23,6 +23,8 @@ from schemathesis import GenerationMode
 
 from sdcog.protocol import error_message
 
+pytestmark = pytest.mark.slow
+
 # Per family and mode; tiny SDXL (refiner, union ControlNet) costs about 4x as much per case.
 EXAMPLES = {
     ("sd", GenerationMode.POSITIVE): 100,

@@ -17,6 +17,8 @@ from loopback import dead_proxy_env
 from sdcog.runner import SLOTS
 from sdcog.tools.cog_server import ROOT, free_port
 
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 SMALL = {"prompt": "x", "width": 128, "height": 128, "num_inference_steps": 2}
 
 
