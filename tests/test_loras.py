@@ -140,3 +140,17 @@ def test_a_cancelled_request_neither_downloads_nor_loads(generator, adapter_refs
         generator(request, cancelled)
     assert loads == []
     assert wrappers(generator) == 0
+
+
+def test_a_lora_request_denoises_with_plain_layers(generator, adapter_refs, family):
+    # The LoRA is merged into the weights: the UNet runs without the wrappers' per-call work.
+    seen: list[int] = []
+    unet = generator.pipelines.base["txt2img"].unet
+    handle = unet.register_forward_pre_hook(lambda *_: seen.append(wrappers(generator)))
+    try:
+        plain = pixels(generator)
+        lora = pixels(generator, (adapter_refs[family]["a"],))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {0}
+    assert not np.array_equal(plain, lora)
