@@ -3,13 +3,14 @@ report carries ratios, stage timings, setup and memory."""
 
 import re
 
+import psutil
 import pytest
 
 from sdcog.tools import bench
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-
+@pytest.mark.server
+@pytest.mark.slow
 def test_bench_compares_the_paths_in_one_run(make_weights, tmp_path, capsys):
     out = tmp_path / "BENCHMARKS.md"
     paths = "diffusers,generator:none,generator,server"
@@ -34,8 +35,31 @@ def test_bench_compares_the_paths_in_one_run(make_weights, tmp_path, capsys):
     assert "txt2img image: mean abs diff 0.00/255" in report
     assert re.search(r"Setup, generator: [\d.]+ s \([\d.]+x the plain read\)", report)
     assert re.search(r"DeepCache \(interval 3\): [\d.]+x faster than plain, 2 of 3 UNet", report)
+    served = r"Server / in-process \(generator\): txt2img [\d.]+x, lora [\d.]+x, controlnet [\d.]+x"
+    assert re.search(served, report)
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_failed_path_stops_its_server(make_weights, monkeypatch):
+    """A prediction that fails ends the bench, and takes Cog's server and its worker with it."""
+    seen: list[int] = []
+    real_pids = bench.paths.Served.pids
+    monkeypatch.setattr(bench.paths.Served, "pids",
+                        lambda self: seen.extend(real_pids(self)) or real_pids(self))  # fmt: skip
+    real_inputs = bench.paths.Setup.inputs
+    monkeypatch.setattr(bench.paths.Setup, "inputs", lambda self, case: real_inputs(self, case)
+                        | {"num_outputs": 99})  # fmt: skip
+    with pytest.raises(RuntimeError, match="num_outputs"):
+        bench.main([str(make_weights("sd")), "--size", "128", "--steps", "2", "--runs", "1",
+                    "--cases", "txt2img", "--paths", "server"])  # fmt: skip
+    assert len(seen) >= 2  # the server and its worker were up
+    alive = [pid for pid in seen if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    assert alive == []
+
+
+@pytest.mark.slow
 def test_bench_sdxl_refiner_and_union_controlnet(make_weights, capsys):
     bench.main([str(make_weights("sdxl")), "--size", "128", "--steps", "4", "--runs", "1",
                 "--cases", "refiner,controlnet", "--paths", "diffusers,generator",
@@ -45,3 +69,19 @@ def test_bench_sdxl_refiner_and_union_controlnet(make_weights, capsys):
         for path in ("diffusers", "generator"):
             assert re.search(rf"^\| {case} \| {path} \| [\d.]+ \|", report, re.M), (case, path)
     assert "### SDXL 128x128, 4 steps" in report
+
+
+def test_gpu_clocks_are_read_from_nvidia_smi(tmp_path, monkeypatch):
+    """The report's clocks line comes from nvidia-smi's answer (an executable standing in for it
+    here: this machine has no GPU), and is absent without one."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bench.paths.read_gpu_clocks() is None
+    smi = tmp_path / "nvidia-smi"
+    answer = "1980 MHz, 1980 MHz, 2619 MHz, 120.5 W, 41"
+    smi.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\necho "{answer}"\n')
+    smi.chmod(0o755)
+    reading = bench.paths.read_gpu_clocks()
+    assert reading == answer
+    assert "--query-gpu=clocks.sm,clocks.max.sm" in (tmp_path / "args").read_text()
+    line = bench.paths.gpu_clocks([reading, reading])
+    assert line.startswith("before: 1980 MHz") and "; after: 1980 MHz" in line

@@ -137,28 +137,36 @@ def main(argv: list[str] | None = None) -> None:
     cases = [c for c in args.cases.split(",") if setup.supports(c)]
     chosen = args.paths.split(",")
     read_s, read_bytes = plain_read(args.weights)
+    if clocks := paths.read_gpu_clocks():
+        setup.clocks.append(clocks)
     results: dict[str, dict[str, Result]] = {}
     setups: dict[str, float] = {}
     runners = {}
-    for name in chosen:
-        start = time.perf_counter()
-        runner = open_path(setup, name)
-        setups[name] = time.perf_counter() - start
-        if args.interleave:
-            runners[name] = runner
-            continue
-        results[name] = {}
-        for case in cases:
-            if call := runner.call(case):
-                results[name][case] = measure(call, args.warmup, args.runs, runner.pids())
-        runner.close()
-        del runner
-        gc.collect()
-        paths.empty_cache()
-    if runners:
-        results = interleaved(runners, cases, args.warmup, args.runs)
+    try:
+        for name in chosen:
+            start = time.perf_counter()
+            runners[name] = open_path(setup, name)
+            setups[name] = time.perf_counter() - start
+            if args.interleave:
+                continue
+            runner = runners.pop(name)
+            try:
+                results[name] = {}
+                for case in cases:
+                    if call := runner.call(case):
+                        results[name][case] = measure(call, args.warmup, args.runs, runner.pids())
+            finally:  # a failed path stops its server too
+                runner.close()
+            del runner
+            gc.collect()
+            paths.empty_cache()
+        if runners:
+            results = interleaved(runners, cases, args.warmup, args.runs)
+    finally:
         for runner in runners.values():
             runner.close()
+    if clocks := paths.read_gpu_clocks():
+        setup.clocks.append(clocks)
     report = render(setup, results, setups, (read_s, read_bytes), args)
     print(report)
     if args.out:
@@ -187,6 +195,7 @@ def render(
         f"{torch.__version__}, Python {platform.python_version()}. Weights: {args.weights}. "
         f"{args.warmup} warm-up + {args.runs} timed runs per cell; median (min-max)"
         f"{'; paths interleaved run by run' if args.interleave else ''}.",
+        *(["", f"GPU clocks: {clocks}."] if (clocks := paths.gpu_clocks(setup.clocks)) else []),
         "",
         "| case | path | median s | min-max s | x diffusers | peak memory |",
         "|---|---|---|---|---|---|",
@@ -239,6 +248,10 @@ def findings(
         out.append(f"- Generator vs diffusers, txt2img image: mean abs diff {diff:.2f}/255.")
     if plain and (lora := ours.get("lora")):
         out.append(f"- Warm LoRA: {lora.median / plain.median:.3f}x a plain request.")
+    served = results.get("server", {})
+    if ratios := [f"{case} {served[case].median / r.median:.3f}x" for case, r in ours.items()
+                  if case in served]:  # fmt: skip
+        out.append(f"- Server / in-process (generator): {', '.join(ratios)}.")
     if plain and (cached := ours.get("deepcache")):
         diff = np.abs(cached.last.image.astype(float) - plain.last.image.astype(float)).mean()
         counts = cached.last.deepcache.get("base")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..controlnets import CLASSES, UNION_ENTRY, UNION_MODES
 from ..pipelines import CONTROL_PIPELINES, device_and_dtype
+from ..seeds import generators
 from .bench_paths import NEGATIVE, PROMPT, Call, Outcome, Setup
 
 
@@ -46,8 +47,10 @@ class Diffusers:
                   "guidance_scale": 7.5}  # fmt: skip
         size = {"width": s.size, "height": s.size}
 
-        def seeded() -> torch.Generator:
-            return torch.Generator(self.device).manual_seed(1)
+        def seeded() -> list[torch.Generator]:
+            # As ours seeds (sdcog/seeds.py): a CPU generator, the same noise on any device,
+            # so the image lines compare like with like.
+            return generators([1])
 
         if case == "deepcache":
             return None

@@ -10,6 +10,7 @@ import http.server
 import io
 import os
 import platform
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -91,8 +92,33 @@ def peak(pids: list[int] | None = None) -> int:
 
 def machine() -> str:
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+        capability = ".".join(map(str, torch.cuda.get_device_capability()))
+        return f"{torch.cuda.get_device_name()} (compute {capability}, CUDA {torch.version.cuda})"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores CPU"
+
+
+NVIDIA_SMI_QUERY = "clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu"
+
+
+def read_gpu_clocks() -> str | None:
+    """The GPU's SM clock (and its maximum), memory clock, power and temperature now, from
+    nvidia-smi; None without one."""
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return answer.stdout.strip().splitlines()[0] if answer.stdout.strip() else None
+
+
+def gpu_clocks(readings: list[str]) -> str:
+    """The readings taken before and after the runs, for the report."""
+    return "; ".join(
+        f"{when}: {reading} ({NVIDIA_SMI_QUERY})"
+        for when, reading in zip(("before", "after"), readings, strict=False)
+    )
 
 
 def write_lora(unet_file: Path, path: Path, rank: int = 16) -> Path:
@@ -121,6 +147,7 @@ class Setup:
     def __init__(self, weights: Path, workdir: Path, family: str, size: int, steps: int) -> None:
         self.weights, self.workdir, self.family = weights, workdir, family
         self.size, self.steps = size, steps
+        self.clocks: list[str] = []  # nvidia-smi's readings, before and after the runs
         unet_file = weights / "base/unet/diffusion_pytorch_model.safetensors"
         self.lora = write_lora(unet_file, workdir / "lora.safetensors")
         self.control = workdir / "control.png"
@@ -220,7 +247,7 @@ class Served:
         def call() -> Outcome:
             result = self.server.post(inputs).json()
             if result.get("status") != "succeeded":
-                raise RuntimeError(f"{case}: {result.get('error')}")
+                raise RuntimeError(f"{case}: {result.get('error') or result}")  # or a 422's detail
             _, data = protocol.read_data_uri(result["output"][0])
             image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             logs = result.get("logs", "")

@@ -2,6 +2,7 @@
 soak, the bench and the tests)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class CogServer(RunningServer):
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() takes the worker with it
         )
         self._wait_ready()
 
@@ -89,9 +91,15 @@ class CogServer(RunningServer):
         raise TimeoutError(f"Cog server not ready in {timeout} s; see {self.log.name}")
 
     def stop(self) -> None:
+        """Shut the server down, then kill whatever of its group is left (a worker stuck in a
+        prediction, or orphaned by a server that died)."""
         try:
             requests.post(f"{self.url}/shutdown", timeout=5)
             self.process.wait(timeout=10)
         except (requests.RequestException, subprocess.TimeoutExpired):
-            self.process.kill()
-            self.process.wait()
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone already
+        self.process.wait()
