@@ -59,6 +59,20 @@ def test_a_failed_path_stops_its_server(make_weights, monkeypatch):
     assert alive == []
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_server_gap_preset_interleaves_generator_and_server(make_weights, capsys):
+    """--preset server-gap sets the comparison's defaults; options given beside it still win."""
+    bench.main([str(make_weights("sd")), "--preset", "server-gap", "--size", "128",
+                "--steps", "2", "--runs", "2", "--cases", "txt2img,lora"])  # fmt: skip
+    report = capsys.readouterr().out
+    assert "2 timed runs per cell" in report and "paths interleaved run by run" in report
+    rows = re.findall(r"^\| (\w+) \| ([\w:]+) \| [\d.]+ \|", report, re.M)
+    assert sorted(rows) == [("lora", "generator"), ("lora", "server"),
+                            ("txt2img", "generator"), ("txt2img", "server")]  # fmt: skip
+    assert re.search(r"Server / in-process \(generator\): txt2img [\d.]+x, lora [\d.]+x", report)
+
+
 @pytest.mark.slow
 def test_bench_sdxl_refiner_and_union_controlnet(make_weights, capsys):
     bench.main([str(make_weights("sdxl")), "--size", "128", "--steps", "4", "--runs", "1",

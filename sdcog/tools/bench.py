@@ -43,6 +43,23 @@ class Result:
         return {k: statistics.median(s[k] for s in self.stages) for k in self.stages[0]}
 
 
+# Named sets of defaults (explicit options still win).
+PRESETS = {
+    # What Cog's server adds to a prediction: our Generator in-process against the same request
+    # through the server, interleaved run by run. On tiny weights the model is bound by dispatch
+    # (Python and kernel launches), not arithmetic, as the full-size UNet is on a GPU: a per-step
+    # cost of the worker shows there, where on a CPU the arithmetic of a real model would hide it.
+    "server-gap": {
+        "paths": "generator,server",
+        "interleave": True,
+        "runs": 10,
+        "size": 512,
+        "steps": 50,
+        "cases": "txt2img,lora,controlnet,deepcache",
+    },  # fmt: skip
+}
+
+
 def open_path(setup: paths.Setup, path: str) -> object:
     """A path by name; generator:A+B is our Generator with SDCOG_FAST_PATH=A,B."""
     name, _, fast_path = path.partition(":")
@@ -127,6 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         "drifts; needs the memory of all paths)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="append the report (markdown) to this file")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help="server-gap: generator against server, interleaved, 10 runs, 512x512, 50 steps "
+        "(on tiny weights: the server's cost where dispatch, not arithmetic, bounds the model)",
+    )  # fmt: skip
+    args, _ = parser.parse_known_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
     args = parser.parse_args(argv)
 
     family = family_of(args.weights / "base")
