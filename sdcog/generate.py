@@ -46,6 +46,7 @@ class Generator:
     def __init__(self, weights_dir: Path, settings: Settings | None = None) -> None:
         """The model at weights_dir; settings (default: the environment's) for the rest."""
         self.weights_dir, self.settings = weights_dir, settings or Settings.from_env()
+        memory.reuse_freed_memory()
         setup = Timings(SETUP_STAGES, "setup")
         with setup.stage("pipelines"):
             self.pipelines = Pipelines.load(weights_dir, self.settings.fast_path)
