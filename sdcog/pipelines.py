@@ -192,6 +192,11 @@ def _quiet() -> Iterator[None]:
 
 
 def _prepare(pipe: DiffusionPipeline, fast_path: tuple[str, ...]) -> None:
+    # Inference only. Loading a LoRA (peft) turns requires_grad off in the layers it touches, and
+    # a compiled UNet's guards check it: off from the start, a LoRA request leaves them as found.
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
     # PyTorch's fused scaled-dot-product attention everywhere.
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
