@@ -9,7 +9,7 @@ CPU only fused_qkv is on by default):
   (loras.py), which writes them into the fused weights.
 Each keeps images within 2/255 (mean abs difference) of the plain path; tests check it.
 
-Opt in, at setup: SDCOG_COMPILE=1 compiles the UNets with torch.compile (torch_compile.py).
+Beside it, on CUDA by default: the UNets compiled (torch_compile.py; SDCOG_COMPILE).
 """
 
 import torch

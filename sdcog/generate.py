@@ -62,10 +62,14 @@ class Generator:
             self.ip_adapters = IPAdapters.load(
                 weights_dir, self.pipelines.family, self.pipelines.base
             )
-        with setup.stage("compile"):  # opt in: SDCOG_COMPILE
+        with setup.stage("compile"):  # on CUDA unless SDCOG_COMPILE=0
             refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
             mode = self.settings.compile_mode
-            torch_compile.compile_unets(base, refiner, self.pipelines.native_size, mode)
+            cache_dir = self.settings.compile_cache_dir or weights_dir / "compile-cache"
+            torch_compile.compile_unets(
+                base, refiner, self.pipelines.native_size, mode, cache_dir,
+                self.settings.fast_path, self.settings.compile_regional,
+            )  # fmt: skip
         self.patches = Patches(self.pipelines, self.cache, self.loras, self.ip_adapters, mode)
         print(setup.line())
         self.outputs = OutputFolders()

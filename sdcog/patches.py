@@ -50,7 +50,7 @@ class Patches:
         text_pipe = self.pipelines.base["txt2img"]
         loras, inversions, prompt = self._fetch(request, cancelled)
         plain = not loras and ip_adapter is None and request.deepcache_interval == 1
-        stack.enter_context(torch_compile.eager_unless(plain, self.compile_mode))
+        stack.enter_context(torch_compile.stance(plain, self.compile_mode))
         stack.enter_context(self.loras.applied(loras, cancelled))
         tokenizers = stack.enter_context(
             textual_inversions.applied(text_pipe, self.pipelines.family, inversions, cancelled)

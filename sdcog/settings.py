@@ -6,7 +6,9 @@ a tool or a test that wants other settings builds its own.
 |---|---|---|
 | WEIGHTS_DIR | weights_dir | weights/ beside predict.py |
 | SDCOG_FAST_PATH | fast_path | all on CUDA; fused_qkv on a CPU (fast_path.py) |
-| SDCOG_COMPILE | compile_mode | off; 1: torch.compile's default mode, or a mode's name |
+| SDCOG_COMPILE | compile_mode | default mode on CUDA, off on a CPU; 0 off, 1 default, or a mode |
+| SDCOG_COMPILE_SCOPE | compile_regional | full; regional: the UNets' repeated blocks only |
+| SDCOG_COMPILE_CACHE | compile_cache_dir | compile-cache/ in the weights folder |
 | ALLOW_PRIVATE_URLS | private_networks | none; 1: all; or a comma-separated list of networks |
 | ALLOW_LOCAL_INPUT_PATHS | local_input_paths | off; 1: file inputs may be server paths |
 | ADAPTER_CACHE_DIR | adapter_cache_dir | sdcog-adapters in the temporary folder |
@@ -34,7 +36,9 @@ TOKEN_VARIABLES = ("HF_TOKEN", "CIVITAI_TOKEN")
 class Settings:
     weights_dir: Path = DEFAULT_WEIGHTS_DIR
     fast_path: tuple[str, ...] = field(default_factory=fast_path.choose)
-    compile_mode: str | None = None
+    compile_mode: str | None = field(default_factory=torch_compile.mode)
+    compile_regional: bool = False
+    compile_cache_dir: Path | None = None  # None: compile-cache/ in the weights folder
     private_networks: netguard.Networks = ()
     local_input_paths: bool = False
     adapter_cache_dir: Path = field(
@@ -59,6 +63,8 @@ class Settings:
             weights_dir=Path(given("WEIGHTS_DIR") or defaults.weights_dir),
             fast_path=fast_path.choose(given("SDCOG_FAST_PATH")),
             compile_mode=torch_compile.mode(given("SDCOG_COMPILE")),
+            compile_regional=torch_compile.scope(given("SDCOG_COMPILE_SCOPE")) == "regional",
+            compile_cache_dir=Path(cache) if (cache := given("SDCOG_COMPILE_CACHE")) else None,
             private_networks=netguard.networks(given("ALLOW_PRIVATE_URLS")),
             local_input_paths=given("ALLOW_LOCAL_INPUT_PATHS") == "1",
             adapter_cache_dir=Path(given("ADAPTER_CACHE_DIR") or defaults.adapter_cache_dir),
