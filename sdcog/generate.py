@@ -25,7 +25,7 @@ from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .ip_adapters import IPAdapters
 from .loras import WarmLoras
-from .outputs import Generation, OutputFolders
+from .outputs import Encoding, Generation, OutputFolders
 from .patches import Patches
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
@@ -176,11 +176,13 @@ class Generator:
         if picture:  # after the watermark, which marks what was generated and nothing else
             results = [(s, picture.paste(image)) for s, image in results]
         flagged: list[int] = []
-        if not request.disable_safety_checker:
-            with timings.stage("safety"):
-                results, flagged = self.safety.keep_unflagged(results)
-        with timings.stage("encode"):
-            outputs = self.outputs.save(results, request.output_format, request.output_quality)
+        # Encoded while the safety checker runs: encoding is off the critical path.
+        with Encoding(results, request.output_format, request.output_quality) as encoding:
+            if not request.disable_safety_checker:
+                with timings.stage("safety"):
+                    results, flagged = self.safety.keep_unflagged(results)
+            with timings.stage("encode"):
+                outputs = self.outputs.save(encoding, [seed for seed, _ in results])
         print(timings.line())
         counts = {name: (state.reused, state.total) for name, state in patched.deepcache.items()}
         return Generation(outputs, flagged, timings.milliseconds, counts)

@@ -1,5 +1,6 @@
 """Image inputs and outputs: decoding, sizing, and encoding to files."""
 
+import io
 import math
 from pathlib import Path
 from typing import IO
@@ -87,13 +88,20 @@ def output_size(
     return snap(image.width * scale), snap(image.height * scale)
 
 
-def save_image(image: Image.Image, path: Path, output_format: str, quality: int) -> Path:
-    """Write one output; quality applies to the lossy formats only."""
-    extension, pil_format, options = FORMATS[output_format]
-    path = path.with_suffix(f".{extension}")
+def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
+    """One output's file content; quality applies to the lossy formats only."""
+    _, pil_format, options = FORMATS[output_format]
     if pil_format != "PNG":
         options = {**options, "quality": quality}
-    image.save(path, format=pil_format, **options)
+    buffer = io.BytesIO()
+    image.save(buffer, format=pil_format, **options)
+    return buffer.getvalue()
+
+
+def save_image(image: Image.Image, path: Path, output_format: str, quality: int) -> Path:
+    """Write one output, its extension added to `path`."""
+    path = path.with_suffix(f".{FORMATS[output_format][0]}")
+    path.write_bytes(encode_image(image, output_format, quality))
     return path
 
 

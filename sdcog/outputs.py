@@ -36,6 +36,29 @@ class Generation:
         return [output.path for output in self.outputs]
 
 
+class Encoding:
+    """A prediction's images encoded in the background, one thread per core (the encoders
+    release the GIL), while the safety checker looks at them: only the kept ones are written.
+    As a context manager, what is still queued is dropped when it closes."""
+
+    def __init__(self, results: list[tuple[int, Image.Image]], fmt: str, quality: int) -> None:
+        self.fmt = fmt
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self._jobs = {
+            seed: self._pool.submit(images.encode_image, image, fmt, quality)
+            for seed, image in results
+        }
+
+    def content(self, seed: int) -> bytes:
+        return self._jobs[seed].result()
+
+    def __enter__(self) -> "Encoding":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class OutputFolders:
     """Cog reads a prediction's files after it returns, while the next one (another slot) may
     already be running: the folders of the last SLOTS predictions are kept."""
@@ -43,20 +66,19 @@ class OutputFolders:
     def __init__(self) -> None:
         self.folders: deque[Path] = deque()
 
-    def save(self, results: list[tuple[int, Image.Image]], fmt: str, quality: int) -> list[Output]:
-        """(seed, image) pairs as files named out-<index>-seed<seed>-<token>.<ext>."""
+    def save(self, encoding: Encoding, seeds: list[int]) -> list[Output]:
+        """The images of these seeds, in this order, as files named
+        out-<index>-seed<seed>-<token>.<ext>."""
         # With one prediction per slot, the folder from SLOTS predictions ago is done with.
         while len(self.folders) >= runner.SLOTS:
             shutil.rmtree(self.folders.popleft(), ignore_errors=True)
         folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
         self.folders.append(folder)
         token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
-
-        def save(index: int, seed: int, image: Image.Image) -> Output:
-            name = folder / protocol.output_name(index, seed, token)
-            return Output(index, seed, images.save_image(image, name, fmt, quality))
-
-        # The encoders release the GIL: one thread per core encodes the outputs side by side.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            jobs = [pool.submit(save, i, seed, image) for i, (seed, image) in enumerate(results)]
-            return [job.result() for job in jobs]
+        extension = images.FORMATS[encoding.fmt][0]
+        outputs = []
+        for index, seed in enumerate(seeds):
+            path = (folder / protocol.output_name(index, seed, token)).with_suffix(f".{extension}")
+            path.write_bytes(encoding.content(seed))
+            outputs.append(Output(index, seed, path))
+        return outputs

@@ -1,11 +1,12 @@
 """The generator in-process on tiny weights: what the server tests cannot observe directly."""
 
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from sdcog import generate
+from sdcog import generate, images
 from sdcog.generate import Generator
 from sdcog.request import ControlSlot, Request
 from sdcog.runner import SLOTS
@@ -143,3 +144,26 @@ def test_checks_run_before_any_download_or_annotator(
         generator(request)
     assert file_server.count(lora.rsplit("/", 1)[1]) == 0
     assert annotators.calls == 0
+
+
+def test_outputs_are_encoded_while_the_safety_checker_runs(generator, monkeypatch):
+    """Encoding is off the critical path: it has begun before the checker returns, and only
+    the kept images are written."""
+    encoding = threading.Event()
+    real_encode, real_check = images.encode_image, generator.safety.keep_unflagged
+    monkeypatch.setattr(images, "encode_image",
+                        lambda *args: encoding.set() or real_encode(*args))  # fmt: skip
+
+    def check(results):
+        overlapped.append(encoding.wait(timeout=30))  # the checker waits for the encoder
+        kept, flagged = real_check(results)
+        return kept[1:], [results[0][0], *flagged]  # the first image left out, as if flagged
+
+    overlapped: list[bool] = []
+    monkeypatch.setattr(generator.safety, "keep_unflagged", check)
+    generation = generator(Request(prompt="x", num_outputs=3, num_inference_steps=2,
+                                   width=128, height=128, seed=5))  # fmt: skip
+    assert overlapped == [True]
+    assert [(o.index, o.seed) for o in generation.outputs] == [(0, 6), (1, 7)]
+    assert sorted(p.name.split("-")[2] for p in generation.paths[0].parent.iterdir()) == [
+        "seed6", "seed7"]  # fmt: skip
