@@ -38,7 +38,6 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import DiffusionPipeline
-from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 
 def mode(value: str | None = None, cuda: bool | None = None) -> str | None:
@@ -137,6 +136,10 @@ def _compile(
 ) -> None:
     """Compile and warm up in a temporary inductor folder, a copy of `source` if given; save
     the folder as `snapshot` when compiled from scratch."""
+    # Inductor's own switch of its folder (it sets TORCHINDUCTOR_CACHE_DIR for the block). A
+    # private module: imported here, so a torch without it fails the compile, not the import.
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
     with tempfile.TemporaryDirectory(prefix="sdcog-inductor-") as workdir:
         inductor = Path(workdir) / "inductor"
         if source is not None:
