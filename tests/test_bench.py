@@ -1,7 +1,11 @@
 """script/bench on tiny weights: every path and case runs, our image is diffusers' own, and the
 report carries ratios, stage timings, setup and memory."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -99,3 +103,20 @@ def test_gpu_clocks_are_read_from_nvidia_smi(tmp_path, monkeypatch):
     assert "--query-gpu=clocks.sm,clocks.max.sm" in (tmp_path / "args").read_text()
     line = bench.paths.gpu_clocks([reading, reading])
     assert line.startswith("before: 1980 MHz") and "; after: 1980 MHz" in line
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_gpu_bench_dry_run_on_tiny_weights(tmp_path):
+    """script/gpu-bench, the device call's script, runs here on tiny weights (TINY=1)."""
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "W": str(tmp_path / "w"), "TINY": "1",
+           "PYTHON": sys.executable, "PARTS": "sd-gap",
+           "BENCH_EXTRA": "--size 128 --steps 2 --runs 1 --cases txt2img"}  # fmt: skip
+    run = subprocess.run(["bash", "script/gpu-bench"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "rc 0" in run.stdout and "] done" in run.stdout
+    report = (tmp_path / "out" / "gap-sd.md").read_text()
+    assert re.search(r"Server / in-process \(generator\): txt2img [\d.]+x", report)
+    assert "torch" in (tmp_path / "out" / "env.txt").read_text()
