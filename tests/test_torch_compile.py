@@ -3,6 +3,7 @@ the eager model; inductor's folder saved once and copied by the next setup; a br
 replaced; two processes compiling at once; a compile that fails leaves setup eager; requests that
 patch the UNet or change its shapes run it eagerly, never compiling inside a request."""
 
+import io
 import re
 import shutil
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ServerUnderTest, decode_output
+from loopback import dead_proxy_env
 from PIL import Image
 from torch._dynamo.utils import counters
 
@@ -181,6 +184,31 @@ def test_regional_compiles_the_repeated_blocks_only(make_weights, tmp_path, caps
     [saved] = tmp_path.iterdir()
     assert saved.name.startswith("unets-regional-default-512-")
     assert np.abs(pixels(regional) - pixels(Generator(make_weights("sd")))).mean() <= 2
+
+
+@pytest.mark.server
+def test_compiled_through_cogs_server_cold_then_warm(compiled, make_weights, tmp_path):
+    """Compiled in the worker's setup and run in its prediction thread: the image is the
+    in-process compiled UNet's (not the eager one's); the second server copies the saved folder.
+    Another size still runs (eagerly)."""
+    eager = pixels(Generator(make_weights("sd")))
+    assert not np.array_equal(eager, pixels(compiled))  # so the image tells which code ran
+    cache = tmp_path / "cache"
+    env = {"SDCOG_COMPILE": "1", "SDCOG_COMPILE_CACHE": str(cache), **dead_proxy_env()}
+    for run in ("cold", "warm"):
+        server = ServerUnderTest(make_weights("sd"), tmp_path / f"{run}.log", "sd", env)
+        try:
+            [uri] = server.predict(prompt="a cat", **SMALL)["output"]
+            other = server.predict(prompt="a cat", **{**SMALL, "width": 128, "height": 192})
+        finally:
+            server.stop()
+        image = np.asarray(Image.open(io.BytesIO(decode_output(uri))), dtype=np.float64)
+        assert np.array_equal(image[None], pixels(compiled)), run
+        assert other["status"] == "succeeded"
+        log = (tmp_path / f"{run}.log").read_text()
+        [saved] = cache.iterdir()
+        origin = "from scratch" if run == "cold" else f"from {saved},"
+        assert f"compiled the UNets (default) {origin}" in log, log[-2000:]
 
 
 def test_modes():
