@@ -72,8 +72,11 @@ def snapshot_path(
         machine = [torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)]
     else:
         machine = [platform.machine(), platform.processor()]
+    # The architecture, not where its files lie: the same build mounted elsewhere (cog predict
+    # mounts the project at /src, as the image has it) finds its folder.
+    unets = [{k: v for k, v in pipe.unet.config.items() if k != "_name_or_path"} for pipe in pipes]
     key = {
-        "unets": [dict(pipe.unet.config) for pipe in pipes], "dtype": str(pipes[0].dtype),
+        "unets": unets, "dtype": str(pipes[0].dtype),
         "mode": chosen, "size": size, "device": machine, "torch": torch.__version__,
         "diffusers": diffusers.__version__, **key_extra,
     }  # fmt: skip

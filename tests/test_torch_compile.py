@@ -100,6 +100,16 @@ def test_saved_once_then_loaded_by_the_next_setup(compiled, make_weights, cache,
     assert np.array_equal(pixels(again), pixels(compiled))
 
 
+def test_the_saved_folder_is_found_from_another_weights_folder(compiled, make_weights, cache,
+                                                              tmp_path, capsys):  # fmt: skip
+    """Named for the architecture, not the path: a copy of the weights finds the same folder."""
+    moved = tmp_path / "weights"
+    shutil.copytree(make_weights("sd"), moved)
+    [saved] = cache.iterdir()
+    fresh_setup(moved, cache)
+    assert f"compiled the UNets (default) from {saved}," in capsys.readouterr().out
+
+
 def test_a_broken_saved_folder_is_replaced(compiled, make_weights, cache, tmp_path, capsys):
     """Truncated kernels, as two processes sharing inductor's folder once left: the compile
     from the saved folder fails, the one from scratch replaces it."""
