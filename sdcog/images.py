@@ -1,4 +1,4 @@
-"""Image inputs and outputs: decoding, sizing, and encoding to files."""
+"""Image inputs and outputs: decoding, sizing, and encoding."""
 
 import io
 import math
@@ -98,11 +98,8 @@ def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def save_image(image: Image.Image, path: Path, output_format: str, quality: int) -> Path:
-    """Write one output, its extension added to `path`."""
-    path = path.with_suffix(f".{FORMATS[output_format][0]}")
-    path.write_bytes(encode_image(image, output_format, quality))
-    return path
+def extension(output_format: str) -> str:
+    return FORMATS[output_format][0]
 
 
 def read_inputs(request: Request) -> tuple[Image.Image | None, Image.Image | None]:

@@ -75,7 +75,7 @@ class OutputFolders:
         folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
         self.folders.append(folder)
         token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
-        extension = images.FORMATS[encoding.fmt][0]
+        extension = images.extension(encoding.fmt)
         outputs = []
         for index, seed in enumerate(seeds):
             path = (folder / protocol.output_name(index, seed, token)).with_suffix(f".{extension}")
