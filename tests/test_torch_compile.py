@@ -197,14 +197,15 @@ def test_regional_compiles_the_repeated_blocks_only(make_weights, tmp_path, caps
 
 
 @pytest.mark.server
-def test_compiled_through_cogs_server_cold_then_warm(compiled, make_weights, tmp_path):
-    """Compiled in the worker's setup and run in its prediction thread: the image is the
-    in-process compiled UNet's (not the eager one's); the second server copies the saved folder.
-    Another size still runs (eagerly)."""
-    eager = pixels(Generator(make_weights("sd")))
-    assert not np.array_equal(eager, pixels(compiled))  # so the image tells which code ran
+def test_compiled_through_cogs_server_cold_then_warm(make_weights, tmp_path):
+    """Compiled in the worker's setup and run in its prediction thread: the image is within
+    tolerance of the eager model's but not the eager image itself (which a server running the
+    UNet eagerly would give bit for bit); the second server copies the saved folder and gives
+    the same image. Another size still runs (eagerly)."""
+    eager = pixels(Generator(make_weights("sd")))[0]
     cache = tmp_path / "cache"
     env = {"SDCOG_COMPILE": "1", "SDCOG_COMPILE_CACHE": str(cache), **dead_proxy_env()}
+    served = []
     for run in ("cold", "warm"):
         server = ServerUnderTest(make_weights("sd"), tmp_path / f"{run}.log", "sd", env)
         try:
@@ -212,13 +213,15 @@ def test_compiled_through_cogs_server_cold_then_warm(compiled, make_weights, tmp
             other = server.predict(prompt="a cat", **{**SMALL, "width": 128, "height": 192})
         finally:
             server.stop()
-        image = np.asarray(Image.open(io.BytesIO(decode_output(uri))), dtype=np.float64)
-        assert np.array_equal(image[None], pixels(compiled)), run
+        served.append(np.asarray(Image.open(io.BytesIO(decode_output(uri))), dtype=np.float64))
         assert other["status"] == "succeeded"
         log = (tmp_path / f"{run}.log").read_text()
         [saved] = cache.iterdir()
         origin = "from scratch" if run == "cold" else f"from {saved},"
         assert f"compiled the UNets (default) {origin}" in log, log[-2000:]
+    cold, warm = served
+    assert np.array_equal(cold, warm)
+    assert not np.array_equal(cold, eager) and np.abs(cold - eager).mean() <= 2
 
 
 def test_modes():
