@@ -4,7 +4,7 @@ glibc serves large allocations (above a threshold that adapts up to 32 MB) with 
 the system and returns them when freed, and trims its heap as soon as its free top grows. A
 ControlNet's activations at the image's full resolution are allocated and freed at every step,
 so each step faults in zeroed pages again: on a CPU, a tiny SD ControlNet request at 512x512 took
-1.26 million page faults and 3.5 s on the main thread, 23 thousand and 2.3 s once freed memory
+1.26 million page faults and 3.5 s on the main thread, 29 thousand and 2.5 s once freed memory
 stays in the heap (reuse_freed_memory, at setup).
 
 After the request, the heap's free pages go back (give_back): otherwise the server's RSS would

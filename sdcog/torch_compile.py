@@ -63,7 +63,12 @@ def scope(value: str | None = None) -> str:
 
 
 def snapshot_path(
-    folder: Path, pipes: list[DiffusionPipeline], chosen: str, size: int, key_extra: dict
+    folder: Path,
+    pipes: list[DiffusionPipeline],
+    chosen: str,
+    size: int,
+    fast_path: tuple[str, ...],
+    regional: bool,
 ) -> Path:
     """The saved inductor folder for these UNets compiled this way, on this device and these
     versions."""
@@ -77,11 +82,11 @@ def snapshot_path(
     unets = [{k: v for k, v in pipe.unet.config.items() if k != "_name_or_path"} for pipe in pipes]
     key = {
         "unets": unets, "dtype": str(pipes[0].dtype),
-        "mode": chosen, "size": size, "device": machine, "torch": torch.__version__,
-        "diffusers": diffusers.__version__, **key_extra,
+        "mode": chosen, "size": size, "fast_path": sorted(fast_path), "scope": SCOPES[regional],
+        "device": machine, "torch": torch.__version__, "diffusers": diffusers.__version__,
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    return folder / f"unets-{key_extra['scope']}-{chosen}-{size}-{digest[:16]}"
+    return folder / f"unets-{SCOPES[regional]}-{chosen}-{size}-{digest[:16]}"
 
 
 def compile_unets(
@@ -107,8 +112,7 @@ def compile_unets(
         latents = torch.zeros(shape, device=refiner.device, dtype=refiner.dtype)
         warm_ups.append((refiner, {"image": latents, "strength": 1.0}))
     pipes = [pipe for pipe, _ in warm_ups]
-    key_extra = {"fast_path": sorted(fast_path), "scope": SCOPES[regional]}
-    snapshot = snapshot_path(cache_folder, pipes, chosen, size, key_extra)
+    snapshot = snapshot_path(cache_folder, pipes, chosen, size, fast_path, regional)
     saved = snapshot.is_dir()
     for source in [snapshot, None] if saved else [None]:
         try:

@@ -170,11 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name in chosen:
             start = time.perf_counter()
-            runners[name] = open_path(setup, name)
+            runner = open_path(setup, name)
             setups[name] = time.perf_counter() - start
-            if args.interleave:
+            if args.interleave:  # closed by the outer finally, after every path has run
+                runners[name] = runner
                 continue
-            runner = runners.pop(name)
             try:
                 results[name] = {}
                 for case in cases:
