@@ -26,7 +26,7 @@ def faults_of_one_step():
     with torch.no_grad():
         torch.nn.functional.silu(conv(x) + x)  # 16 MB results, allocated and freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults = [faults_of_one_step() for _ in range(6)]
+faults = [faults_of_one_step() for _ in range(10)]
 held = torch.ones(64 * 2**20); del held  # 256 MB freed into the heap
 before_trim = psutil.Process().memory_info().rss
 memory.give_back()
@@ -44,6 +44,8 @@ def test_freed_memory_is_reused_and_given_back_at_the_end():
     default, reused = probe("default"), probe("reuse")
     # glibc's default: steps fault in fresh pages for their results (16 MB: 4096 pages
     # each); reused, the steps after the first two fault in none.
-    assert sum(default["faults"][2:]) >= 2 * 4096
-    assert reused["faults"][2:] == [0, 0, 0, 0]
+    # glibc's own threshold adapts, so which steps fault varies from run to run (seen: every
+    # step, every other one, only the last of six): over eight steps, at least one result's worth.
+    assert sum(default["faults"][2:]) >= 4096
+    assert reused["faults"][2:] == [0] * 8
     assert reused["trimmed"] > 200 * 2**20  # the freed 256 MB go back at give_back()
