@@ -19,8 +19,8 @@ from diffusers import ControlNetModel, ControlNetUnionModel, ModelMixin
 from PIL import Image
 
 from .annotators import Annotators
+from .control_slots import ControlSlot
 from .downloads import AdapterCache
-from .request import ControlSlot
 
 # kind -> the pin entry of a ControlNet trained for it (openpose's serves openpose_face too).
 KIND_ENTRIES = {

@@ -20,39 +20,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import requests
 
-from . import netguard, transfer
+from . import transfer
 from .filechecks import CHECKS, PICKLE_SUFFIXES
+from .references import AIR, REPO, check_reference, origin
 from .settings import Settings
 
 CHUNK = 1 << 16
-REPO = re.compile(r"[\w.-]+/[\w.-]+")
 PREFERRED = "pytorch_lora_weights.safetensors"
 # A diffusers model's weight files, in order of preference.
 MODEL_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
-# civitai's AIR ids, short (Runware's) or as a URN: civitai:<model id>@<version id>
-AIR = re.compile(r"(?:urn:air:[\w.-]+:[\w.-]+:)?civitai:(?P<model>\d+)@(?P<version>\d+)")
 DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8'')?"?([^";]+)"?""", re.I)
-
-
-def check_reference(reference: str, input_name: str) -> None:
-    """Refuse, before anything is fetched, a reference of no known form: an http(s) URL that
-    parses cleanly (netguard) and names no pickle, an AIR id, or a Hugging Face owner/repo."""
-    if reference.startswith(("https://", "http://")):
-        netguard.parse(reference, input_name)
-        if urlsplit(reference).path.lower().endswith(PICKLE_SUFFIXES):
-            raise ValueError(
-                f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
-                "files are never loaded); give a .safetensors file"
-            )
-    elif not (AIR.fullmatch(reference) or REPO.fullmatch(reference)):
-        raise ValueError(
-            f"{input_name}: {reference[:200]!r} is neither an http(s) URL, a civitai AIR id "
-            "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
-        )
 
 
 class AdapterCache:
@@ -187,7 +168,7 @@ class AdapterCache:
     def _url(self, reference: str, input_name: str, stop: threading.Event | None = None) -> str:
         check_reference(reference, input_name)
         if reference.startswith(("https://", "http://")):
-            if _origin(reference) == ("https", "civitai.com"):  # CIVITAI_ENDPOINT: a mirror
+            if origin(reference) == ("https", "civitai.com"):  # CIVITAI_ENDPOINT: a mirror
                 return self.civitai + reference.removeprefix("https://civitai.com")
             return reference
         if air := AIR.fullmatch(reference):
@@ -246,8 +227,8 @@ class AdapterCache:
 
     def _token_variable(self, url: str) -> str | None:
         """The token a host gets, if it is one that takes one."""
-        hosts = {_origin(self.endpoint): "HF_TOKEN", _origin(self.civitai): "CIVITAI_TOKEN"}
-        return hosts.get(_origin(url))
+        hosts = {origin(self.endpoint): "HF_TOKEN", origin(self.civitai): "CIVITAI_TOKEN"}
+        return hosts.get(origin(url))
 
     def _headers(self, url: str) -> dict[str, str]:
         """A token for its own host only: HF_TOKEN to Hugging Face, CIVITAI_TOKEN to civitai."""
@@ -291,11 +272,6 @@ class AdapterCache:
 
     def _save_index(self) -> None:
         self.index_path.write_text(json.dumps(self.index, indent=1))
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc.lower()
 
 
 def _content_length(response: requests.Response) -> int:

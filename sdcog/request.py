@@ -3,100 +3,24 @@
 import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from . import netguard
-from .downloads import check_reference
+from .control_slots import CONTROL_SLOTS, ControlSlot, typed
 from .inversions import parse_inversion
 from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
+from .references import check_reference
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark", "replicate_weights")
 # lora_scale when not given: for lora_weights, and for replicate_weights (Replicate's default)
 LORA_SCALE, REPLICATE_SCALE = 1.0, 0.6
 
-# The control kinds predict() offers, and its numbered ControlNet slots (controlnet_1_* ...).
-CONTROL_KINDS = (
-    "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble", "tile",
-)  # fmt: skip
-CONTROL_SLOTS = 3
 # Inputs that are files: each must be one Cog downloaded (see netguard.input_file).
 FILE_INPUTS = (
     "image", "mask", "ip_adapter_image",
     *(f"controlnet_{n}_image" for n in range(1, CONTROL_SLOTS + 1)),
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ControlSlot:
-    """One ControlNet of a request: predict()'s controlnet_N, controlnet_N_image, ..."""
-
-    number: int
-    kind: str
-    image: Path
-    conditioning_scale: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    preprocess: bool = True
-    model: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.model is not None:
-            check_reference(self.model, f"{self.name}_model")
-        if self.kind not in CONTROL_KINDS:
-            raise ValueError(f"{self.name}: {self.kind!r} is not one of {', '.join(CONTROL_KINDS)}")
-        if not 0 <= self.start < self.end <= 1:
-            raise ValueError(
-                f"{self.name}_start: must be below {self.name}_end, both from 0 to 1 (got "
-                f"{self.start} and {self.end})"
-            )
-
-    @property
-    def name(self) -> str:
-        return f"controlnet_{self.number}"
-
-    @classmethod
-    def from_inputs(cls, number: int, inputs: dict[str, Any]) -> "ControlSlot | None":
-        """Slot `number` from predict()'s arguments, by name; None when the slot is unused."""
-        name = f"controlnet_{number}"
-        kind = inputs.get(name, "none")
-        values = {
-            f.name: value
-            for f in fields(cls)
-            if (value := inputs.get(f"{name}_{f.name}")) is not None
-        }
-        if kind == "none":
-            for extra in ("image", "model"):
-                if extra in values:
-                    raise ValueError(
-                        f"{name}_{extra}: given without a control kind; set {name} to one of "
-                        f"{', '.join(CONTROL_KINDS)}"
-                    )
-            return None
-        if "image" not in values:
-            raise ValueError(f"{name}: {kind} needs an image; give {name}_image")
-        return cls(number=number, kind=kind, **_typed(cls, values))
-
-
-def _typed(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """JSON numbers as the fields' types. Cog hands a float input sent as 1 over as an int, and
-    diffusers rejects an int scale; JSON Schema counts 2.0 as an integer, and Python's range()
-    rejects it. Lists become tuples (the dataclasses are frozen)."""
-    types = {f.name: f.type for f in fields(cls)}
-    typed = dict(values)
-    for key, value in values.items():
-        kinds = (types[key], *get_args(types[key]))
-        if value is None:
-            continue
-        if float in kinds:
-            typed[key] = tuple(map(float, value)) if isinstance(value, list) else float(value)
-        elif int in kinds and isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"{key}: must be a whole number (got {value})")
-            typed[key] = int(value)
-        elif isinstance(value, list):
-            typed[key] = tuple(value)
-    return typed
 
 
 @dataclass(frozen=True)
@@ -166,7 +90,7 @@ class Request:
         names = {f.name for f in fields(cls)}
         controlnets = (ControlSlot.from_inputs(n, inputs) for n in range(1, CONTROL_SLOTS + 1))
         return cls(
-            **_typed(cls, {k: v for k, v in inputs.items() if k in names}),
+            **typed(cls, {k: v for k, v in inputs.items() if k in names}),
             controlnets=tuple(slot for slot in controlnets if slot is not None),
         )
 

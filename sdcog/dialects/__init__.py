@@ -18,8 +18,8 @@ from typing import Any
 
 import jsonschema
 
+from ..control_slots import CONTROL_KINDS
 from ..pins import PIN_FILE, read_pins
-from ..request import CONTROL_KINDS
 
 HERE = Path(__file__).parent
 # Names users write for the same weights a pin fetches (the repository moved or was renamed).

@@ -1,0 +1,34 @@
+"""The forms a reference to weights may take, checked before anything is fetched: an http(s) URL
+(civitai's `api/download/models/<id>` included), a civitai AIR id (`civitai:<model>@<version>`,
+short as Runware writes it or as a URN), or a Hugging Face repository `owner/repo`."""
+
+import re
+from urllib.parse import urlsplit
+
+from . import netguard
+from .filechecks import PICKLE_SUFFIXES
+
+REPO = re.compile(r"[\w.-]+/[\w.-]+")
+AIR = re.compile(r"(?:urn:air:[\w.-]+:[\w.-]+:)?civitai:(?P<model>\d+)@(?P<version>\d+)")
+
+
+def check_reference(reference: str, input_name: str) -> None:
+    """Refuse, before anything is fetched, a reference of no known form: an http(s) URL that
+    parses cleanly (netguard) and names no pickle, an AIR id, or a Hugging Face owner/repo."""
+    if reference.startswith(("https://", "http://")):
+        netguard.parse(reference, input_name)
+        if urlsplit(reference).path.lower().endswith(PICKLE_SUFFIXES):
+            raise ValueError(
+                f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
+                "files are never loaded); give a .safetensors file"
+            )
+    elif not (AIR.fullmatch(reference) or REPO.fullmatch(reference)):
+        raise ValueError(
+            f"{input_name}: {reference[:200]!r} is neither an http(s) URL, a civitai AIR id "
+            "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
+        )
+
+
+def origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
