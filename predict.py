@@ -32,7 +32,7 @@ OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area 
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "a1111", "none"]
 IP_ADAPTERS = ["standard", "plus", "plus_face"]
-# "none", then sdcog.request.CONTROL_KINDS (a test keeps the two equal).
+# "none", then sdcog.control_slots.CONTROL_KINDS (a test keeps the two equal).
 CONTROLNETS = [
     "none", "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble",
     "tile",
@@ -45,6 +45,16 @@ CONTROL_END_HELP = "Fraction of the denoising at which the ControlNet stops acti
 CONTROL_PREPROCESS_HELP = (
     "Turn the image into the kind's control map first (edges, depth, pose...); false: the "
     "image already is one."
+)
+BASE_MODEL_HELP = (
+    "Optional: the model to draw with instead of this build's: a Hugging Face "
+    "owner/repo[@revision] in diffusers' layout, the URL of a single-file .safetensors "
+    "checkpoint, or a civitai AIR id (civitai:<model>@<version>). SD 1.x, 2.x or SDXL base; "
+    "cached once fetched."
+)
+VAE_HELP = (
+    "Optional: a VAE to decode with instead of the model's own, in the same forms as base_model "
+    "(a repository holding an AutoencoderKL, or a single-file .safetensors VAE)."
 )
 CONTROL_MODEL_HELP = (
     "Optional: another diffusers-format ControlNet for this slot, as Hugging Face owner/repo or "
@@ -270,6 +280,8 @@ class Predictor(BasePredictor):
         controlnet_3_end: float = Input(description=CONTROL_END_HELP, ge=0, le=1, default=1.0),
         controlnet_3_preprocess: bool = Input(description=CONTROL_PREPROCESS_HELP, default=True),
         controlnet_3_model: Optional[str] = Input(description=CONTROL_MODEL_HELP, default=None),
+        base_model: Optional[str] = Input(description=BASE_MODEL_HELP, default=None),
+        vae: Optional[str] = Input(description=VAE_HELP, default=None),
     ) -> list[Path]:
         # Every argument above, by name: sdcog.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}

@@ -50,7 +50,11 @@ def check_fits(config: dict, unet_config: Any, what: str) -> None:
         raise ValueError(
             f"{what} is a {str(kind)[:100]}, not a ControlNet (one of {', '.join(CLASSES)})"
         )
-    for key in ("cross_attention_dim", "addition_embed_type"):
+    for key in (
+        "cross_attention_dim",
+        "addition_embed_type",
+        "projection_class_embeddings_input_dim",
+    ):
         if config.get(key) != getattr(unet_config, key):
             raise ValueError(
                 f"{what} is a ControlNet for another model family ({key} {config.get(key)}, "
@@ -109,7 +113,7 @@ class Steering:
 
 class ControlNets:
     def __init__(self, weights_dir: Path, unet: Any, cache: AdapterCache) -> None:
-        self.unet_config = unet.config
+        self.family = "sdxl" if unet.config.addition_embed_type == "text_time" else "sd"
         self.dtype, self.device = unet.dtype, unet.device
         self.cache = cache
         entries = sorted({*KIND_ENTRIES.values(), UNION_ENTRY})
@@ -129,13 +133,14 @@ class ControlNets:
         slots: tuple[ControlSlot, ...],
         images: list[Image.Image],
         size: tuple[int, int],
+        unet_config: Any,
         stop: threading.Event | None = None,
     ) -> Steering | None:
-        """Models, modes and maps (at the output size) for the request's slots; `stop`, once
-        set, ends a model's download."""
+        """Models, modes and maps (at the output size) for the request's slots, on the model
+        whose UNet has `unet_config`; `stop`, once set, ends a model's download."""
         if not slots:
             return None
-        models, modes = zip(*(self._model(slot, stop) for slot in slots), strict=True)
+        models, modes = zip(*(self._model(slot, unet_config, stop) for slot in slots), strict=True)
         _check_mix(slots, modes)
         unions = [mode is not None for mode in modes]
         maps = [self._map(slot, image, size) for slot, image in zip(slots, images, strict=True)]
@@ -153,20 +158,24 @@ class ControlNets:
             ends=[slot.end for slot in slots],
         )
 
-    def check(self, slots: tuple[ControlSlot, ...]) -> None:
+    def check(self, slots: tuple[ControlSlot, ...], unet_config: Any) -> None:
         """What can be checked before any download or annotator: a pinned ControlNet serves
-        each slot that names no model of its own, and those run together."""
+        each slot that names no model of its own, fits the model whose UNet has `unet_config`
+        (a request's base_model may be of another family), and those run together."""
         pinned = [slot for slot in slots if not slot.model]
+        for slot in pinned:
+            what = f"{slot.name}: the build's {slot.kind} ControlNet"
+            check_fits(self._pinned(slot)[0].config, unet_config, what)
         _check_mix(pinned, [self._pinned(slot)[1] for slot in pinned])
 
     def _model(
-        self, slot: ControlSlot, stop: threading.Event | None
+        self, slot: ControlSlot, unet_config: Any, stop: threading.Event | None
     ) -> tuple[ModelMixin, int | None]:
         if not slot.model:
             return self._pinned(slot)
         folder = self.cache.fetch_model(slot.model, f"{slot.name}_model", stop)
         what = f"{slot.name}_model: {slot.model}"
-        model = load_controlnet(folder, self.unet_config, self.dtype, self.device, what)
+        model = load_controlnet(folder, unet_config, self.dtype, self.device, what)
         return model, self._union_mode(slot, model)
 
     def _pinned(self, slot: ControlSlot) -> tuple[ModelMixin, int | None]:
@@ -177,7 +186,7 @@ class ControlNets:
             model = self.pinned[UNION_ENTRY]
         else:
             entries = f"[{entry}]"
-            if self.unet_config.addition_embed_type == "text_time" and slot.kind in UNION_MODES:
+            if self.family == "sdxl" and slot.kind in UNION_MODES:
                 entries = f"[{UNION_ENTRY}] (or {entries})"  # SDXL
             raise ValueError(
                 f"{slot.name}: this build has no {slot.kind} ControlNet; pin {entries} in "

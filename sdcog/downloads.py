@@ -108,6 +108,14 @@ class AdapterCache:
             staging.rename(folder)
         return folder
 
+    def forget(self, reference: str) -> None:
+        """Drop a reference's file (a checkpoint once converted): it is fetched again if asked
+        for again."""
+        entry = self.index.pop(reference, None)
+        if entry and all(e["sha256"] != entry["sha256"] for e in self.index.values()):
+            self._path(entry["sha256"], entry.get("suffix")).unlink(missing_ok=True)
+        self._save_index()
+
     def _fetched(
         self,
         key: str,

@@ -1,5 +1,6 @@
 """Request -> pipeline -> images: one prediction from start to files on disk."""
 
+import functools
 import threading
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +24,9 @@ from . import (
 )
 from .controlnets import ControlNets
 from .downloads import AdapterCache
+from .families import Facts
 from .ip_adapters import IPAdapters
+from .loaded_models import LoadedModels, Model
 from .loras import WarmLoras
 from .outputs import Encoding, Generation, OutputFolders
 from .patches import Patches
@@ -70,7 +73,11 @@ class Generator:
                 base, refiner, self.pipelines.native_size, mode, cache_dir,
                 self.settings.fast_path, self.settings.compile_regional,
             )  # fmt: skip
-        self.patches = Patches(self.pipelines, self.cache, self.loras, self.ip_adapters, mode)
+        self.patches = Patches(self.cache, self.ip_adapters, mode)
+        vae = weights_dir / "vae" if (weights_dir / "vae/config.json").exists() else None
+        facts = Facts.of(weights_dir / "base", "base_model", "the build's model", vae)
+        pinned = Model("the build's model", self.pipelines, self.loras, facts, weights_dir / "base")
+        self.models = LoadedModels(pinned, self.ip_adapters, self.settings, weights_dir)
         print(setup.line())
         self.outputs = OutputFolders()
 
@@ -83,7 +90,7 @@ class Generator:
         except runner.PredictionCancelledError:
             failure = runner.PredictionCancelledError("cancelled")
         except Exception as e:
-            failure = errors.public(e, [self.weights_dir, self.cache.root])
+            failure = errors.public(e, [self.weights_dir, self.cache.root, self.models.files.root])
         # Raised here, outside the except blocks: what the caller keeps of a failure does not
         # hold the original's traceback, whose frames hold decoded images and tensors.
         memory.give_back()
@@ -93,45 +100,62 @@ class Generator:
 
     def check(self, request: Request) -> None:
         """Every check a request can fail that needs no download, decoding or annotator, as
-        diffusers' check_inputs: so none fails after work has been spent on it."""
-        request.check_supported(self.pipelines.family, self.pipelines.refiner is not None)
-        text_pipe = self.pipelines.base["txt2img"]
+        diffusers' check_inputs: so none fails after work has been spent on it. What depends
+        on a requested base_model runs in `fits`, before that model's weights are fetched."""
+        self.models.check(request)
+        text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
         for name in ("prompt", "negative_prompt"):
             prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)
         if request.ip_adapter_image:
             self.ip_adapters.check(request.ip_adapter)
-        self.controlnets.check(request.controlnets)
-        unets = [text_pipe.unet]
-        if request.refine != "no_refiner":
-            unets.append(self.pipelines.refiner["txt2img"].unet)
-        deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
-        if request.refine == "expert_ensemble_refiner":
+        if request.refine == "expert_ensemble_refiner" and self.pipelines.refiner:
             denoise.check_split(self.pipelines.refiner_scheduler(request.scheduler), request)
+
+    def fits(self, request: Request, model: Facts) -> None:
+        """The request against its model, from the model's configs: what only the build's
+        SDXL refiner does, and the build's ControlNets."""
+        request.check_supported(model.family.pipeline, self.pipelines.refiner is not None)
+        self.controlnets.check(request.controlnets, model.unet)
 
     def _generate(self, request: Request, cancelled: threading.Event | None) -> Generation:
         self.check(request)
+        fits = functools.partial(self.fits, request)
+        with self.models.chosen(request, fits, cancelled) as model:
+            return self._run(request, model, cancelled)
+
+    def _run(self, request: Request, model: Model, cancelled: threading.Event | None) -> Generation:
+        pipelines = model.pipelines
+        unet = pipelines.base["txt2img"].unet
+        if request.ip_adapter_image:
+            self.ip_adapters.check(request.ip_adapter, unet)
+        unets = [unet] + (
+            [pipelines.refiner["txt2img"].unet] if request.refine != "no_refiner" else []
+        )
+        deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
         timings = Timings()
         with timings.stage("read"):
             picture, image, mask, control_images, ip_image = self._read_images(request)
-        size = self._size(request, image or next(iter(control_images), None))
+        size = self._size(request, pipelines.native_size, image or next(iter(control_images), None))
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
         first = hires.first_size(size, request.hires_scale) if request.hires_scale > 1 else size
-        steering = self.controlnets.prepare(request.controlnets, control_images, first, cancelled)
+        steering = self.controlnets.prepare(
+            request.controlnets, control_images, first, unet.config, cancelled
+        )
         controlnet = steering.controlnet if steering else None
-        pipe = self.pipelines.get(request.mode, request.scheduler, controlnet)
+        pipe = pipelines.get(request.mode, request.scheduler, controlnet)
         if size[0] * size[1] > TILED_DECODE_PIXELS:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
         refiner = None
         if request.refine != "no_refiner":
-            refiner = self.pipelines.get_refiner(request.mode, request.scheduler)
+            refiner = pipelines.get_refiner(request.mode, request.scheduler)
         hires_fix = first != size
         stage = " (hires fix: first pass)" if hires_fix else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
         finish = (
-            self._second_pass(request, control_images, ip_image, size, cancelled)
+            self._second_pass(request, pipelines, control_images, ip_image, size, cancelled)
             if hires_fix
             else None
         )
@@ -145,14 +169,16 @@ class Generator:
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         stop = runner.stop_if_set(cancelled or threading.Event())
         results: list[tuple[int, Image.Image]] = []
-        text_pipe = self.pipelines.base["txt2img"]  # its components are every mode's
+        text_pipe = pipelines.base["txt2img"]  # its components are every mode's
         with ExitStack() as loaded:  # what the request changes: undone when it closes
             with timings.stage("adapters"):
-                patched = self.patches.applied(loaded, request, ip_adapter, refiner, cancelled)
+                patched = self.patches.applied(
+                    loaded, request, model, ip_adapter, refiner, cancelled
+                )
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(
-                    text_pipe, self.pipelines.family, patched.prompt, request.negative_prompt,
+                    text_pipe, pipelines.family, patched.prompt, request.negative_prompt,
                     request.prompt_weighting, request.clip_skip, patched.tokenizers,
                     refiner_zeros=zeros,
                 )  # fmt: skip
@@ -169,7 +195,7 @@ class Generator:
         for index, (output_seed, _) in enumerate(results):
             print(protocol.seed_line(index, output_seed))
 
-        if request.apply_watermark and self.pipelines.family == "sdxl":
+        if request.apply_watermark and pipelines.family == "sdxl":
             with timings.stage("watermark"):
                 marked = apply_watermark([image for _, image in results])
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
@@ -207,11 +233,11 @@ class Generator:
             ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
         return picture, image, mask, control_images, ip_image
 
-    def _size(self, request: Request, guide: Image.Image | None) -> tuple[int, int]:
+    @staticmethod
+    def _size(request: Request, native: int, guide: Image.Image | None) -> tuple[int, int]:
         """The size the pipeline runs at (hires fix: its second pass). Outpainting: the padded
         picture's; mask_margin: the crop's aspect at the native pixel count; else the request's,
         or from the image (or first control image) and the native size."""
-        native = self.pipelines.native_size
         if request.outpainting:
             return images.snap(guide.width), images.snap(guide.height)
         if request.mask_margin:
@@ -221,13 +247,17 @@ class Generator:
     def _second_pass(
         self,
         request: Request,
+        pipelines: Pipelines,
         control_images: list[Image.Image],
         ip_image: Image.Image | None,
         size: tuple[int, int],
         cancelled: threading.Event | None,
     ) -> hires.SecondPass:
-        steering = self.controlnets.prepare(request.controlnets, control_images, size, cancelled)
-        pipe = self.pipelines.get("img2img", request.scheduler, steering and steering.controlnet)
+        unet_config = pipelines.base["txt2img"].unet.config
+        steering = self.controlnets.prepare(
+            request.controlnets, control_images, size, unet_config, cancelled
+        )
+        pipe = pipelines.get("img2img", request.scheduler, steering and steering.controlnet)
         steps = request.hires_steps_run
         print(f"hires fix: second pass {size[0]}x{size[1]}, strength {request.hires_strength}, "
               f"{steps} steps")  # fmt: skip

@@ -60,11 +60,7 @@ class IPAdapters:
     def __init__(self, unet: UNet2DConditionModel, adapters: dict[str, _Adapter]) -> None:
         self.unet = unet
         self.adapters = adapters
-        self._own = (
-            dict(unet.attn_processors),
-            unet.encoder_hid_proj,
-            unet.config.encoder_hid_dim_type,
-        )
+        self.encoder: tuple[Any, Any] | None = None  # the image encoder and its processor
 
     @classmethod
     def load(
@@ -81,23 +77,33 @@ class IPAdapters:
         )
         size = encoder.config.image_size
         extractor = CLIPImageProcessor(size=size, crop_size=size)
-        for pipe in pipes.values():
-            pipe.register_modules(image_encoder=encoder, feature_extractor=extractor)
         ip_adapters = cls(unet, {})
+        ip_adapters.encoder = (encoder, extractor)
+        ip_adapters.share_encoder(pipes)
         for kind, name in FILES[family].items():
             if (folder / name).exists():
                 ip_adapters.add(kind, read_adapter(folder / name))
         print(f"IP-Adapters: {', '.join(ip_adapters.adapters) or 'none'}")
         return ip_adapters
 
+    def share_encoder(self, pipes: dict[str, DiffusionPipeline]) -> None:
+        """The image encoder on the pipelines of a model (the build's, or a request's)."""
+        if self.encoder is not None:
+            encoder, extractor = self.encoder
+            for pipe in pipes.values():
+                pipe.register_modules(image_encoder=encoder, feature_extractor=extractor)
+
     def add(self, kind: str, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """One adapter through diffusers' loader into the UNet, kept, and taken out again."""
+        own = _own(self.unet)
         self.unet._load_ip_adapter_weights([state])
         processors = dict(self.unet.attn_processors)
         self.adapters[kind] = _Adapter(processors, self.unet.encoder_hid_proj)
-        self._switch_off()
+        _restore(self.unet, own)
 
-    def check(self, kind: str) -> None:
+    def check(self, kind: str, unet: UNet2DConditionModel | None = None) -> None:
+        """The kind is pinned and fits `unet` (default: the build's): a request's base_model
+        of another family, or of another architecture, cannot take the build's adapters."""
         if not self.adapters:
             raise ValueError(
                 f"ip_adapter_image: this build has no IP-Adapter (pin [{ENTRY}] in "
@@ -109,28 +115,49 @@ class IPAdapters:
                 f"ip_adapter: {kind} is not pinned in this build (pinned: {pinned}; pin "
                 f"[{ENTRY}] with its file in weights/pins.toml)"
             )
+        if unet is not None and unet is not self.unet:
+            key = "cross_attention_dim"
+            if unet.config[key] != self.unet.config[key] or set(unet.attn_processors) != set(
+                self.adapters[kind].processors
+            ):
+                raise ValueError(
+                    "ip_adapter_image: the build's IP-Adapters are for its own model's family "
+                    f"({key} {self.unet.config[key]}); base_model's UNet differs "
+                    f"({key} {unet.config[key]}); leave ip_adapter_image out"
+                )
 
     @contextmanager
-    def applied(self, kind: str | None, scale: float) -> Iterator[None]:
-        """Kind `kind` at `scale` in the UNet for a with-block; None: nothing changes."""
+    def applied(
+        self, kind: str | None, scale: float, unet: UNet2DConditionModel | None = None
+    ) -> Iterator[None]:
+        """Kind `kind` at `scale` in `unet` (default: the build's) for a with-block; None:
+        nothing changes. The adapter's processors hold its weights and no reference to the UNet
+        they were made in, so one set serves every UNet of the same architecture."""
         if kind is None:
             yield
             return
-        self.check(kind)
-        adapter = self.adapters[kind]
+        unet = unet or self.unet
+        self.check(kind, unet)
+        adapter, own = self.adapters[kind], _own(unet)
         # The projection first: a resampler's own attention layers count among the processors.
-        self.unet.encoder_hid_proj = adapter.projection
-        self.unet.config.encoder_hid_dim_type = "ip_image_proj"
-        self.unet.set_attn_processor(dict(adapter.processors))  # it empties the dict it gets
+        unet.encoder_hid_proj = adapter.projection
+        unet.config.encoder_hid_dim_type = "ip_image_proj"
+        unet.set_attn_processor(dict(adapter.processors))  # it empties the dict it gets
         # diffusers' own setter; it needs only the UNet of the pipeline it belongs to.
-        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.unet), scale)
+        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=unet), scale)
         try:
             yield
         finally:
-            self._switch_off()
+            _restore(unet, own)
 
-    def _switch_off(self) -> None:
-        processors, projection, hid_dim_type = self._own
-        self.unet.encoder_hid_proj = projection
-        self.unet.config.encoder_hid_dim_type = hid_dim_type
-        self.unet.set_attn_processor(dict(processors))
+
+def _own(unet: UNet2DConditionModel) -> tuple[Any, ...]:
+    """What switching an adapter on changes in a UNet, to be put back."""
+    return dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+
+
+def _restore(unet: UNet2DConditionModel, own: tuple[Any, ...]) -> None:
+    processors, projection, hid_dim_type = own
+    unet.encoder_hid_proj = projection
+    unet.config.encoder_hid_dim_type = hid_dim_type
+    unet.set_attn_processor(dict(processors))

@@ -1,4 +1,4 @@
-"""What a request changes on the shared models for its own duration, undone when it ends: its
+"""What a request changes on its model for its own duration, undone when it ends: its
 LoRAs, its textual inversions (a Replicate fine-tune's too), the IP-Adapter, DeepCache, and
 whether compiled code runs. Every adapter file is fetched before any is loaded."""
 
@@ -14,8 +14,8 @@ from .downloads import AdapterCache
 from .filechecks import embedding_rows
 from .ip_adapters import IPAdapters
 from .limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
-from .loras import Lora, WarmLoras
-from .pipelines import Pipelines
+from .loaded_models import Model
+from .loras import Lora
 from .request import Request
 
 
@@ -28,34 +28,31 @@ class Patched:
 
 class Patches:
     def __init__(
-        self,
-        pipelines: Pipelines,
-        cache: AdapterCache,
-        loras: WarmLoras,
-        ip_adapters: IPAdapters,
-        compile_mode: str | None,
+        self, cache: AdapterCache, ip_adapters: IPAdapters, compile_mode: str | None
     ) -> None:
-        self.pipelines, self.cache, self.loras = pipelines, cache, loras
-        self.ip_adapters, self.compile_mode = ip_adapters, compile_mode
+        self.cache, self.ip_adapters, self.compile_mode = cache, ip_adapters, compile_mode
 
     def applied(
         self,
         stack: ExitStack,
         request: Request,
+        model: Model,
         ip_adapter: str | None,
         refiner: Any,
         cancelled: threading.Event | None,
     ) -> Patched:
-        """The request's patches on the shared models, each undone when `stack` closes."""
-        text_pipe = self.pipelines.base["txt2img"]
+        """The request's patches on its model, each undone when `stack` closes."""
+        text_pipe = model.pipelines.base["txt2img"]
         loras, inversions, prompt = self._fetch(request, cancelled)
         plain = not loras and ip_adapter is None and request.deepcache_interval == 1
         stack.enter_context(torch_compile.stance(plain, self.compile_mode))
-        stack.enter_context(self.loras.applied(loras, cancelled))
+        stack.enter_context(model.loras.applied(loras, cancelled))
         tokenizers = stack.enter_context(
-            textual_inversions.applied(text_pipe, self.pipelines.family, inversions, cancelled)
+            textual_inversions.applied(text_pipe, model.pipelines.family, inversions, cancelled)
         )
-        stack.enter_context(self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale))
+        stack.enter_context(
+            self.ip_adapters.applied(ip_adapter, request.ip_adapter_scale, text_pipe.unet)
+        )
         unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
         cache = stack.enter_context(
             deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)

@@ -94,6 +94,19 @@ class SingleFilePin:
             )
 
 
+# Names users write for the same weights a pin fetches (the repository moved or was renamed).
+ALIASES = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": {"runwayml/stable-diffusion-v1-5"},
+}
+
+
+def names(pin: Pin | SingleFilePin) -> tuple[str, ...]:
+    """Every name a request may give these weights by: the repository or URL first, then its
+    aliases and the AIR ids the pin lists."""
+    source = pin.repo if isinstance(pin, Pin) else pin.url
+    return (source, *sorted(ALIASES.get(source, ())), *pin.air)
+
+
 def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin]:
     with open(pin_file, "rb") as f:
         table = tomllib.load(f)

@@ -99,53 +99,75 @@ class Pipelines:
 
     @classmethod
     def load(cls, weights_dir: Path, fast_path: tuple[str, ...] = ()) -> "Pipelines":
-        """The model at weights_dir, with the fast path's optimisations (fast_path.py) applied."""
-        family = family_of(weights_dir / "base")
+        """The build's model at weights_dir (its vae/ and refiner/ pins too), with the fast
+        path's optimisations (fast_path.py) applied."""
+        vae = weights_dir / "vae" if (weights_dir / "vae/config.json").exists() else None
+        pipelines = cls.from_folder(weights_dir / "base", fast_path, vae=vae)
+        if pipelines.family == "sdxl" and (weights_dir / "refiner/model_index.json").exists():
+            pipelines._add_refiner(weights_dir / "refiner", fast_path)
+        return pipelines
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        fast_path: tuple[str, ...] = (),
+        vae: Path | None = None,
+        variant: str | None = None,
+    ) -> "Pipelines":
+        """A diffusers pipeline folder's three modes, without a refiner. `vae`: a folder whose
+        VAE replaces the pipeline's own; `variant`: the weights' ("fp16"), if not the plain."""
+        family = family_of(folder)
         device, dtype = device_and_dtype()
         # Straight to the device: no CPU copy of the weights on the way.
         local = {"dtype": dtype, "local_files_only": True, "device_map": device}
         if family == "sdxl":
             # The watermark is applied after the refiner, and only when asked for.
-            common = {**local, "add_watermarker": False}
-            base_only: dict[str, Any] = {}
+            extra: dict[str, Any] = {"add_watermarker": False}
         else:
-            common = local
             # The checker runs separately, so that flagged images can be left out alone.
-            base_only = {"safety_checker": None, "feature_extractor": None,
-                         "requires_safety_checker": False}  # fmt: skip
-        shared: dict[str, Any] = {}
-        if (weights_dir / "vae/config.json").exists():
-            shared["vae"] = AutoencoderKL.from_pretrained(weights_dir / "vae", **local)
+            extra = {"safety_checker": None, "feature_extractor": None,
+                     "requires_safety_checker": False}  # fmt: skip
+        if vae is not None:
+            extra["vae"] = AutoencoderKL.from_pretrained(vae, **local)
         txt2img = AutoPipelineForText2Image.from_pretrained(
-            weights_dir / "base", **base_only, **shared, **common
+            folder, variant=variant, **extra, **local
         )
         _prepare(txt2img, fast_path)
-        configs = {"base": dict(txt2img.scheduler.config)}
-
-        refiner = None
-        if family == "sdxl" and (weights_dir / "refiner/model_index.json").exists():
-            refine = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                weights_dir / "refiner",
-                vae=txt2img.vae,
-                text_encoder_2=txt2img.text_encoder_2,
-                tokenizer_2=txt2img.tokenizer_2,
-                **common,
-            )
-            _prepare(refine, fast_path)
-            refiner = {
-                "txt2img": refine,
-                "img2img": refine,
-                "inpaint": AutoPipelineForInpainting.from_pipe(refine),
-            }
-            configs["refiner"] = dict(refine.scheduler.config)
-
         return cls(
             family=family,
             base=_modes(txt2img),
-            refiner=refiner,
-            scheduler_configs=configs,
+            refiner=None,
+            scheduler_configs={"base": dict(txt2img.scheduler.config)},
             native_size=txt2img.unet.config.sample_size * txt2img.vae_scale_factor,
         )
+
+    def _add_refiner(self, folder: Path, fast_path: tuple[str, ...]) -> None:
+        """SDXL's refiner: its own UNet over the base's VAE and second text encoder."""
+        txt2img = self.base["txt2img"]
+        device, dtype = device_and_dtype()
+        refine = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            folder,
+            vae=txt2img.vae,
+            text_encoder_2=txt2img.text_encoder_2,
+            tokenizer_2=txt2img.tokenizer_2,
+            dtype=dtype,
+            local_files_only=True,
+            device_map=device,
+            add_watermarker=False,
+        )
+        _prepare(refine, fast_path)
+        self.refiner = {
+            "txt2img": refine,
+            "img2img": refine,
+            "inpaint": AutoPipelineForInpainting.from_pipe(refine),
+        }
+        self.scheduler_configs["refiner"] = dict(refine.scheduler.config)
+
+    def share_refiner(self, other: "Pipelines") -> None:
+        """The other model's SDXL refiner (with its own VAE and text encoder) for this one."""
+        self.refiner = other.refiner
+        self.scheduler_configs["refiner"] = other.scheduler_configs["refiner"]
 
     def get(
         self, mode: str, scheduler: str, controlnet: ModelMixin | list[ModelMixin] | None = None

@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import netguard
+from . import models, netguard
 from .control_slots import CONTROL_SLOTS, ControlSlot, typed
 from .inversions import parse_inversion
 from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
@@ -71,6 +71,9 @@ class Request:
     # Speed
     deepcache_interval: int = 1
     deepcache_branch: int = 0
+    # The model (sdcog/models.py); None: the build's
+    base_model: str | None = None
+    vae: str | None = None
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any], local_paths: bool = False) -> "Request":
@@ -137,6 +140,9 @@ class Request:
             check_reference(parse_inversion(item)[1], "textual_inversions")
         if self.replicate_weights:
             check_reference(self.replicate_weights, "replicate_weights")
+        for name in ("base_model", "vae"):
+            if reference := getattr(self, name):
+                models.parse(reference, name)
 
     def _check_image_recipes(self) -> None:
         sized = self.width is not None or self.height is not None

@@ -1,13 +1,17 @@
 """Real servers on 127.0.0.1 for the tests: files (and Hugging Face's API) to download, webhooks
 to receive, and a dead proxy that catches anything meant for elsewhere."""
 
+import hashlib
 import io
+import json
+import re
 import socket
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from queue import Empty
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -145,3 +149,88 @@ class WebhookReceiver(Webhook):
         while (event := self.next())["status"] not in self.TERMINAL:
             pass
         return event
+
+
+class HubServer:
+    """A Hugging Face-shaped endpoint on 127.0.0.1 (HF_ENDPOINT points here) serving repositories
+    from `root`/<owner>/<repo>/, as huggingface_hub reads the real one: the model API (with
+    its commit and file list) and HEAD/GET of `resolve` URLs with the commit and ETag headers.
+    Each repository has one commit; `main` and that commit resolve to it. Errors carry the
+    hub's X-Error-Code. `requests` records (method, path) of every request."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802
+                self._answer(body=True)
+
+            def do_HEAD(self):  # noqa: N802
+                self._answer(body=False)
+
+            def _answer(self, body: bool) -> None:
+                path = urlsplit(self.path).path
+                hub.requests.append((self.command, path))
+                if m := re.fullmatch(r"/api/models/([\w.-]+/[\w.-]+)(?:/revision/([^/]+))?", path):
+                    return self._api(m[1], m[2] or "main")
+                if m := re.fullmatch(r"/([\w.-]+/[\w.-]+)/resolve/([^/]+)/(.+)", path):
+                    return self._file(m[1], m[2], m[3], body)
+                self._error(404, "EntryNotFound")
+
+            def _api(self, repo: str, revision: str) -> None:
+                folder = hub.root / repo
+                if not folder.is_dir():
+                    return self._error(404, "RepoNotFound")
+                if revision not in ("main", hub.commit(repo)):
+                    return self._error(404, "RevisionNotFound")
+                files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+                info = {"id": repo, "modelId": repo, "sha": hub.commit(repo),
+                        "siblings": [{"rfilename": f} for f in files]}  # fmt: skip
+                self._send(200, json.dumps(info).encode(), "application/json", {})
+
+            def _file(self, repo: str, revision: str, name: str, body: bool) -> None:
+                path = hub.root / repo / name
+                if revision not in ("main", hub.commit(repo)):
+                    return self._error(404, "RevisionNotFound")
+                if not path.is_file():
+                    return self._error(404, "EntryNotFound")
+                data = path.read_bytes()
+                headers = {"X-Repo-Commit": hub.commit(repo),
+                           "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}  # fmt: skip
+                self._send(200, data if body else b"", "application/octet-stream", headers,
+                           length=len(data))  # fmt: skip
+
+            def _error(self, status: int, code: str) -> None:
+                body = json.dumps({"error": code}).encode()
+                self._send(status, body, "application/json", {"X-Error-Code": code})
+
+            def _send(self, status, body, kind, headers, length=None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if body:
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def commit(repo: str) -> str:
+        return hashlib.sha1(repo.encode()).hexdigest()
+
+    def downloads(self, repo: str, suffix: str = ".safetensors") -> int:
+        """GETs of the repository's files ending in `suffix`."""
+        prefix = f"/{repo}/resolve/"
+        return sum(1 for m, p in self.requests if m == "GET" and p.startswith(prefix)
+                   and p.endswith(suffix))  # fmt: skip

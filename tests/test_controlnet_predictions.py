@@ -10,8 +10,8 @@ from helpers import data_uri, output_images, shapes
 from PIL import Image
 
 from predict import CONTROLNETS, SCHEDULERS
+from sdcog.control_slots import CONTROL_KINDS
 from sdcog.images import output_size
-from sdcog.request import CONTROL_KINDS
 
 SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
          "height": 256, "seed": 5}  # fmt: skip

@@ -19,13 +19,9 @@ from typing import Any
 import jsonschema
 
 from ..control_slots import CONTROL_KINDS
-from ..pins import PIN_FILE, read_pins
+from ..pins import PIN_FILE, names, read_pins
 
 HERE = Path(__file__).parent
-# Names users write for the same weights a pin fetches (the repository moved or was renamed).
-ALIASES = {
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": {"runwayml/stable-diffusion-v1-5"},
-}
 
 
 @dataclass(frozen=True)
@@ -37,11 +33,7 @@ class ModelNames:
 
     @classmethod
     def from_pins(cls, pin_file: Path = PIN_FILE) -> "ModelNames":
-        names = {}
-        for pin in read_pins(pin_file):
-            source = getattr(pin, "repo", None) or pin.url
-            names[pin.name] = (source, *sorted(ALIASES.get(source, ())), *pin.air)
-        return cls(names)
+        return cls({pin.name: names(pin) for pin in read_pins(pin_file)})
 
     def pinned(self, entry: str) -> str | None:
         """The repository (or URL) entry `entry` pins, if it is pinned."""

@@ -1,0 +1,116 @@
+"""Which Stable Diffusion family a model is, read from its files: SD 1.x, SD 2.x (epsilon or
+v-prediction) or SDXL base. A diffusers folder says it in its configs; a single-file checkpoint
+in the keys of its tensors (the original layout names each text encoder by where it sits)."""
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import FrozenDict
+from safetensors import safe_open
+
+LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+# The UNet's first convolution: 4 input channels for text-to-image models, 9 for inpainting ones.
+UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # sd1, sd2 or sdxl
+    prediction: str = "epsilon"  # or v_prediction
+
+    @property
+    def pipeline(self) -> str:
+        """The pipelines' family: "sd" (1.x and 2.x share them) or "sdxl"."""
+        return "sdxl" if self.name == "sdxl" else "sd"
+
+    def __str__(self) -> str:
+        v = " (v-prediction)" if self.prediction == "v_prediction" else ""
+        return LABELS[self.name] + v
+
+
+def of_folder(folder: Path, input_name: str, reference: str) -> Family:
+    """A diffusers pipeline folder's family; anything else is refused naming the input."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        pipeline = index["_class_name"]
+        text = json.loads((folder / "text_encoder/config.json").read_text())
+        scheduler = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+        json.loads((folder / "unet/config.json").read_text())  # there, and JSON
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"{input_name}: {reference} is not a Stable Diffusion pipeline in diffusers' layout "
+            f"(model_index.json, unet/, text_encoder/, scheduler/): {e}"
+        ) from None
+    if pipeline not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ValueError(
+            f"{input_name}: {reference} is a {pipeline[:100]}; a base model is a text-to-image "
+            "StableDiffusionPipeline (SD 1.x/2.x) or StableDiffusionXLPipeline (SDXL base)"
+        )
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if pipeline == "StableDiffusionXLPipeline":
+        return Family("sdxl", prediction)
+    # SD 2.x's OpenCLIP text encoder uses GELU, SD 1.x's OpenAI CLIP quick GELU.
+    return Family("sd2" if text.get("hidden_act") == "gelu" else "sd1", prediction)
+
+
+def of_checkpoint(path: Path, input_name: str, reference: str) -> Family:
+    """A single-file checkpoint's family, from its keys. SD 2.x files do not say whether they
+    predict noise or velocity: they are taken as v-prediction, as SD 2.0-v, 2.1 and their 768 px
+    fine-tunes are (an SD 2.x-base fine-tune, epsilon, is served from its diffusers repository,
+    whose scheduler config says so)."""
+    with safe_open(path, framework="pt") as f:
+        keys = set(f.keys())
+        channels = f.get_slice(UNET_INPUT).get_shape()[1] if UNET_INPUT in keys else None
+    if channels is None:
+        raise ValueError(
+            f"{input_name}: {reference} holds no Stable Diffusion UNet "
+            "(model.diffusion_model.*); give a full SD 1.x, 2.x or SDXL checkpoint"
+        )
+    if channels != 4:
+        raise ValueError(
+            f"{input_name}: {reference} is an inpainting checkpoint ({channels} input channels); "
+            "single files convert with text-to-image configs: give its diffusers repository"
+        )
+    if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
+        return Family("sdxl")
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+        raise ValueError(
+            f"{input_name}: {reference} is an SDXL refiner; a base model is SD 1.x, 2.x or SDXL "
+            "base (the refiner is the build's own: refine)"
+        )
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return Family("sd2", "v_prediction")
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return Family("sd1")
+    raise ValueError(
+        f"{input_name}: {reference} has no text encoder this package knows (SD 1.x, 2.x or SDXL)"
+    )
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the request's other inputs must fit: the model's family, its UNet's config (with
+    diffusers' defaults filled in) and its VAE's latent scale."""
+
+    family: Family
+    unet: FrozenDict
+    vae_scaling: float
+
+    @classmethod
+    def of(cls, folder: Path, input_name: str, reference: str, vae: Path | None = None) -> "Facts":
+        """From a pipeline folder's configs (no weights needed); `vae`: a folder replacing its
+        VAE."""
+        family = of_folder(folder, input_name, reference)
+        unet = json.loads((folder / "unet/config.json").read_text())
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        vae_config = json.loads(((vae or folder / "vae") / "config.json").read_text())
+        return cls(
+            family, FrozenDict({**defaults, **unet}), vae_config.get("scaling_factor", 0.18215)
+        )

@@ -1,0 +1,208 @@
+"""The model each request runs on: the build's, or its base_model (and vae) loaded from the disk
+tier (model_files.py) and kept warm.
+
+Two tiers in memory. The device holds the build's model always, and at most one requested model
+(with its VAE) beside it: the one in use. Requested models not in use wait in CPU RAM, at most
+MODEL_RAM_GB of them, least recently used out first; coming back costs a host-to-device copy,
+not a reload. ControlNets, IP-Adapters, the safety checker and the SDXL refiner are the build's
+and stay shared. On a CPU the two tiers are one: MODEL_RAM_GB bounds the models not in use.
+"""
+
+import gc
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from .families import Facts
+from .ip_adapters import IPAdapters
+from .loras import WarmLoras
+from .model_files import MARKER, ModelFiles
+from .models import ModelChoice, ModelReference
+from .pipelines import Pipelines, device_and_dtype
+from .request import Request
+from .settings import Settings
+
+OWN = ("unet", "vae", "text_encoder", "text_encoder_2")  # a model's own modules (not shared)
+
+
+@dataclass
+class Model:
+    name: str  # what the logs call it: "the build's model", or the reference
+    pipelines: Pipelines
+    loras: WarmLoras
+    facts: Facts
+    folder: Path  # its diffusers folder (base/ for the build's)
+
+    def modules(self) -> list[torch.nn.Module]:
+        pipe = self.pipelines.base["txt2img"]
+        return [m for name in OWN if (m := getattr(pipe, name, None)) is not None]
+
+
+class LoadedModels:
+    def __init__(
+        self, pinned: Model, ip_adapters: IPAdapters, settings: Settings, weights_dir: Path
+    ) -> None:
+        self.pinned, self.ip_adapters = pinned, ip_adapters
+        self.fast_path, self.ram_bytes = settings.fast_path, settings.model_ram_bytes
+        self.device, dtype = device_and_dtype()
+        self.files = ModelFiles(settings, weights_dir, dtype)
+        pin_file = weights_dir / "pins.toml"
+        self.choice = ModelChoice(pin_file, settings.allowed_models)
+        self.weights_dir = weights_dir
+        # key -> a requested Model or VAE, least recently used first; the one in use is on
+        # the device, the others in CPU RAM.
+        self.warm: OrderedDict[str, Model | AutoencoderKL] = OrderedDict()
+
+    def check(self, request: Request) -> None:
+        """The forms and the allow-list: refused before anything is fetched."""
+        self.choice.reference(request.base_model, "base_model")
+        self.choice.reference(request.vae, "vae")
+
+    @contextmanager
+    def chosen(
+        self, request: Request, fits: Callable[[Facts], None], stop: threading.Event | None
+    ) -> Iterator[Model]:
+        """The request's model on the device for a with-block, its vae in place; `fits(facts)`
+        refuses a model the rest of the request does not fit, before its weights are fetched
+        when they are not on disk yet."""
+        base = self.choice.reference(request.base_model, "base_model")
+        vae_reference = self.choice.reference(request.vae, "vae")
+        model = self.pinned if base is None else self._model(base, fits, stop)
+        if base is None:
+            fits(model.facts)
+        vae = None
+        if vae_reference is not None:
+            vae = self._vae(vae_reference, model, stop)
+        self._place(in_use=[m for m in (model, vae) if m is not None and m is not self.pinned])
+        with _vae_swapped(model, vae):
+            yield model
+
+    def _model(
+        self, reference: ModelReference, fits: Callable[[Facts], None], stop: threading.Event | None
+    ) -> Model:
+        key = f"base_model:{reference.text}"
+        if isinstance(model := self.warm.get(key), Model):
+            self.warm.move_to_end(key)
+            fits(model.facts)
+            print(f"base_model: {reference.name} ({model.facts.family}) from memory")
+            return model
+
+        def check(folder: Path) -> None:
+            fits(Facts.of(folder, "base_model", reference.name))
+
+        folder = self.files.folder(reference, check, stop)
+        self._make_room(keep=[])
+        variant = _variant(folder)
+        pipelines = Pipelines.from_folder(folder, self.fast_path, variant=variant)
+        if pipelines.family == "sdxl" and self.pinned.pipelines.refiner:
+            pipelines.share_refiner(self.pinned.pipelines)
+        self.ip_adapters.share_encoder(pipelines.base)
+        facts = Facts.of(folder, "base_model", reference.name)
+        model = Model(
+            reference.name, pipelines, WarmLoras(pipelines.base["txt2img"]), facts, folder
+        )
+        print(f"base_model: {reference.name} ({facts.family}) loaded")
+        self.warm[key] = model
+        return model
+
+    def _vae(
+        self, reference: ModelReference, model: Model, stop: threading.Event | None
+    ) -> AutoencoderKL:
+        own = model.pipelines.base["txt2img"].vae
+        model_vae = Path(own.config["_name_or_path"])
+        key = f"vae:{reference.text}#{model_vae}"
+        if isinstance(vae := self.warm.get(key), AutoencoderKL):
+            self.warm.move_to_end(key)
+            return vae
+
+        def check(folder: Path) -> None:
+            _check_vae(folder / "vae", reference, model)
+
+        folder = self.files.folder(reference, check, stop, vae_of=model_vae)
+        self._make_room(keep=[model])
+        _, dtype = device_and_dtype()
+        vae = AutoencoderKL.from_pretrained(
+            folder / "vae", dtype=dtype, local_files_only=True, variant=_variant(folder),
+            device_map=self.device,
+        )  # fmt: skip
+        vae.requires_grad_(False)
+        vae.set_attn_processor(AttnProcessor2_0())  # as the model's own (pipelines._prepare)
+        vae.enable_slicing()
+        print(f"vae: {reference.name} loaded")
+        self.warm[key] = vae
+        return vae
+
+    def _place(self, in_use: list[Model | AutoencoderKL]) -> None:
+        """What is in use on the device, every other requested model in CPU RAM."""
+        if self.device == "cpu":
+            return
+        for item in self.warm.values():
+            target = self.device if any(item is used for used in in_use) else "cpu"
+            for module in _modules(item):
+                module.to(target)
+
+    def _make_room(self, keep: list[Model]) -> None:
+        """Before a load: least recently used models out of RAM until those not in use (all
+        but `keep` and the one about to load) fit in MODEL_RAM_GB."""
+        waiting = [key for key, item in self.warm.items() if not any(item is k for k in keep)]
+        while waiting and sum(_bytes(self.warm[key]) for key in waiting) > self.ram_bytes:
+            key = waiting.pop(0)
+            del self.warm[key]
+            print(f"{key.split('#')[0]}: dropped from memory (MODEL_RAM_GB)")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _modules(item: Model | AutoencoderKL) -> list[torch.nn.Module]:
+    return item.modules() if isinstance(item, Model) else [item]
+
+
+def _bytes(item: Model | AutoencoderKL) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for module in _modules(item)
+        for t in (*module.parameters(), *module.buffers())
+    )
+
+
+def _variant(folder: Path) -> str | None:
+    return json.loads((folder / MARKER).read_text()).get("variant")
+
+
+def _check_vae(folder: Path, reference: ModelReference, model: Model) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("_class_name") != "AutoencoderKL":
+        raise ValueError(f"vae: {reference.name} is not an AutoencoderKL (a Stable Diffusion VAE)")
+    scaling = config.get("scaling_factor", 0.18215)
+    if scaling != model.facts.vae_scaling or config.get("latent_channels", 4) != 4:
+        raise ValueError(
+            f"vae: {reference.name} is a VAE for another family (scaling_factor {scaling}); "
+            f"{model.name} is {model.facts.family} ({model.facts.vae_scaling})"
+        )
+
+
+@contextmanager
+def _vae_swapped(model: Model, vae: AutoencoderKL | None) -> Iterator[None]:
+    """`vae` in every pipeline of the model (and the refiner that shares its VAE) for a
+    with-block; the model's own back after it."""
+    if vae is None:
+        yield
+        return
+    pipes = [*model.pipelines.base.values(), *(model.pipelines.refiner or {}).values()]
+    own = [pipe.vae for pipe in pipes]  # the refiner's is the build's
+    for pipe in pipes:
+        pipe.register_modules(vae=vae)
+    try:
+        yield
+    finally:
+        for pipe, vae_of_pipe in zip(pipes, own, strict=True):
+            pipe.register_modules(vae=vae_of_pipe)
