@@ -56,7 +56,7 @@ def convert_vae(checkpoint: Path, model_vae: Path, target: Path, dtype: torch.dt
 
 
 def _complete(tokenizer: Path, source: Path) -> None:
-    """Files the shipped tokenizer folder leaves out (its vocabulary), from the build's own."""
-    for path in source.iterdir():
-        if not (tokenizer / path.name).exists():
-            shutil.copy(path, tokenizer / path.name)
+    """The vocabulary the shipped tokenizer folder leaves out, from the build's own."""
+    for name in ("vocab.json", "merges.txt"):
+        if not (tokenizer / name).exists() and (source / name).exists():
+            shutil.copy(source / name, tokenizer / name)

@@ -106,18 +106,13 @@ def _vae(**config) -> AutoencoderKL:
 
 
 def _text_config(**extra) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=514,
-        hidden_size=HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-        **extra,
-    )
+    """The tiny text encoder; `extra` adds to or overrides its settings."""
+    config = {
+        "vocab_size": 514, "hidden_size": HIDDEN, "intermediate_size": 37,
+        "num_hidden_layers": TEXT_LAYERS, "num_attention_heads": 4, "max_position_embeddings": 77,
+        "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513,
+    }  # fmt: skip
+    return CLIPTextConfig(**(config | extra))
 
 
 def _scheduler() -> PNDMScheduler:
@@ -205,12 +200,14 @@ def write_tiny_weights(
     IP-Adapters too (every entry of the family's pin file)."""
     from .tiny_controls import write_annotators, write_controlnets
     from .tiny_ip import write_ip_adapters
+    from .tiny_models import write_single_file_configs
 
     if family == "sdxl":
         write_sdxl(directory)
     else:
         write_base(directory / "base")
     write_safety(directory / "safety", threshold=safety_threshold)
+    write_single_file_configs(directory)
     if controls:
         unet = UNet2DConditionModel.from_pretrained(directory / "base/unet")
         write_controlnets(directory, family, unet)
