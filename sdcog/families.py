@@ -27,7 +27,7 @@ class Family:
         return "sdxl" if self.name == "sdxl" else "sd"
 
     def __str__(self) -> str:
-        v = " (v-prediction)" if self.prediction == "v_prediction" else ""
+        v = ", v-prediction" if self.prediction == "v_prediction" else ""
         return LABELS[self.name] + v
 
 

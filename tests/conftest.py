@@ -172,6 +172,16 @@ def adapter_refs(make_weights, file_server, tmp_path_factory):
     return refs
 
 
+@pytest.fixture(scope="session")
+def model_repos(tiny_weights, file_server, tmp_path_factory):
+    """Models of every family to name as base_model or vae (tests/model_repos.py)."""
+    from model_repos import make_model_repos
+
+    repos = make_model_repos(tmp_path_factory.mktemp("model-repos"), tiny_weights, file_server)
+    yield repos
+    repos.hub.httpd.shutdown()
+
+
 SERVER_FIXTURES = {"server", "sd_server", "sdxl_server", "flagging_server", "strict_server",
                    "loopback_only_server"}  # fmt: skip
 

@@ -156,11 +156,13 @@ class HubServer:
     from `root`/<owner>/<repo>/, as huggingface_hub reads the real one: the model API (with
     its commit and file list) and HEAD/GET of `resolve` URLs with the commit and ETag headers.
     Each repository has one commit; `main` and that commit resolve to it. Errors carry the
-    hub's X-Error-Code. `requests` records (method, path) of every request."""
+    hub's X-Error-Code. `requests` records (method, path) of every request; `delays` maps a
+    path to seconds to wait before answering it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[tuple[str, str]] = []
+        self.delays: dict[str, float] = {}
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -175,6 +177,7 @@ class HubServer:
             def _answer(self, body: bool) -> None:
                 path = urlsplit(self.path).path
                 hub.requests.append((self.command, path))
+                time.sleep(hub.delays.get(path, 0))
                 if m := re.fullmatch(r"/api/models/([\w.-]+/[\w.-]+)(?:/revision/([^/]+))?", path):
                     return self._api(m[1], m[2] or "main")
                 if m := re.fullmatch(r"/([\w.-]+/[\w.-]+)/resolve/([^/]+)/(.+)", path):

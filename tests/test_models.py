@@ -1,0 +1,71 @@
+"""The forms base_model and vae take, the operator's allow-list and the build's own names."""
+
+import pytest
+
+from sdcog.models import ModelChoice, parse
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "name"),
+    [
+        ("emilianJR/chilloutmix_NiPrunedFp32Fix", "hub", "emilianJR/chilloutmix_NiPrunedFp32Fix"),
+        ("org/model@v1.0", "hub", "org/model"),
+        ("org/model@0123456789abcdef0123456789abcdef01234567", "hub", "org/model"),
+        ("civitai:4384@128713", "air", "civitai:4384@128713"),
+        ("urn:air:sdxl:checkpoint:civitai:101055@128078", "air", "civitai:101055@128078"),
+        ("https://civitai.com/api/download/models/128713", "url", None),
+        ("https://example.com/models/dreamshaper.safetensors", "url", None),
+    ],
+)
+def test_each_form_is_recognised(text, kind, name):
+    reference = parse(text, "base_model")
+    assert reference.kind == kind
+    assert reference.name == (name or text)
+
+
+def test_a_revision_is_kept_apart_from_the_repository():
+    reference = parse("org/model@fp16-branch", "base_model")
+    assert (reference.repo, reference.revision) == ("org/model", "fp16-branch")
+    assert parse("org/model", "vae").revision == "main"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["https://example.com/model.ckpt", "https://example.com/vae.pt", "http://x.org/m.bin?dl=1"],
+)
+def test_pickled_urls_are_refused_naming_the_input(text):
+    with pytest.raises(ValueError, match=r"^vae: .*pickled weights"):
+        parse(text, "vae")
+
+
+@pytest.mark.parametrize("text", ["just-a-name", "a/b/c", "ftp://host/m.safetensors", "civitai:1"])
+def test_other_strings_are_refused_with_the_forms(text):
+    with pytest.raises(ValueError, match=r"^base_model: .*owner/repo\[@revision\]"):
+        parse(text, "base_model")
+
+
+def test_the_allow_list_takes_shell_patterns_and_names_the_input():
+    choice = ModelChoice(None, ("org/*", "civitai:*"))
+    assert choice.reference("org/a", "base_model").repo == "org/a"
+    assert choice.reference("urn:air:sd1:checkpoint:civitai:1@2", "base_model").kind == "air"
+    with pytest.raises(ValueError, match=r"^vae: other/v is not allowed .*org/\*, civitai:\*"):
+        choice.reference("other/v@main", "vae")
+    with pytest.raises(ValueError, match=r"^base_model: https://.* is not allowed"):
+        choice.reference("https://example.com/m.safetensors", "base_model")
+
+
+def test_none_allows_only_the_builds_own(tmp_path):
+    pins = tmp_path / "pins.toml"
+    pins.write_text(
+        '[base]\nrepo = "stable-diffusion-v1-5/stable-diffusion-v1-5"\nrevision = "abc"\n'
+        'air = ["civitai:1@2"]\n'
+    )
+    choice = ModelChoice(pins, ())
+    for own in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
+                "civitai:1@2", "urn:air:sd1:checkpoint:civitai:1@2", "", None):  # fmt: skip
+        assert choice.reference(own, "base_model") is None
+    with pytest.raises(ValueError, match="none but the build's own"):
+        choice.reference("org/other", "base_model")
+    # The base's names are not the VAE's.
+    with pytest.raises(ValueError, match="^vae: "):
+        choice.reference("runwayml/stable-diffusion-v1-5", "vae")
