@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import torch
 from filelock import FileLock
 from huggingface_hub import HfApi, hf_hub_download
@@ -178,7 +178,7 @@ class ModelFiles:
             )
         if isinstance(error, hub_errors.RevisionNotFoundError):
             raise ValueError(f"{what}: {name} has no revision {reference.revision}")
-        if isinstance(error, hub_errors.HfHubHTTPError | httpx.HTTPError | OSError):
+        if isinstance(error, hub_errors.HfHubHTTPError | httpx2.HTTPError | OSError):
             raise ValueError(f"{what}: could not fetch {name} from {self.endpoint}: {error}")
         if error is not None:
             raise error

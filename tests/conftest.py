@@ -47,12 +47,13 @@ def _serve(family: str, weights: Path, tmp: Path, file_server: FileServer, **env
         # The test servers are on 127.0.0.1; test_netguard checks the default, strict policy.
         "ALLOW_PRIVATE_URLS": "1",
         **dead_proxy_env(),
-        **env,
         "HF_ENDPOINT": file_server.url,
         "CIVITAI_ENDPOINT": file_server.url,  # civitai.com URLs are fetched from here
         "ADAPTER_CACHE_DIR": str(tmp / "adapter-cache"),
         "ADAPTER_MAX_BYTES": str(ADAPTER_MAX_BYTES),
         "ADAPTER_TIMEOUT_S": "20",
+        "MODEL_CACHE_DIR": str(tmp / "model-cache"),
+        **env,
     }
     cog = ServerUnderTest(weights, tmp / f"server-{family}.log", family, env)
     yield cog
@@ -173,6 +174,16 @@ def adapter_refs(make_weights, file_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def models_server(make_weights, tmp_path_factory, file_server, model_repos):
+    """An SD server whose requests may name other models: from the hub-shaped endpoint, the
+    file server (also as civitai), within an allow-list."""
+    tmp = tmp_path_factory.mktemp("server")
+    allowed = "org/*,civitai:*,http://127.0.0.1:*"
+    hub = {"HF_ENDPOINT": model_repos.hub.url, "ALLOWED_MODELS": allowed}
+    yield from _serve("sd", make_weights("sd"), tmp, file_server, **hub)
+
+
+@pytest.fixture(scope="session")
 def model_repos(tiny_weights, file_server, tmp_path_factory):
     """Models of every family to name as base_model or vae (tests/model_repos.py)."""
     from model_repos import make_model_repos
@@ -183,7 +194,7 @@ def model_repos(tiny_weights, file_server, tmp_path_factory):
 
 
 SERVER_FIXTURES = {"server", "sd_server", "sdxl_server", "flagging_server", "strict_server",
-                   "loopback_only_server"}  # fmt: skip
+                   "loopback_only_server", "models_server"}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,100 @@
+"""base_model and vae through Cog's real server: each form (a hub repository, a revision, a
+single-file URL, a civitai AIR id), each family, swapping, one download for concurrent requests,
+the refusals (pickles, a family mismatch, the allow-list) and the build's own model unchanged."""
+
+import threading
+
+import pytest
+from helpers import output_images, shapes
+from model_repos import CIVITAI_VERSIONS
+
+SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
+         "height": 256, "seed": 11}  # fmt: skip
+FIRST: list[list[str]] = []
+
+
+def run(server, **input) -> list[str]:
+    result = server.predict(**(SMALL | input))
+    assert result["status"] == "succeeded", result.get("logs")
+    output_images(result)
+    return result["output"]
+
+
+@pytest.fixture(autouse=True)
+def builds_own_model_unchanged(models_server):
+    """Before and after every case, the build's model gives what it gave first."""
+    FIRST.append(FIRST[0] if FIRST else run(models_server))
+    assert run(models_server) == FIRST[0]
+    yield
+    assert run(models_server) == FIRST[0]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_each_family_by_repository_url_and_air_id(models_server, model_repos, family):
+    by_repo = run(models_server, base_model=f"org/{family}")
+    assert by_repo != FIRST[0]
+    # The same weights as a single file (converted here with the family's configs), by URL and
+    # by AIR id: the same image.
+    assert run(models_server, base_model=model_repos.urls[family]) == by_repo
+    assert run(models_server, base_model=model_repos.air(family)) == by_repo
+    assert model_repos.files.count(f"api/download/models/{CIVITAI_VERSIONS[family]}") == 1
+
+
+def test_a_revision_and_a_swap_back(models_server, model_repos):
+    a = run(models_server, base_model="org/sd1")
+    commit = model_repos.hub.commit("org/sd2")
+    b = run(models_server, base_model=f"org/sd2@{commit}")
+    assert b != a
+    assert run(models_server, base_model="org/sd1") == a
+    result = models_server.predict(**SMALL, base_model="org/sd1")
+    assert "base_model: org/sd1 (SD 1.x) from memory" in result["logs"]
+
+
+def test_concurrent_requests_for_a_new_model_download_it_once(models_server, model_repos):
+    results: list[list[str]] = []
+
+    def one() -> None:
+        results.append(run(models_server, base_model="org/sd1-fp16"))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1]
+    assert model_repos.hub.downloads("org/sd1-fp16") == 3  # unet, vae, text encoder: once
+
+
+def test_a_vae_by_repository(models_server):
+    assert run(models_server, vae="org/vae-sd") != FIRST[0]
+
+
+@pytest.mark.parametrize(
+    ("input", "message"),
+    [
+        ({"base_model": "org/pickles"}, "base_model: org/pickles: its unet has only pickled"),
+        ({"base_model": "http://127.0.0.1:9/model.ckpt"}, "base_model: http://127.0.0.1:9/model."
+                                                          "ckpt is pickled weights"),
+        ({"base_model": "other/model"}, "base_model: other/model is not allowed on this server"),
+        ({"vae": "org/vae-sdxl"}, "vae: org/vae-sdxl is a VAE for another family"),
+        ({"base_model": "org/sd2", "controlnet_1": "canny"}, "controlnet_1: the build's canny "
+                                                             "ControlNet is a ControlNet for "
+                                                             "another model family"),
+        ({"base_model": "org/sdxl", "refine": "base_image_refiner"}, "refine: base_image_refiner"
+                                                                     " needs a refiner"),
+        ({"base_model": "org/missing"}, "base_model: no Hugging Face repository org/missing"),
+    ],
+    ids=["pickles", "ckpt-url", "allow-list", "vae-family", "controlnet-family", "refiner",
+         "missing"],
+)  # fmt: skip
+def test_refusals_name_the_input(models_server, model_repos, data_uri_shapes, input, message):
+    if "controlnet_1" in input:
+        input = input | {"controlnet_1_image": data_uri_shapes}
+    assert message in models_server.failure(**(SMALL | input))
+
+
+@pytest.fixture(scope="module")
+def data_uri_shapes() -> str:
+    from helpers import data_uri
+
+    return data_uri(shapes())
