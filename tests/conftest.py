@@ -178,7 +178,7 @@ def models_server(make_weights, tmp_path_factory, file_server, model_repos):
     """An SD server whose requests may name other models: from the hub-shaped endpoint, the
     file server (also as civitai), within an allow-list."""
     tmp = tmp_path_factory.mktemp("server")
-    allowed = "org/*,civitai:*,http://127.0.0.1:*"
+    allowed = "org/*,emilianJR/*,civitai:*,http://127.0.0.1:*"
     hub = {"HF_ENDPOINT": model_repos.hub.url, "ALLOWED_MODELS": allowed}
     yield from _serve("sd", make_weights("sd"), tmp, file_server, **hub)
 

@@ -74,3 +74,22 @@ def shapes(size: tuple[int, int] = (160, 128)) -> Image.Image:
     draw.ellipse((20, 20, 80, 80), fill=(250, 230, 40))
     draw.rectangle((100, 30, 130, 110), fill=(10, 20, 30))
     return image
+
+
+def hydrogen_example(control_png: bytes) -> dict:
+    """Crynux's 'Stable Diffusion Task' page, as written there: only `False` (Python) is JSON's
+    `false`, and its elided image ("base64,image/png:...") a real one."""
+    return {
+        "base_model": "emilianJR/chilloutmix_NiPrunedFp32Fix",
+        "prompt": "a realistic portrait photo of a beautiful girl, blonde hair+++, smiling, "
+        "facing the viewer",
+        "negative_prompt": "low resolution++, bad hands",
+        "task_config": {"num_images": 9, "safety_checker": False},
+        "lora": {"model": "https://civitai.com/api/download/models/34562", "weight": 80},
+        "controlnet": {
+            "model": "lllyasviel/control_v11p_sd15_openpose",
+            "weight": 90,
+            "image_dataurl": "data:image/png;base64," + base64.b64encode(control_png).decode(),
+            "preprocess": {"method": "openpose_face"},
+        },
+    }

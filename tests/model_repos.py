@@ -40,6 +40,8 @@ def make_model_repos(root: Path, pinned: Path, files: FileServer) -> ModelRepos:
     for family in ("sd1", "sd2", "sdxl"):
         write_tiny_model(repos / "org" / family, family)
     shutil.copytree(pinned / "base", repos / "org/pinned-copy")
+    # The model of Crynux's documented task (a tiny SD 1.x in its place)
+    shutil.copytree(repos / "org/sd1", repos / "emilianJR/chilloutmix_NiPrunedFp32Fix")
     (repos / "org/pinned-copy/.pin.json").unlink(missing_ok=True)
     shutil.copytree(repos / "org/sd1", repos / "org/pickles")
     unet = repos / "org/pickles/unet"

@@ -2,11 +2,16 @@
 single-file URL, a civitai AIR id), each family, swapping, one download for concurrent requests,
 the refusals (pickles, a family mismatch, the allow-list) and the build's own model unchanged."""
 
+import json
 import threading
 
 import pytest
-from helpers import output_images, shapes
+from helpers import cli_predict, hydrogen_example, output_images, shapes
 from model_repos import CIVITAI_VERSIONS
+
+from sdcog.dialects import ModelNames
+from sdcog.dialects.tasks import run as run_task
+from sdcog.pins import PIN_FILE
 
 SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
          "height": 256, "seed": 11}  # fmt: skip
@@ -98,3 +103,23 @@ def data_uri_shapes() -> str:
     from helpers import data_uri
 
     return data_uri(shapes())
+
+
+def test_the_seed_documents_examples_run_on_a_stock_build(
+    models_server, model_repos, file_server, adapter_refs, control_image, tmp_path
+):
+    """Crynux's documented task names a fine-tune this build does not pin: fetched for it."""
+    file_server.put("api/download/models/34562", adapter_refs["sd"]["a_bytes"])
+    stock = ModelNames.from_pins(PIN_FILE)
+    task = hydrogen_example(control_image.read_bytes())
+    answer = run_task(cli_predict(models_server), "hydrogen", task, stock, tmp_path / "h")
+    assert len(answer.splitlines()) == 9
+    assert model_repos.hub.downloads("emilianJR/chilloutmix_NiPrunedFp32Fix") == 3
+    # Runware: a civitai AIR id as the model, a repository as the VAE.
+    task = [{"taskType": "imageInference", "taskUUID": "5f4b1a5e-3c1e-4e0e-9d7a-2b8f0c6d9e10",
+             "model": model_repos.air("sd2"), "vae": "org/vae-sd", "positivePrompt": "a lake",
+             "width": 256, "height": 256, "steps": 3, "outputType": "base64Data"}]  # fmt: skip
+    answer = json.loads(
+        run_task(cli_predict(models_server), "runware", task, stock, tmp_path / "r")
+    )
+    assert len(answer["data"]) == 1 and answer["data"][0]["imageBase64Data"]

@@ -1,11 +1,10 @@
 """Hydrogen Network (Crynux) task JSON: its schema, its translation, and its documented example
 run through Cog's real server by script/task's engine."""
 
-import base64
 import json
 
 import pytest
-from helpers import cli_predict
+from helpers import cli_predict, hydrogen_example
 from PIL import Image
 
 from sdcog.dialects import ModelNames, hydrogen
@@ -14,25 +13,6 @@ from sdcog.pins import PIN_FILE
 
 SD = ModelNames.from_pins(PIN_FILE)
 SDXL = ModelNames.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
-
-
-def documented_example(control_png: bytes) -> dict:
-    """Crynux's 'Stable Diffusion Task' page, as written there: only `False` (Python) is JSON's
-    `false`, and its elided image ("base64,image/png:...") a real one."""
-    return {
-        "base_model": "emilianJR/chilloutmix_NiPrunedFp32Fix",
-        "prompt": "a realistic portrait photo of a beautiful girl, blonde hair+++, smiling, "
-        "facing the viewer",
-        "negative_prompt": "low resolution++, bad hands",
-        "task_config": {"num_images": 9, "safety_checker": False},
-        "lora": {"model": "https://civitai.com/api/download/models/34562", "weight": 80},
-        "controlnet": {
-            "model": "lllyasviel/control_v11p_sd15_openpose",
-            "weight": 90,
-            "image_dataurl": "data:image/png;base64," + base64.b64encode(control_png).decode(),
-            "preprocess": {"method": "openpose_face"},
-        },
-    }
 
 
 def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs, control_image,
@@ -46,15 +26,15 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
         '[base]\nrepo = "stable-diffusion-v1-5/stable-diffusion-v1-5"',
         '[base]\nrepo = "emilianJR/chilloutmix_NiPrunedFp32Fix"', 1))  # fmt: skip
     file_server.put("api/download/models/34562", adapter_refs["sd"]["a_bytes"])
-    task = documented_example(control_image.read_bytes())
+    task = hydrogen_example(control_image.read_bytes())
     names = ModelNames.from_pins(pins)
     answer = run(cli_predict(server), "hydrogen", task, names, tmp_path / "out")
     paths = answer.splitlines()
     assert len(paths) == 9
     assert all(Image.open(p).size == (512, 512) for p in paths)
     assert file_server.count("/api/download/models/34562") >= 1
-    with pytest.raises(ValueError, match="hydrogen: base_model: emilianJR/chilloutmix_NiPruned"):
-        hydrogen.inputs(task, SD)  # the stock SD 1.5 build serves another model
+    # The stock SD 1.5 build fetches it for the task (test_base_model_predictions runs it).
+    assert hydrogen.inputs(task, SD)["base_model"] == "emilianJR/chilloutmix_NiPrunedFp32Fix"
 
 
 def test_translation_and_defaults():
@@ -79,8 +59,10 @@ def test_sdxl_refiner_and_vae_map_to_the_build():
                         "denoising_cutoff": 70}}  # fmt: skip
     inputs = hydrogen.inputs(task, SDXL)
     assert inputs["refine"] == "expert_ensemble_refiner" and inputs["high_noise_frac"] == 0.7
-    with pytest.raises(ValueError, match="hydrogen: vae: other/vae is not this build's vae"):
-        hydrogen.inputs({**task, "vae": "other/vae"}, SDXL)
+    assert "base_model" not in inputs and "vae" not in inputs  # the build's own: no fetch
+    other = hydrogen.inputs({**task, "vae": "other/vae", "base_model": "https://x.org/m.safetensors"},
+                            SDXL)  # fmt: skip
+    assert (other["base_model"], other["vae"]) == ("https://x.org/m.safetensors", "other/vae")
 
 
 @pytest.mark.parametrize(
@@ -106,7 +88,7 @@ def test_sdxl_refiner_and_vae_map_to_the_build():
             "controlnet.model: cannot tell which kind of control x/mystery is",
         ),
         ({"refiner": {"model": "a/b"}}, "hydrogen: refiner.model: a/b is not this build's"),
-        ({"unet": "a/unet"}, "hydrogen: unet: a/unet is not this build's unet"),
+        ({"unet": "a/unet"}, "hydrogen: unet: a/unet: a separate UNet is not served here"),
     ],
 )
 def test_what_cannot_be_honoured_fails_naming_the_field(change, error):
@@ -148,8 +130,8 @@ def test_script_task_checks_before_starting_a_server_and_runs_on_a_given_one(
     if server.family != "sd":
         pytest.skip("an SD 1.5 task")
     task = tmp_path / "task.json"
-    task.write_text(json.dumps({"base_model": "other/model", "prompt": "x", "task_config": {}}))
-    with pytest.raises(SystemExit, match="hydrogen: base_model: other/model is not this build"):
+    task.write_text(json.dumps({"base_model": "no model", "prompt": "x", "task_config": {}}))
+    with pytest.raises(SystemExit, match="hydrogen: base_model: 'no model' is neither a Hugging"):
         main(["--dialect", "hydrogen", str(task), "--weights", str(tmp_path / "none")])
     task.write_text(json.dumps({
         "base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat",

@@ -392,3 +392,14 @@ def test_the_readme_example_translates_on_the_build_it_names(tmp_path):
     build = build_naming_base(tmp_path, "sdxl", "civitai:101055@128078")
     (inputs,) = runware.translate(example, build)
     assert inputs["lora_weights"] == ["civitai:132532@146296"] and inputs["num_outputs"] == 2
+
+
+def test_other_models_are_fetched_for_the_task_when_they_can_be():
+    task = {"taskType": "imageInference", "taskUUID": UUID, "positivePrompt": "a lake"}
+    for model in ("civitai:4384@128713", "Lykon/dreamshaper-8", "https://x.org/m.safetensors"):
+        (inputs,) = runware.translate([task | {"model": model, "vae": "civitai:1@2"}], SD)
+        assert (inputs["base_model"], inputs["vae"]) == (model, "civitai:1@2")
+    (inputs,) = runware.translate([task | {"model": "runwayml/stable-diffusion-v1-5"}], SD)
+    assert "base_model" not in inputs  # the build's own
+    with pytest.raises(FieldError, match="runware: vae: 'no vae' is neither a Hugging Face"):
+        runware.translate([task | {"model": "civitai:1@1", "vae": "no vae"}], SD)

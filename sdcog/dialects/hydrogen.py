@@ -1,16 +1,17 @@
 """Hydrogen Network's (Crynux's) Stable Diffusion task JSON, as predict() inputs.
 
-Defaults are the task format's (crynux-ai/stable-diffusion-task, the version its documentation
-describes): 512x512, 25 steps, cfg 5, 6 images, seed 0, the safety checker on, compel's prompt
-syntax, DPMSolverMultistep. Weights (`lora.weight`, `controlnet.weight`, `refiner.
-denoising_cutoff`) are percentages there.
+`base_model` and `vae` (a Hugging Face id or a file URL) other than the build's own are fetched
+for the task (predict()'s base_model and vae). Defaults are the task format's
+(crynux-ai/stable-diffusion-task, the version its documentation describes): 512x512, 25 steps,
+cfg 5, 6 images, seed 0, the safety checker on, compel's prompt syntax, DPMSolverMultistep.
+Weights (`lora.weight`, `controlnet.weight`, `refiner.denoising_cutoff`) are percentages there.
 """
 
 import time
 from pathlib import Path
 from typing import Any
 
-from .. import protocol
+from .. import models, protocol
 from . import ModelNames, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
@@ -53,15 +54,12 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     """predict()'s inputs for a task, or a ValueError naming the task's field."""
     validate(task, "hydrogen")
     base = task["base_model"]
-    base = base if isinstance(base, str) else base["name"]
-    if not build.serves("base", base):
+    base = base if isinstance(base, str) else base["name"]  # the variant is the device's choice
+    if task.get("unet") and not build.serves("unet", task["unet"]):
         raise ValueError(
-            f"hydrogen: base_model: {base} is not this build's model ({build.pinned('base')}); "
-            "a build serves the one model its weights/pins.toml pins"
+            f"hydrogen: unet: {task['unet']}: a separate UNet is not served here; name a whole "
+            "model as base_model"
         )
-    for field in ("unet", "vae"):
-        if task.get(field) and not build.serves(field, task[field]):
-            raise ValueError(f"hydrogen: {field}: {task[field]} is not this build's {field}")
     config = task["task_config"]
     result: dict[str, Any] = {
         "prompt": task["prompt"],
@@ -76,6 +74,14 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         "prompt_weighting": "compel",
         "scheduler": _scheduler(task.get("scheduler")),
     }
+    # Another model than the build's: fetched for the task (a Hugging Face id or a URL).
+    for field, entry, name in (("base_model", "base", base), ("vae", "vae", task.get("vae"))):
+        if name and not build.serves(entry, name):
+            try:
+                models.parse(name, field)
+            except ValueError as e:
+                raise ValueError(f"hydrogen: {e}") from None
+            result[field] = name
     for side in ("width", "height"):
         if result[side] % 64:
             raise ValueError(

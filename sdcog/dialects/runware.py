@@ -6,8 +6,10 @@ imageDataURI | imageBase64Data, seed, NSFWContent when checkNSFW). Errors are Ru
 `{"errors": [{code, message, parameter, taskType, taskUUID}]}`.
 
 Defaults are Runware's: 20 steps, CFGScale 7, one result, JPG at quality 95, URL output, strength
-0.8, no prompt weighting, no NSFW check. `model` (and `vae`, `refiner.model`, a ControlNet's
-`model`) must name what the build pins: its repository, or an AIR id its pin lists under `air`.
+0.8, no prompt weighting, no NSFW check. `model` and `vae` other than the build's own (its
+repository, or an AIR id its pin lists under `air`) are fetched for the task when they are
+civitai AIR ids, Hugging Face repositories or URLs (predict()'s base_model and vae);
+`refiner.model` and a ControlNet's `model` must name what the build pins.
 There is no image host here: outputType URL answers with file:// URLs of the files written.
 """
 
@@ -17,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import protocol
+from .. import models, protocol
 from . import FieldError, ModelNames, validate
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
@@ -49,6 +51,7 @@ FIELDS = {
     "output_quality": "outputQuality", "refine": "refiner", "high_noise_frac": "refiner",
     "controlnet_": "controlNet", "ip_adapter": "ipAdapters", "outpaint_": "outpaint",
     "deepcache_": "acceleratorOptions", "hires_": "advancedFeatures.hiresFix",
+    "base_model": "model", "vae": "vae",
 }  # fmt: skip
 AIR = re.compile(r"^(urn:air:[^:]+:[^:]+:)?(?P<source>[a-z]+):\d+@\d+$")
 IMAGE_UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
@@ -120,16 +123,29 @@ def _fail(field: str, problem: str) -> FieldError:
     return FieldError("runware", tuple(field.split(".")), problem)
 
 
-def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
-    if not build.serves("base", task["model"]):
+def _model(task: dict[str, Any], field: str, entry: str, build: ModelNames) -> dict[str, str]:
+    """predict()'s base_model or vae for `field`: none for the build's own, else the name to
+    fetch, which must be one this package can fetch."""
+    name = task.get(field)
+    if name is None or build.serves(entry, name):
+        return {}
+    match = AIR.match(name)
+    if match and match["source"] != "civitai":
+        own = ", ".join(build.names.get(entry, ())) or "none"
         raise _fail(
-            "model",
-            f"{task['model']} is not this build's model "
-            f"({', '.join(build.names['base'])}); a build serves the model its pins pin, "
-            "by repository or by the AIR ids listed under `air`",
+            field,
+            f"{name} is not this build's {'model' if field == 'model' else 'VAE'} ({own}), and "
+            "only civitai AIR ids, Hugging Face owner/repo and URLs of .safetensors files can "
+            "be fetched here",
         )
-    if "vae" in task and not build.serves("vae", task["vae"]):
-        raise _fail("vae", f"{task['vae']} is not this build's VAE")
+    try:
+        models.parse(name, field)
+    except ValueError as e:
+        raise _fail(field, str(e).split(": ", 1)[1]) from None
+    return {"base_model" if field == "model" else "vae": name}
+
+
+def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     steps = task.get("steps", STEPS)
     inputs: dict[str, Any] = {
         "prompt": task["positivePrompt"],
@@ -144,6 +160,8 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         "prompt_weighting": {"compel": "compel", "sdEmbeds": "a1111"}.get(
             task.get("promptWeighting"), "none"
         ),
+        **_model(task, "model", "base", build),
+        **_model(task, "vae", "vae", build),
     }
     for field in ("width", "height", "seed"):
         if field in task:
