@@ -120,3 +120,19 @@ def test_gpu_bench_dry_run_on_tiny_weights(tmp_path):
     report = (tmp_path / "out" / "gap-sd.md").read_text()
     assert re.search(r"Server / in-process \(generator\): txt2img [\d.]+x", report)
     assert "torch" in (tmp_path / "out" / "env.txt").read_text()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_bench_swap_times_each_tier(make_weights, family, capsys):
+    from sdcog.tools import bench_swap
+
+    bench_swap.main([str(make_weights(family)), "--runs", "2"])
+    out = capsys.readouterr().out
+    rows = re.findall(
+        r"^(disk -> device, page cache \w+) +([\d.]+) +([\d.]+) +([\d.]+)$", out, re.M
+    )
+    assert [name for name, *_ in rows] == [
+        "disk -> device, page cache dropped", "disk -> device, page cache warm",
+    ]  # fmt: skip
+    assert all(float(low) <= float(median) <= float(high) for _, median, low, high in rows)
+    assert "a warm swap is a pointer switch" in out  # no CUDA here: one tier

@@ -35,9 +35,10 @@ def test_configs_come_first_then_only_the_safetensors_the_pipeline_loads(
 ):
     tier = files_tier(model_repos, tiny_weights, tmp_path)
     seen = []
+    before = weight_gets(model_repos, "org/sd1-fp16")  # other tests' downloads
 
     def check(folder):
-        seen.append((weight_gets(model_repos, "org/sd1-fp16"), sorted(
+        seen.append((weight_gets(model_repos, "org/sd1-fp16") - before, sorted(
             str(p.relative_to(folder)) for p in folder.rglob("*.json")
         )))  # fmt: skip
 
@@ -63,17 +64,19 @@ def test_a_model_the_request_does_not_fit_costs_no_weights(model_repos, tiny_wei
     def refuse(folder):
         raise ValueError("controlnet_1: does not fit")
 
+    before = weight_gets(model_repos, "org/sd2")
     with pytest.raises(ValueError, match="controlnet_1"):
         tier.folder(parse("org/sd2", "base_model"), refuse, None)
-    assert weight_gets(model_repos, "org/sd2") == 0
+    assert weight_gets(model_repos, "org/sd2") == before
 
 
 def test_a_repository_of_pickles_is_refused_naming_the_input(model_repos, tiny_weights, tmp_path):
     tier = files_tier(model_repos, tiny_weights, tmp_path)
+    before = weight_gets(model_repos, "org/pickles")
     pickled = r"its unet has only pickled weights \(unet/diffusion_pytorch_model.bin\)"
     with pytest.raises(ValueError, match=rf"^base_model: org/pickles: {pickled}"):
         tier.folder(parse("org/pickles", "base_model"), lambda f: None, None)
-    assert weight_gets(model_repos, "org/pickles") == 0
+    assert weight_gets(model_repos, "org/pickles") == before
     assert not any(p.endswith(".bin") for m, p in model_repos.hub.requests if m == "GET")
 
 
@@ -94,12 +97,14 @@ def test_a_single_file_is_converted_once_and_its_download_dropped(
 ):
     tier = files_tier(model_repos, tiny_weights, tmp_path)
     text = model_repos.urls["sd2"] if form == "url" else model_repos.air("sd2")
+    air_path = f"api/download/models/{CIVITAI_VERSIONS['sd2']}"
+    air_before = model_repos.files.count(air_path)
     folder = tier.folder(parse(text, "base_model"), lambda f: None, None)
     assert (folder / "unet/diffusion_pytorch_model.safetensors").exists()
     assert "v_prediction" in (folder / "scheduler/scheduler_config.json").read_text()
     assert not list((tmp_path / "models/downloads").glob("*.safetensors"))
     if form == "air":
-        assert model_repos.files.count(f"api/download/models/{CIVITAI_VERSIONS['sd2']}") >= 1
+        assert model_repos.files.count(air_path) - air_before == 1
     before = len(model_repos.files.requests)
     assert tier.folder(parse(text, "base_model"), lambda f: None, None) == folder
     assert len(model_repos.files.requests) == before  # from the disk cache
