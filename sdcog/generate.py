@@ -113,9 +113,11 @@ class Generator:
 
     def fits(self, request: Request, model: Facts) -> None:
         """The request against its model, from the model's configs: what only the build's
-        SDXL refiner does, and the build's ControlNets."""
+        SDXL refiner does, the build's ControlNets and IP-Adapters."""
         request.check_supported(model.family.pipeline, self.pipelines.refiner is not None)
         self.controlnets.check(request.controlnets, model.unet)
+        if request.ip_adapter_image:
+            self.ip_adapters.check_fits(model.unet)
 
     def _generate(self, request: Request, cancelled: threading.Event | None) -> Generation:
         self.check(request)

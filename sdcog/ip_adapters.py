@@ -116,15 +116,21 @@ class IPAdapters:
                 f"[{ENTRY}] with its file in weights/pins.toml)"
             )
         if unet is not None and unet is not self.unet:
-            key = "cross_attention_dim"
-            if unet.config[key] != self.unet.config[key] or set(unet.attn_processors) != set(
-                self.adapters[kind].processors
-            ):
-                raise ValueError(
-                    "ip_adapter_image: the build's IP-Adapters are for its own model's family "
-                    f"({key} {self.unet.config[key]}); base_model's UNet differs "
-                    f"({key} {unet.config[key]}); leave ip_adapter_image out"
-                )
+            self.check_fits(
+                unet.config, set(unet.attn_processors) == set(self.adapters[kind].processors)
+            )
+
+    def check_fits(self, unet_config: Any, same_layers: bool = True) -> None:
+        """A request's model of another family (or of another architecture: `same_layers`
+        False) cannot take the build's adapters; from its UNet's config, before it loads."""
+        key = "cross_attention_dim"
+        if unet_config[key] != self.unet.config[key] or not same_layers:
+            raise ValueError(
+                "ip_adapter_image: the build's IP-Adapters are for its own model's family "
+                f"({key} {self.unet.config[key]}); base_model's UNet differs ({key} "
+                f"{unet_config[key]}{'' if same_layers else ', other attention layers'}); leave "
+                "ip_adapter_image out"
+            )
 
     @contextmanager
     def applied(

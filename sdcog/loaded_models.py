@@ -100,6 +100,7 @@ class LoadedModels:
 
         folder = self.files.folder(reference, check, stop)
         self._make_room(keep=[])
+        self._place(in_use=[])  # the device's room goes to the one loading
         variant = _variant(folder)
         pipelines = Pipelines.from_folder(folder, self.fast_path, variant=variant)
         if pipelines.family == "sdxl" and self.pinned.pipelines.refiner:
@@ -128,6 +129,7 @@ class LoadedModels:
 
         folder = self.files.folder(reference, check, stop, vae_of=model_vae)
         self._make_room(keep=[model])
+        self._place(in_use=[model])
         _, dtype = device_and_dtype()
         vae = AutoencoderKL.from_pretrained(
             folder / "vae", dtype=dtype, local_files_only=True, variant=_variant(folder),

@@ -13,12 +13,9 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from . import netguard
-from .filechecks import PICKLE_SUFFIXES
 from .pins import names, read_pins
-from .references import AIR
+from .references import AIR, check_url
 
 HUB = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w.\-/]+))?")
 # The pin entries a request's model inputs replace.
@@ -48,12 +45,7 @@ class ModelReference:
 def parse(text: str, input_name: str) -> ModelReference:
     """The reference, or a ValueError naming the input and the forms it may take."""
     if text.startswith(("https://", "http://")):
-        netguard.parse(text, input_name)
-        if urlsplit(text).path.lower().endswith(PICKLE_SUFFIXES):
-            raise ValueError(
-                f"{input_name}: {text} is pickled weights ({', '.join(PICKLE_SUFFIXES)} files "
-                "are never loaded); give a .safetensors checkpoint"
-            )
+        check_url(text, input_name)
         return ModelReference(input_name, text, "url")
     if AIR.fullmatch(text):
         return ModelReference(input_name, text, "air")

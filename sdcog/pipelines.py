@@ -128,6 +128,9 @@ class Pipelines:
             # The checker runs separately, so that flagged images can be left out alone.
             extra = {"safety_checker": None, "feature_extractor": None,
                      "requires_safety_checker": False}  # fmt: skip
+        # The IP-Adapter's image encoder is the build's (ip_adapters.py), whatever the folder
+        # names (a requested model's repository may list one it did not ship).
+        extra["image_encoder"] = None
         if vae is not None:
             extra["vae"] = AutoencoderKL.from_pretrained(vae, **local)
         txt2img = AutoPipelineForText2Image.from_pretrained(

@@ -16,16 +16,21 @@ def check_reference(reference: str, input_name: str) -> None:
     """Refuse, before anything is fetched, a reference of no known form: an http(s) URL that
     parses cleanly (netguard) and names no pickle, an AIR id, or a Hugging Face owner/repo."""
     if reference.startswith(("https://", "http://")):
-        netguard.parse(reference, input_name)
-        if urlsplit(reference).path.lower().endswith(PICKLE_SUFFIXES):
-            raise ValueError(
-                f"{input_name}: {reference} is pickled weights ({', '.join(PICKLE_SUFFIXES)} "
-                "files are never loaded); give a .safetensors file"
-            )
+        check_url(reference, input_name)
     elif not (AIR.fullmatch(reference) or REPO.fullmatch(reference)):
         raise ValueError(
             f"{input_name}: {reference[:200]!r} is neither an http(s) URL, a civitai AIR id "
             "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
+        )
+
+
+def check_url(url: str, input_name: str) -> None:
+    """An http(s) URL that parses cleanly (netguard) and names no pickle."""
+    netguard.parse(url, input_name)
+    if urlsplit(url).path.lower().endswith(PICKLE_SUFFIXES):
+        raise ValueError(
+            f"{input_name}: {url} is pickled weights ({', '.join(PICKLE_SUFFIXES)} files are "
+            "never loaded); give a .safetensors file"
         )
 
 

@@ -157,12 +157,14 @@ class HubServer:
     its commit and file list) and HEAD/GET of `resolve` URLs with the commit and ETag headers.
     Each repository has one commit; `main` and that commit resolve to it. Errors carry the
     hub's X-Error-Code. `requests` records (method, path) of every request; `delays` maps a
-    path to seconds to wait before answering it."""
+    path to seconds to wait before answering it; `authorizations` each request's path and
+    Authorization header (None without one)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[tuple[str, str]] = []
         self.delays: dict[str, float] = {}
+        self.authorizations: list[tuple[str, str | None]] = []
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -177,6 +179,7 @@ class HubServer:
             def _answer(self, body: bool) -> None:
                 path = urlsplit(self.path).path
                 hub.requests.append((self.command, path))
+                hub.authorizations.append((path, self.headers.get("Authorization")))
                 time.sleep(hub.delays.get(path, 0))
                 if m := re.fullmatch(r"/api/models/([\w.-]+/[\w.-]+)(?:/revision/([^/]+))?", path):
                     return self._api(m[1], m[2] or "main")

@@ -163,3 +163,17 @@ def test_a_cancelled_prediction_stops_waiting_for_the_hub(model_repos, tiny_weig
     finally:
         model_repos.hub.delays.clear()
     assert time.monotonic() - start < 2
+
+
+def test_hf_token_goes_to_the_hub_and_nowhere_else(model_repos, tiny_weights, tmp_path):
+    tokens = {"HF_TOKEN": "hf_secret", "CIVITAI_TOKEN": "civitai_secret"}
+    tier = files_tier(model_repos, tiny_weights, tmp_path, tokens=tokens)
+    start, files_start = len(model_repos.hub.authorizations), len(model_repos.files.authorizations)
+    tier.folder(parse("org/vae-sd", "vae"), lambda f: None, None)
+    sent = model_repos.hub.authorizations[start:]
+    assert sent and all(auth == "Bearer hf_secret" for _, auth in sent)
+    tier.folder(parse(model_repos.urls["sd1"], "base_model"), lambda f: None, None)
+    # The file server is also CIVITAI_ENDPOINT here: it gets civitai's token, never the hub's.
+    assert {auth for _, auth in model_repos.files.authorizations[files_start:]} == {
+        "Bearer civitai_secret"
+    }
