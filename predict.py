@@ -24,6 +24,7 @@ SCHEDULERS = [
     "UniPCMultistep",
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
+SEED_DEVICES = ["cpu", "cuda"]  # sdcog.seeds.SEED_DEVICES (a test keeps the two equal)
 MAX_PROMPT_CHARS = 20000  # sdcog.limits.MAX_PROMPT_CHARS (a test keeps the two equal)
 OUTPAINT_SIZES = [
     0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024,
@@ -104,6 +105,13 @@ class Predictor(BasePredictor):
             ge=0,
             le=4294967295,
             default=None,
+        ),
+        seed_device: str = Input(
+            description="Where the noise is drawn: cpu (the same images on every device) or cuda "
+            "(the images a CUDA generator gives, as Replicate's stability-ai models and most "
+            "diffusers code; needs a GPU).",
+            choices=SEED_DEVICES,
+            default="cpu",
         ),
         image: Optional[Path] = Input(
             description="Initial image for image-to-image or inpainting.", default=None

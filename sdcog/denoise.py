@@ -18,7 +18,7 @@ def arguments(request: Request, batch: list[int], stop: Callable) -> dict[str, A
         "num_images_per_prompt": len(batch),
         "num_inference_steps": request.num_inference_steps,
         "guidance_scale": request.guidance_scale,
-        "generator": seeds.generators(batch),
+        "generator": seeds.generators(batch, request.seed_device),
     }
 
 

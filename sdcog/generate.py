@@ -103,6 +103,7 @@ class Generator:
         diffusers' check_inputs: so none fails after work has been spent on it. What depends
         on a requested base_model runs in `fits`, before that model's weights are fetched."""
         self.models.check(request)
+        seeds.check_device(request.seed_device)
         text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
         for name in ("prompt", "negative_prompt"):
             prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)

@@ -34,6 +34,7 @@ class Request:
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     seed: int | None = None
+    seed_device: str = "cpu"
     image: Path | None = None
     mask: Path | None = None
     prompt_strength: float = 0.8

@@ -13,6 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 import requests
+import torch
 from helpers import data_uri, decode_output, output_images
 from loopback import dead_proxy_env
 from PIL import Image, ImageDraw
@@ -151,6 +152,8 @@ def test_translation_defaults_and_every_scheduler():
     assert runpod.inputs({"input": {"prompt": "a cat", "lora": "o/r"}}) == {
         "prompt": "a cat", "negative_prompt": "", "num_outputs": 1, "num_inference_steps": 50,
         "guidance_scale": 7.5, "scheduler": "KLMS", "seed": None,
+        # RunPod's worker seeds a CUDA generator: so do we, where there is CUDA.
+        "seed_device": "cuda" if torch.cuda.is_available() else "cpu",
         "disable_safety_checker": True, "prompt_weighting": "none", "output_format": "png",
         "width": 512, "height": 512, "lora_weights": ["o/r"], "lora_scales": [1.0],
     }  # fmt: skip

@@ -4,10 +4,15 @@ The input and its defaults are those of RunPod's worker (runpod-workers/worker-s
 512x512, 50 steps, guidance 7.5, one image, prompt_strength 0.8, the K-LMS scheduler, prompts as
 written (no weighting syntax), PNG. Its mask is the other way round from ours: black is
 repainted there, so runpod_worker.py inverts the mask it fetches. As there, images are only
-checked for NSFW content with `nsfw: true` (flagged ones are left out).
+checked for NSFW content with `nsfw: true` (flagged ones are left out), and the noise comes from
+a CUDA generator (`torch.Generator("cuda").manual_seed(seed)`), so a job's seed gives the image
+RunPod's worker gives (its first one: that worker draws a batch from one generator, ours seeds
+output i with seed + i). On a machine without CUDA there is no such generator: the CPU's serves.
 """
 
 from typing import Any
+
+import torch
 
 from . import FieldError, validate
 
@@ -33,6 +38,7 @@ def inputs(payload: dict[str, Any]) -> dict[str, Any]:
         "guidance_scale": job.get("guidance_scale", 7.5),
         "scheduler": SCHEDULERS[job.get("scheduler", "K-LMS")],
         "seed": job.get("seed"),
+        "seed_device": "cuda" if torch.cuda.is_available() else "cpu",
         "disable_safety_checker": not job.get("nsfw", False),
         "prompt_weighting": "none",
         "output_format": "png",
