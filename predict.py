@@ -5,6 +5,7 @@ Cog's CLI reads this file statically: every Input() argument is a literal or one
 module-level literal constants below.
 """
 
+from collections.abc import AsyncIterator
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, concurrent
@@ -290,9 +291,19 @@ class Predictor(BasePredictor):
         controlnet_3_model: Optional[str] = Input(description=CONTROL_MODEL_HELP, default=None),
         base_model: Optional[str] = Input(description=BASE_MODEL_HELP, default=None),
         vae: Optional[str] = Input(description=VAE_HELP, default=None),
-    ) -> list[Path]:
+        preview_every: int = Input(
+            description="Every this many denoising steps, a quick preview of each image (a "
+            "small JPEG named preview-<output>-step<k>-...) before the images (0: none).",
+            ge=0,
+            le=500,
+            default=0,
+        ),
+    ) -> AsyncIterator[Path]:
         # Every argument above, by name: sdcog.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}
         request = Request.from_inputs(inputs, self.settings.local_input_paths)
-        generation = await self.model.run(lambda cancelled: self.generate(request, cancelled))
-        return [Path(p) for p in generation.paths]
+        # Previews as they are written (preview_every), then the images.
+        async for path in self.model.stream(
+            lambda cancelled, emit: self.generate(request, cancelled, emit).paths
+        ):
+            yield Path(path)

@@ -2,22 +2,21 @@
 
 import functools
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
 from . import (
-    canvas,
     deepcache,
     denoise,
     errors,
     hires,
-    images,
     memory,
     prompts,
     protocol,
+    request_images,
     runner,
     seeds,
     torch_compile,
@@ -31,6 +30,7 @@ from .loras import WarmLoras
 from .outputs import Encoding, Generation, OutputFolders
 from .patches import Patches
 from .pipelines import Pipelines, device_and_dtype
+from .previews import PreviewDecoder, PreviewStream
 from .request import Request
 from .safety import SafetyChecker
 from .settings import Settings
@@ -65,6 +65,8 @@ class Generator:
             self.ip_adapters = IPAdapters.load(
                 weights_dir, self.pipelines.family, self.pipelines.base
             )
+        with setup.stage("previews"):
+            self.previews = PreviewDecoder.load(weights_dir, self.pipelines.device, dtype)
         with setup.stage("compile"):  # on CUDA unless SDCOG_COMPILE=0
             refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
             mode = self.settings.compile_mode
@@ -81,12 +83,18 @@ class Generator:
         print(setup.line())
         self.outputs = OutputFolders()
 
-    def __call__(self, request: Request, cancelled: threading.Event | None = None) -> Generation:
-        """The request's images; `cancelled`, once set, stops it at the next step. A failure is
-        raised as the client may see it (errors.public)."""
+    def __call__(
+        self,
+        request: Request,
+        cancelled: threading.Event | None = None,
+        emit: Callable[[Path], None] | None = None,
+    ) -> Generation:
+        """The request's images; `cancelled`, once set, stops it at the next step; `emit` gets
+        each preview file as it is written (preview_every). A failure is raised as the client
+        may see it (errors.public)."""
         failure: Exception | None = None
         try:
-            generation = self._generate(request, cancelled)
+            generation = self._generate(request, cancelled, emit or (lambda path: None))
         except runner.PredictionCancelledError:
             failure = runner.PredictionCancelledError("cancelled")
         except Exception as e:
@@ -104,6 +112,7 @@ class Generator:
         on a requested base_model runs in `fits`, before that model's weights are fetched."""
         self.models.check(request)
         seeds.check_device(request.seed_device)
+        self.previews.check(request.preview_every)
         text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
         for name in ("prompt", "negative_prompt"):
             prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)
@@ -120,13 +129,21 @@ class Generator:
         if request.ip_adapter_image:
             self.ip_adapters.check_fits(model.unet)
 
-    def _generate(self, request: Request, cancelled: threading.Event | None) -> Generation:
+    def _generate(
+        self, request: Request, cancelled: threading.Event | None, emit: Callable[[Path], None]
+    ) -> Generation:
         self.check(request)
         fits = functools.partial(self.fits, request)
         with self.models.chosen(request, fits, cancelled) as model:
-            return self._run(request, model, cancelled)
+            return self._run(request, model, cancelled, emit)
 
-    def _run(self, request: Request, model: Model, cancelled: threading.Event | None) -> Generation:
+    def _run(
+        self,
+        request: Request,
+        model: Model,
+        cancelled: threading.Event | None,
+        emit: Callable[[Path], None],
+    ) -> Generation:
         pipelines = model.pipelines
         unet = pipelines.base["txt2img"].unet
         if request.ip_adapter_image:
@@ -137,8 +154,10 @@ class Generator:
         deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
         timings = Timings()
         with timings.stage("read"):
-            picture, image, mask, control_images, ip_image = self._read_images(request)
-        size = self._size(request, pipelines.native_size, image or next(iter(control_images), None))
+            picture, image, mask, control_images, ip_image = request_images.read(request)
+        size = request_images.size(
+            request, pipelines.native_size, image or next(iter(control_images), None)
+        )
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
         first = hires.first_size(size, request.hires_scale) if request.hires_scale > 1 else size
@@ -163,7 +182,7 @@ class Generator:
             else None
         )
 
-        inputs = _mode_inputs(request, image, mask, first)
+        inputs = request_images.mode_inputs(request, image, mask, first)
         if steering:
             inputs.update(steering.arguments(pipe))
         if ip_image:  # every pass of the base model sees it (hires fix: both)
@@ -171,6 +190,11 @@ class Generator:
         ip_adapter = request.ip_adapter if ip_image else None
         per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
         stop = runner.stop_if_set(cancelled or threading.Event())
+        folder, token = self.outputs.open()
+        previews = None
+        if request.preview_every:
+            previews = PreviewStream(self.previews, request.preview_every, folder, token, emit)
+            stop = previews.callback(stop)
         results: list[tuple[int, Image.Image]] = []
         text_pipe = pipelines.base["txt2img"]  # its components are every mode's
         with ExitStack() as loaded:  # what the request changes: undone when it closes
@@ -188,6 +212,8 @@ class Generator:
             with timings.denoising(pipe.vae):
                 for start in range(0, len(output_seeds), per_batch):
                     batch = output_seeds[start : start + per_batch]
+                    if previews:
+                        previews.first_output = start
                     denoised = denoise.run(request, pipe, refiner, batch, inputs, embeds, stop)
                     if finish:
                         shared = denoise.arguments(request, batch, stop) | embeds.base
@@ -211,41 +237,10 @@ class Generator:
                 with timings.stage("safety"):
                     results, flagged = self.safety.keep_unflagged(results)
             with timings.stage("encode"):
-                outputs = self.outputs.save(encoding, [seed for seed, _ in results])
+                outputs = self.outputs.save(encoding, [seed for seed, _ in results], folder, token)
         print(timings.line())
         counts = {name: (state.reused, state.total) for name, state in patched.deepcache.items()}
         return Generation(outputs, flagged, timings.milliseconds, counts)
-
-    def _read_images(self, request: Request) -> tuple[Any, ...]:
-        """The canvas (or None), the image and mask the pipeline paints (the canvas's region of
-        them), the control images over the same region, and the IP-Adapter image (or None)."""
-        image, mask = images.read_inputs(request)
-        picture = canvas.for_request(request, image, mask)
-        if picture:  # the pipeline paints one region of the picture, pasted back at the end
-            image, mask = picture.region()
-        control_images = [
-            images.read_image(s.image, f"{s.name}_image") for s in request.controlnets
-        ]
-        if picture:  # control maps line up with the picture, so they take the same region
-            control_images = [
-                c.resize(picture.picture.size, Image.Resampling.LANCZOS).crop(picture.box)
-                for c in control_images
-            ]
-        ip_image = None
-        if request.ip_adapter_image:
-            ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
-        return picture, image, mask, control_images, ip_image
-
-    @staticmethod
-    def _size(request: Request, native: int, guide: Image.Image | None) -> tuple[int, int]:
-        """The size the pipeline runs at (hires fix: its second pass). Outpainting: the padded
-        picture's; mask_margin: the crop's aspect at the native pixel count; else the request's,
-        or from the image (or first control image) and the native size."""
-        if request.outpainting:
-            return images.snap(guide.width), images.snap(guide.height)
-        if request.mask_margin:
-            return images.output_size(None, None, native, guide)
-        return images.output_size(request.width, request.height, native, guide)
 
     def _second_pass(
         self,
@@ -268,24 +263,3 @@ class Generator:
         if ip_image:
             inputs["ip_adapter_image"] = ip_image
         return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)
-
-
-def _mode_inputs(
-    request: Request,
-    image: Image.Image | None,
-    mask: Image.Image | None,
-    size: tuple[int, int],
-) -> dict[str, Any]:
-    """The arguments that differ between txt2img, img2img and inpainting."""
-    width, height = size
-    if image is None:
-        return {"width": width, "height": height}
-    inputs: dict[str, Any] = {
-        "image": image.resize(size, Image.Resampling.LANCZOS),
-        "strength": request.prompt_strength,
-    }
-    if mask is not None:
-        inputs.update(
-            mask_image=mask.resize(size, Image.Resampling.LANCZOS), width=width, height=height
-        )
-    return inputs

@@ -66,15 +66,19 @@ class OutputFolders:
     def __init__(self) -> None:
         self.folders: deque[Path] = deque()
 
-    def save(self, encoding: Encoding, seeds: list[int]) -> list[Output]:
-        """The images of these seeds, in this order, as files named
-        out-<index>-seed<seed>-<token>.<ext>."""
+    def open(self) -> tuple[Path, str]:
+        """A new prediction's folder, and the token that keeps its file names unique (uploads
+        from two predictions never collide)."""
         # With one prediction per slot, the folder from SLOTS predictions ago is done with.
         while len(self.folders) >= runner.SLOTS:
             shutil.rmtree(self.folders.popleft(), ignore_errors=True)
         folder = Path(tempfile.mkdtemp(prefix="sdcog-"))
         self.folders.append(folder)
-        token = uuid.uuid4().hex[:8]  # unique names: uploads from two predictions never collide
+        return folder, uuid.uuid4().hex[:8]
+
+    def save(self, encoding: Encoding, seeds: list[int], folder: Path, token: str) -> list[Output]:
+        """The images of these seeds, in this order, in the prediction's folder as files named
+        out-<index>-seed<seed>-<token>.<ext>."""
         extension = images.extension(encoding.fmt)
         outputs = []
         for index, seed in enumerate(seeds):

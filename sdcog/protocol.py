@@ -14,6 +14,7 @@ from pathlib import Path
 TIMINGS, SETUP_TIMINGS = "timings", "setup"
 _SEED = re.compile(r"^output (\d+): seed (\d+)$", re.M)
 _FLAGGED = re.compile(r"^output (\d+) \(seed (\d+)\) was flagged", re.M)
+_PREVIEW = re.compile(r"^preview: output (\d+) step (\d+)$", re.M)
 _DEEPCACHE = re.compile(r"^deepcache: (\d+) of (\d+) (\w+) UNet calls reused$", re.M)
 # Cog 0.23.1 reports an exception from the async predict() as "Prediction failed: Async
 # prediction failed: ValueError: <message>" (coglet wraps it twice); ours name the input first.
@@ -40,6 +41,15 @@ def deepcache_line(unet: str, reused: int, total: int) -> str:
     return f"deepcache: {reused} of {total} {unet} UNet calls reused"
 
 
+def preview_line(index: int, step: int) -> str:
+    return f"preview: output {index} step {step}"
+
+
+def preview_name(index: int, step: int, token: str) -> str:
+    """A preview file's name without its extension (a JPEG)."""
+    return f"preview-{index}-step{step}-{token}"
+
+
 def output_name(index: int, seed: int, token: str) -> str:
     """An output file's name without its extension; `token` keeps it unique."""
     return f"out-{index}-seed{seed}-{token}"
@@ -52,6 +62,12 @@ def output_seeds(logs: str) -> list[tuple[int, bool]]:
     """Every output's seed, and whether the safety checker left it out, from the logs."""
     flagged = {int(seed) for _, seed in _FLAGGED.findall(logs)}
     return [(int(seed), int(seed) in flagged) for _, seed in _SEED.findall(logs)]
+
+
+def previews(logs: str) -> list[tuple[int, int]]:
+    """(output, step) of each preview, in the order they were sent: a prediction's output list
+    is its previews, then its images (data URIs carry no file names; these lines do)."""
+    return [(int(index), int(step)) for index, step in _PREVIEW.findall(logs)]
 
 
 def kept_seeds(logs: str) -> list[int]:
@@ -82,12 +98,17 @@ def read_data_uri(uri: str) -> tuple[str, bytes]:
     return extension, base64.b64decode(data)
 
 
+def final_outputs(result: dict) -> list[str]:
+    """A finished prediction's images, without its previews."""
+    return result["output"][len(previews(result.get("logs", ""))) :]
+
+
 def save(result: dict, folder: Path, stamp: str) -> list[Path]:
     """A finished prediction's images as out-<index>-seed<seed>-<stamp>.<ext> in `folder`;
     where a name is taken (another run in the same second), the whole run gets -2, -3, ..."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds = kept_seeds(result.get("logs", ""))
-    files = [read_data_uri(uri) for uri in result["output"]]
+    files = [read_data_uri(uri) for uri in final_outputs(result)]
     for run in range(1, 1000):
         suffix = f"-{run}" if run > 1 else ""
         paths = [

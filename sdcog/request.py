@@ -69,6 +69,8 @@ class Request:
     ip_adapter_image: Path | None = None
     ip_adapter_scale: float = 0.6
     ip_adapter: str = "standard"
+    # Watching it work
+    preview_every: int = 0
     # Speed
     deepcache_interval: int = 1
     deepcache_branch: int = 0

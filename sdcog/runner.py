@@ -19,7 +19,7 @@ import contextvars
 import functools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -67,9 +67,41 @@ class OneAtATime:
         self._status = status_file
         self._report()
 
-    async def run(self, work: Callable[[threading.Event], T]) -> T:
-        """work(cancelled) in the prediction thread, after every earlier call has finished."""
-        watcher = asyncio.ensure_future(cog_cancel.honour_lost_cancels(asyncio.current_task()))
+    async def stream(
+        self, work: Callable[[threading.Event, Callable[[T], None]], list[T]]
+    ) -> AsyncIterator[T]:
+        """work(cancelled, emit) as run() runs it; what it emits as it goes (from its thread)
+        is yielded at once, then the items it returns."""
+        loop, items = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(item: T) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        job = asyncio.ensure_future(
+            self.run(lambda cancelled: work(cancelled, emit), watch=asyncio.current_task())
+        )
+        try:
+            while not job.done() or not items.empty():
+                item = asyncio.ensure_future(items.get())
+                await asyncio.wait({item, job}, return_when=asyncio.FIRST_COMPLETED)
+                if item.done():
+                    yield item.result()
+                else:
+                    item.cancel()
+            for result in job.result():
+                yield result
+        finally:
+            if not job.done():  # cancelled: the model is free once the thread has stopped
+                job.cancel()
+                await asyncio.wait([job])
+
+    async def run(
+        self, work: Callable[[threading.Event], T], watch: asyncio.Task | None = None
+    ) -> T:
+        """work(cancelled) in the prediction thread, after every earlier call has finished.
+        `watch`: the task Cog runs the prediction in (default: this one), for lost cancels."""
+        task = watch or asyncio.current_task()
+        watcher = asyncio.ensure_future(cog_cancel.honour_lost_cancels(task))
         self._inside += 1
         self._report()
         try:

@@ -15,7 +15,7 @@ from . import protocol
 
 STAGES = ("read", "adapters", "prompts", "denoise", "decode", "watermark", "safety", "encode")
 # setup(): each part of the model, loaded straight to the device.
-SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters", "compile")
+SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters", "previews", "compile")
 
 
 def _sync() -> None:

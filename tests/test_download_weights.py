@@ -83,7 +83,8 @@ def test_committed_pins_are_safetensors_and_commits():
     pins = {pin.name: pin for pin in read_pins()}
     controls = {f"controlnet_{kind}" for kind in ("canny", "depth", "openpose", "lineart",
                                                   "softedge", "scribble", "tile")}  # fmt: skip
-    entries = {"base", "safety", "annotator_depth", "annotator_pose", "ip_adapter", *controls}
+    entries = {"base", "safety", "annotator_depth", "annotator_pose", "ip_adapter", "taesd",
+               *controls}  # fmt: skip
     assert set(pins) == entries
     for name in ("base", "safety"):  # the other entries' commits are to be filled in
         assert re.fullmatch(r"[0-9a-f]{40}", pins[name].revision), pins[name]

@@ -256,5 +256,7 @@ def test_setup_logs_its_stage_timings(server):
     text = Path(server.log.name).read_text()
     (line,) = re.findall(r"setup \(ms\): .*$", text, re.M)
     stages = dict(re.findall(r"(\w+) (\d+)", line.split(": ", 1)[1]))
-    assert set(stages) == {"pipelines", "safety", "controlnets", "ip_adapters", "compile"}
+    assert set(stages) == {
+        "pipelines", "safety", "controlnets", "ip_adapters", "previews", "compile",
+    }  # fmt: skip
     assert int(stages["pipelines"]) > 0

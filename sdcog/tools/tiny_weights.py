@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -193,6 +194,15 @@ def write_safety(directory: Path, threshold: float = 1.0) -> None:
     ).save_pretrained(directory / "feature_extractor")
 
 
+def write_preview_decoder(directory: Path) -> None:
+    """A TAESD-shaped tiny autoencoder (madebyollin/taesd's layout and block structure, 8
+    channels wide instead of 64) as [taesd] pins it."""
+    torch.manual_seed(SEED)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)
+    ).save_pretrained(directory / "taesd", safe_serialization=True)
+
+
 def write_tiny_weights(
     directory: Path, family: str = "sd", safety_threshold: float = 1.0, controls: bool = True
 ) -> None:
@@ -207,6 +217,7 @@ def write_tiny_weights(
     else:
         write_base(directory / "base")
     write_safety(directory / "safety", threshold=safety_threshold)
+    write_preview_decoder(directory)
     write_single_file_configs(directory)
     if controls:
         unet = UNet2DConditionModel.from_pretrained(directory / "base/unet")

@@ -1,0 +1,94 @@
+"""Previews while a prediction runs: every `preview_every` denoising steps, each output's current
+latents decoded by the tiny autoencoder made for that (TAESD for SD 1.x/2.x, TAESDXL for SDXL;
+pinned as [taesd], MIT-licensed) and written as a small JPEG, `preview-<output>-step<k>-<token>`.
+
+The decoder reads the latents diffusers hands its step-end callback and changes nothing: the
+final images are the same bytes with previews on or off. Steps are counted over the whole
+prediction (a refiner's and a hires fix's second pass continue the count).
+"""
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderTiny
+from PIL import Image
+
+from . import protocol
+
+ENTRY = "taesd"
+QUALITY = 70  # small files: a preview is looked at once
+
+
+class PreviewDecoder:
+    def __init__(self, decoder: AutoencoderTiny | None) -> None:
+        self.decoder = decoder
+
+    @classmethod
+    def load(cls, weights_dir: Path, device: torch.device, dtype: torch.dtype) -> "PreviewDecoder":
+        """The pinned decoder, loaded once; without the pin, none (previews are refused)."""
+        folder = weights_dir / ENTRY
+        if not (folder / "config.json").exists():
+            return cls(None)
+        decoder = AutoencoderTiny.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, device_map=str(device)
+        )
+        decoder.requires_grad_(False)
+        return cls(decoder)
+
+    def check(self, preview_every: int) -> None:
+        if preview_every and self.decoder is None:
+            raise ValueError(
+                f"preview_every: this build has no preview decoder (pin [{ENTRY}] in "
+                "weights/pins.toml); set preview_every to 0"
+            )
+
+    @torch.no_grad()
+    def images(self, latents: torch.Tensor) -> list[Image.Image]:
+        assert self.decoder is not None
+        pixels = self.decoder.decode(latents.to(self.decoder.dtype)).sample
+        pixels = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        array = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
+
+
+class PreviewStream:
+    """One prediction's previews: the step counter, and where each file goes as it is written
+    (`emit`, from the prediction's thread)."""
+
+    def __init__(
+        self,
+        decoder: PreviewDecoder,
+        every: int,
+        folder: Path,
+        token: str,
+        emit: Callable[[Path], None],
+    ) -> None:
+        self.decoder, self.every, self.folder, self.token = decoder, every, folder, token
+        self.emit = emit
+        self.steps = 0
+        self.first_output = 0  # the batch's first output index
+        self.lock = threading.Lock()
+
+    def callback(self, stop: Callable) -> Callable:
+        """A callback_on_step_end: `stop`'s check, then a preview every `every` steps."""
+
+        def step_end(pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
+            kwargs = stop(pipe, step, timestep, kwargs)
+            self.steps += 1
+            if self.steps % self.every == 0 and "latents" in kwargs:
+                self._write(kwargs["latents"])
+            return kwargs
+
+        return step_end
+
+    def _write(self, latents: torch.Tensor) -> None:
+        for offset, image in enumerate(self.decoder.images(latents)):
+            index = self.first_output + offset
+            name = protocol.preview_name(index, self.steps, self.token)
+            path = self.folder / f"{name}.jpg"
+            image.save(path, format="JPEG", quality=QUALITY)
+            print(protocol.preview_line(index, self.steps))
+            self.emit(path)

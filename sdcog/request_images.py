@@ -1,0 +1,60 @@
+"""The request's images as the pipelines take them: read and placed on the canvas, the size the
+pipeline runs at, and the arguments that differ between txt2img, img2img and inpainting."""
+
+from typing import Any
+
+from PIL import Image
+
+from . import canvas, images
+from .request import Request
+
+
+def read(request: Request) -> tuple[Any, ...]:
+    """The canvas (or None), the image and mask the pipeline paints (the canvas's region of
+    them), the control images over the same region, and the IP-Adapter image (or None)."""
+    image, mask = images.read_inputs(request)
+    picture = canvas.for_request(request, image, mask)
+    if picture:  # the pipeline paints one region of the picture, pasted back at the end
+        image, mask = picture.region()
+    control_images = [images.read_image(s.image, f"{s.name}_image") for s in request.controlnets]
+    if picture:  # control maps line up with the picture, so they take the same region
+        control_images = [
+            c.resize(picture.picture.size, Image.Resampling.LANCZOS).crop(picture.box)
+            for c in control_images
+        ]
+    ip_image = None
+    if request.ip_adapter_image:
+        ip_image = images.read_image(request.ip_adapter_image, "ip_adapter_image")
+    return picture, image, mask, control_images, ip_image
+
+
+def size(request: Request, native: int, guide: Image.Image | None) -> tuple[int, int]:
+    """The size the pipeline runs at (hires fix: its second pass). Outpainting: the padded
+    picture's; mask_margin: the crop's aspect at the native pixel count; else the request's,
+    or from the image (or first control image) and the native size."""
+    if request.outpainting:
+        return images.snap(guide.width), images.snap(guide.height)
+    if request.mask_margin:
+        return images.output_size(None, None, native, guide)
+    return images.output_size(request.width, request.height, native, guide)
+
+
+def mode_inputs(
+    request: Request,
+    image: Image.Image | None,
+    mask: Image.Image | None,
+    size: tuple[int, int],
+) -> dict[str, Any]:
+    """The arguments that differ between txt2img, img2img and inpainting."""
+    width, height = size
+    if image is None:
+        return {"width": width, "height": height}
+    inputs: dict[str, Any] = {
+        "image": image.resize(size, Image.Resampling.LANCZOS),
+        "strength": request.prompt_strength,
+    }
+    if mask is not None:
+        inputs.update(
+            mask_image=mask.resize(size, Image.Resampling.LANCZOS), width=width, height=height
+        )
+    return inputs
