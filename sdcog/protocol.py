@@ -14,7 +14,9 @@ from pathlib import Path
 TIMINGS, SETUP_TIMINGS = "timings", "setup"
 _SEED = re.compile(r"^output (\d+): seed (\d+)$", re.M)
 _FLAGGED = re.compile(r"^output (\d+) \(seed (\d+)\) was flagged", re.M)
-_PREVIEW = re.compile(r"^preview: output (\d+) step (\d+)$", re.M)
+# Not anchored at the line's start: it is written while diffusers' progress bar, which ends its
+# line only when it finishes, is on that line.
+_PREVIEW = re.compile(r"preview: output (\d+) step (\d+)$", re.M)
 _DEEPCACHE = re.compile(r"^deepcache: (\d+) of (\d+) (\w+) UNet calls reused$", re.M)
 # Cog 0.23.1 reports an exception from the async predict() as "Prediction failed: Async
 # prediction failed: ValueError: <message>" (coglet wraps it twice); ours name the input first.
@@ -101,6 +103,18 @@ def read_data_uri(uri: str) -> tuple[str, bytes]:
 def final_outputs(result: dict) -> list[str]:
     """A finished prediction's images, without its previews."""
     return result["output"][len(previews(result.get("logs", ""))) :]
+
+
+def save_previews(result: dict, folder: Path, stamp: str) -> list[Path]:
+    """A finished prediction's previews as preview-<output>-step<k>-<stamp>.jpg in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (index, step), uri in zip(previews(result.get("logs", "")), result["output"], strict=False):
+        extension, data = read_data_uri(uri)
+        path = folder / f"{preview_name(index, step, stamp)}.{extension}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
 
 
 def save(result: dict, folder: Path, stamp: str) -> list[Path]:

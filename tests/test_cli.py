@@ -112,3 +112,11 @@ def test_serve_without_weights_falls_back_to_tiny_weights_as_predict_does(tmp_pa
             server.terminate()
             server.wait(timeout=30)
     assert "TINY RANDOM weights" in (tmp_path / "serve.log").read_text()
+
+
+def test_previews_are_written_beside_the_images(tiny_weights, tmp_path):
+    names = predict(tiny_weights, tmp_path, "prompt=a cat", "seed=5", "width=128", "height=128",
+                    "num_inference_steps=4", "preview_every=2")  # fmt: skip
+    assert [re.sub(r"-\d{8}-\d{6}", "", n) for n in names] == [
+        "out-0-seed5.png", "preview-0-step2.jpg", "preview-0-step4.jpg",
+    ]  # fmt: skip

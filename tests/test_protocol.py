@@ -40,3 +40,11 @@ def test_an_answer_saves_under_its_seeds_and_never_overwrites(tmp_path):
     assert [p.name for p in again] == ["out-0-seed3-20261128-101010-2.png",
                                        "out-1-seed4-20261128-101010-2.jpg"]  # fmt: skip
     assert first[0].read_bytes() == b"one" and again[1].read_bytes() == b"two"
+
+
+def test_previews_are_read_behind_a_progress_bar():
+    logs = "\r  0%|   | 0/6 [00:00<?, ?it/s]preview: output 0 step 2\npreview: output 1 step 2\n"
+    assert protocol.previews(logs) == [(0, 2), (1, 2)]
+    assert protocol.preview_line(1, 2) in logs
+    result = {"logs": logs + "output 0: seed 1\n", "output": ["p0", "p1", "image"]}
+    assert protocol.final_outputs(result) == ["image"]

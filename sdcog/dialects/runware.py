@@ -83,7 +83,7 @@ def failed(payload: list[dict[str, Any]], index: int, message: str) -> FieldErro
 def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Path) -> str:
     data = []
     for task, result in zip(_inference_tasks(payload), results, strict=True):
-        images = iter(result["output"])
+        images = iter(protocol.final_outputs(result))
         for seed, flagged in protocol.output_seeds(result.get("logs", "")):
             entry = {
                 "taskType": "imageInference",

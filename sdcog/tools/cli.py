@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from ..protocol import error_message, save
+from ..protocol import error_message, save, save_previews
 from .cog_server import ROOT, CogServer
 
 CACHE = ROOT / ".cache"
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         env = {
             "TMPDIR": tmp,
             "ADAPTER_CACHE_DIR": os.environ.get("ADAPTER_CACHE_DIR", str(CACHE / "adapters")),
+            "MODEL_CACHE_DIR": os.environ.get("MODEL_CACHE_DIR", str(CACHE / "models")),
         }
         try:
             server = CogServer(args.weights, log, env=env)
@@ -154,5 +155,6 @@ def main(argv: list[str] | None = None) -> None:
     if result["status"] != "succeeded":
         error = error_message(result.get("error") or "")
         raise SystemExit(f"prediction {result['status']}: {error}")
-    for path in save(result, args.output, time.strftime("%Y%m%d-%H%M%S")):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in save_previews(result, args.output, stamp) + save(result, args.output, stamp):
         print(path)
