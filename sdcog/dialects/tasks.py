@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import protocol
-from . import ModelNames, hydrogen, runware
+from . import ModelNames, hydrogen, opensourceais, runware
 
-DIALECTS = {"hydrogen": hydrogen, "runware": runware}
+DIALECTS = {"hydrogen": hydrogen, "opensourceais": opensourceais, "runware": runware}
 
 
 def run(

@@ -273,6 +273,10 @@ def findings(
         out.append(f"- Generator vs diffusers, txt2img image: mean abs diff {diff:.2f}/255.")
     if plain and (lora := ours.get("lora")):
         out.append(f"- Warm LoRA: {lora.median / plain.median:.3f}x a plain request.")
+    if plain and (previewed := ours.get("previews")):
+        diff = np.abs(previewed.last.image.astype(float) - plain.last.image.astype(float)).max()
+        out.append(f"- Previews every 10 steps: {previewed.median / plain.median:.3f}x a plain "
+                   f"request; the image differs by at most {diff:.0f}/255.")  # fmt: skip
     served = results.get("server", {})
     if ratios := [f"{case} {served[case].median / r.median:.3f}x" for case, r in ours.items()
                   if case in served]:  # fmt: skip

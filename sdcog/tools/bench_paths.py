@@ -32,7 +32,7 @@ from ..request import Request
 from ..settings import Settings
 from .cog_server import CogServer
 
-CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache")
+CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache", "previews")
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 NEGATIVE = "blurry, low quality"
 
@@ -173,6 +173,8 @@ class Setup:
             return self.family == "sdxl" and (self.weights / "refiner/model_index.json").exists()
         if case == "controlnet":
             return (self.weights / self.controlnet_entry / "config.json").exists()
+        if case == "previews":
+            return (self.weights / "taesd/config.json").exists()
         return case in CASES
 
     def inputs(self, case: str) -> dict:
@@ -191,6 +193,7 @@ class Setup:
                 "controlnet_1_preprocess": False,
             },  # fmt: skip
             "deepcache": {"deepcache_interval": 3},
+            "previews": {"preview_every": 10},
         }
         return inputs | extra.get(case, {})
 
@@ -248,7 +251,7 @@ class Served:
             result = self.server.post(inputs).json()
             if result.get("status") != "succeeded":
                 raise RuntimeError(f"{case}: {result.get('error') or result}")  # or a 422's detail
-            _, data = protocol.read_data_uri(result["output"][0])
+            _, data = protocol.read_data_uri(protocol.final_outputs(result)[0])
             image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             logs = result.get("logs", "")
             return Outcome(image, protocol.timings(logs), protocol.deepcache_counts(logs))

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     ControlNetModel,
     ControlNetUnionModel,
     StableDiffusionPipeline,
@@ -174,3 +175,5 @@ def write_full_weights(directory: Path, family: str = "sd", refiner: bool = True
             directory / KIND_ENTRIES["canny"], variant="fp16", safe_serialization=True
         )
     write_safety(directory / "safety")
+    # TAESD and TAESDXL share one architecture: AutoencoderTiny's defaults are theirs.
+    _save(AutoencoderTiny(), directory / "taesd")

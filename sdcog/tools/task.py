@@ -1,12 +1,13 @@
 """script/task: another system's task payload, run through Cog's server.
 
-    script/task --dialect hydrogen|runware TASK.json [-o outputs/] [--pins weights/pins.toml]
-                [--url URL]
+    script/task --dialect hydrogen|opensourceais|runware TASK.json [-o outputs/]
+                [--pins weights/pins.toml] [--url URL]
 
 The payload is checked against the dialect's JSON Schema and translated to predict()'s inputs
 (sdcog/dialects/tasks.py); the predictions run on Cog's real server (started over the build's
 weights, or the one at --url), the images are written to the output folder, and what the system
-would answer is printed (hydrogen: the images' paths; runware: its JSON response).
+would answer is printed (hydrogen: the images' paths; runware: its JSON response;
+opensourceais: its 201 body, with the request's record written beside the images).
 """
 
 import argparse
@@ -60,7 +61,8 @@ def _server(url: str | None, weights: Path) -> Iterator[RunningServer]:
         open(cli.CACHE / "cog-server.log", "w") as log,
     ):
         print("starting Cog's server ...", file=sys.stderr)
-        server = CogServer(weights, log, env={"TMPDIR": tmp})
+        env = {"TMPDIR": tmp, "MODEL_CACHE_DIR": str(cli.CACHE / "models")}  # kept across tasks
+        server = CogServer(weights, log, env=env)
         try:
             yield server
         finally:
