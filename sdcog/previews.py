@@ -7,7 +7,6 @@ final images are the same bytes with previews on or off. Steps are counted over 
 prediction (a refiner's and a hires fix's second pass continue the count).
 """
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,7 +69,6 @@ class PreviewStream:
         self.emit = emit
         self.steps = 0
         self.first_output = 0  # the batch's first output index
-        self.lock = threading.Lock()
 
     def callback(self, stop: Callable) -> Callable:
         """A callback_on_step_end: `stop`'s check, then a preview every `every` steps."""
