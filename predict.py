@@ -73,7 +73,8 @@ class Predictor(BasePredictor):
         self.model = OneAtATime(self.settings.status_file)
 
     # Four slots, so two clients sending back to back never find their last slot still closing;
-    # the model itself runs one prediction at a time, the others wait (sdcog/runner.py).
+    # the model itself runs one prediction at a time, the others wait (sdcog/runner.py). An async
+    # generator: Cog 0.23.1 sends what it yields when it ends (README, "Previews").
     @concurrent(max=4)
     async def predict(
         self,
