@@ -103,8 +103,8 @@ class Predictor(BasePredictor):
             default=7.5,
         ),
         seed: Optional[int] = Input(
-            description="Random seed; output i uses seed + i. Leave out for a random seed.",
-            ge=0,
+            description="Random seed; output i uses seed + i. Leave out, or -1, for a random seed.",
+            ge=-1,
             le=4294967295,
             default=None,
         ),

@@ -14,9 +14,12 @@ import torch
 MAX_SEED = 2**32 - 1
 
 
+RANDOM = -1  # AUTOMATIC1111's and many clients' "a random seed"
+
+
 def resolve_seed(seed: int | None) -> int:
-    """The request's seed, or a random one in the unsigned 32-bit range."""
-    return secrets.randbits(32) if seed is None else seed
+    """The request's seed, or a random one in the unsigned 32-bit range (none given, or -1)."""
+    return secrets.randbits(32) if seed is None or seed == RANDOM else seed
 
 
 def output_seeds(seed: int, num_outputs: int) -> list[int]:

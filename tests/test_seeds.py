@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -81,3 +83,16 @@ def test_seed_device_through_cogs_server(sd_server):
     assert "seed_device: cuda draws" in sd_server.failure(**small, seed_device="cuda")
     assert sd_server.post(small | {"seed_device": "tpu"}).status_code == 422
     assert sd_server.predict(**small, seed_device="cpu")["status"] == "succeeded"
+
+
+def test_minus_one_is_a_random_seed_as_in_automatic1111():
+    drawn = {resolve_seed(-1) for _ in range(50)}
+    assert len(drawn) == 50 and all(0 <= s <= MAX_SEED for s in drawn)
+
+
+def test_minus_one_through_cogs_server(sd_server):
+    small = {"prompt": "x", "num_inference_steps": 2, "width": 128, "height": 128}
+    seeds = [int(re.search(r"^output 0: seed (\d+)$", sd_server.predict(**small, seed=-1)["logs"],
+                           re.M)[1]) for _ in range(2)]  # fmt: skip
+    assert seeds[0] != seeds[1] and all(0 <= s <= MAX_SEED for s in seeds)
+    assert sd_server.post(small | {"seed": -2}).status_code == 422
