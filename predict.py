@@ -24,6 +24,12 @@ SCHEDULERS = [
     "K_EULER_ANCESTRAL", "HeunDiscrete", "KLMS", "PNDM", "IPNDM", "KDPM2", "KDPM2_ANCESTRAL",
     "UniPCMultistep",
 ]  # fmt: skip
+# AUTOMATIC1111's sampler names, aliases of the above (sdcog.schedulers.A1111_NAMES; a test keeps
+# the two equal).
+A1111_SCHEDULERS = [
+    "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "Heun", "DPM2", "DPM2 a", "LMS", "PLMS",
+    "UniPC",
+]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
 SEED_DEVICES = ["cpu", "cuda"]  # sdcog.seeds.SEED_DEVICES (a test keeps the two equal)
 MAX_PROMPT_CHARS = 20000  # sdcog.limits.MAX_PROMPT_CHARS (a test keeps the two equal)
@@ -93,7 +99,10 @@ class Predictor(BasePredictor):
         ),
         num_outputs: int = Input(description="How many images.", ge=1, le=10, default=1),
         scheduler: str = Input(
-            description="Denoising scheduler.", choices=SCHEDULERS, default="DPMSolverMultistep"
+            description="Denoising scheduler (AUTOMATIC1111's sampler names too: Euler a, "
+            "DPM++ 2M Karras, ...).",
+            choices=SCHEDULERS + A1111_SCHEDULERS,
+            default="DPMSolverMultistep",
         ),
         num_inference_steps: int = Input(description="Denoising steps.", ge=1, le=500, default=50),
         guidance_scale: float = Input(

@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import models, netguard
+from . import models, netguard, schedulers
 from .control_slots import CONTROL_SLOTS, ControlSlot, typed
 from .inversions import parse_inversion
 from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
@@ -93,6 +93,8 @@ class Request:
             else value
             for name, value in inputs.items()
         }
+        if "scheduler" in inputs:  # AUTOMATIC1111's sampler names are aliases of ours
+            inputs["scheduler"] = schedulers.canonical(inputs["scheduler"])
         names = {f.name for f in fields(cls)}
         controlnets = (ControlSlot.from_inputs(n, inputs) for n in range(1, CONTROL_SLOTS + 1))
         return cls(

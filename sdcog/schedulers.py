@@ -44,6 +44,19 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
+# AUTOMATIC1111's sampler names -> ours: accepted as the scheduler input (predict.py lists them).
+A1111_NAMES = {
+    "Euler a": "K_EULER_ANCESTRAL", "Euler": "K_EULER", "DPM++ 2M": "DPMSolverMultistep",
+    "DPM++ 2M Karras": "KarrasDPM", "Heun": "HeunDiscrete", "DPM2": "KDPM2",
+    "DPM2 a": "KDPM2_ANCESTRAL", "LMS": "KLMS", "PLMS": "PNDM", "UniPC": "UniPCMultistep",
+}  # fmt: skip
+
+
+def canonical(name: str) -> str:
+    """Our name for a scheduler given by ours or by AUTOMATIC1111's."""
+    return A1111_NAMES.get(name, name)
+
+
 def make_scheduler(name: str, model_config: Mapping[str, Any]) -> SchedulerMixin:
     """A new scheduler of the named kind, configured from the model's original scheduler config."""
     if name not in SCHEDULERS:

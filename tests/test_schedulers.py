@@ -39,3 +39,24 @@ def test_pndm_runs_few_steps_from_a_config_without_its_options():
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(ValueError, match="scheduler: 'Nope' is not one of DDIM, DDPM"):
         make_scheduler("Nope", SD15_CONFIG)
+
+
+def test_automatic1111_names_are_aliases_of_ours():
+    import predict
+    from sdcog.request import Request
+    from sdcog.schedulers import A1111_NAMES, SCHEDULERS, canonical
+
+    assert predict.A1111_SCHEDULERS == list(A1111_NAMES)
+    assert set(A1111_NAMES.values()) <= set(SCHEDULERS)
+    assert canonical("Euler a") == "K_EULER_ANCESTRAL" and canonical("DDIM") == "DDIM"
+    assert Request.from_inputs({"prompt": "x", "scheduler": "DPM++ 2M Karras"}).scheduler == (
+        "KarrasDPM"
+    )
+
+
+def test_an_automatic1111_name_through_cogs_server(sd_server):
+    small = {"prompt": "x", "num_inference_steps": 3, "width": 128, "height": 128, "seed": 4}
+    ours = sd_server.predict(**small, scheduler="K_EULER_ANCESTRAL")
+    theirs = sd_server.predict(**small, scheduler="Euler a")
+    assert theirs["output"] == ours["output"] and "K_EULER_ANCESTRAL" in theirs["logs"]
+    assert sd_server.post(small | {"scheduler": "Euler b"}).status_code == 422

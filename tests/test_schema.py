@@ -87,7 +87,9 @@ def test_schema_has_the_public_inputs():
     assert inputs["required"] == ["prompt"]
     assert "seed" not in inputs.get("required", [])
     assert schemas["width"]["enum"][0] == 128 and schemas["width"]["enum"][-1] == 2048
-    assert len(schemas["scheduler"]["enum"]) == 14
+    assert len(schemas["scheduler"]["enum"]) == 14 + 10  # ours, then AUTOMATIC1111's names
+    assert "Euler a" in schemas["scheduler"]["enum"]
+    assert schemas["Output"].get("x-cog-array-type") == "iterator"  # previews, then the images
     assert inputs["properties"]["num_outputs"]["maximum"] == 10
     assert schemas["Output"]["items"]["format"] == "uri"
 

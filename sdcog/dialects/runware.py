@@ -20,26 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from .. import models, protocol
+from ..schedulers import A1111_NAMES
 from . import FieldError, ModelNames, validate
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
 HIRES_SCALE = 1.5  # first pass at 2/3 of the requested size
 # Runware's scheduler names (diffusers class names and A1111's) -> ours; "Default": the model's.
 SCHEDULERS = {
-    "DDIMScheduler": "DDIM", "DDIM": "DDIM",
-    "DDPMScheduler": "DDPM",
-    "DPMSolverMultistepScheduler": "DPMSolverMultistep", "DPM++ 2M": "DPMSolverMultistep",
-    "DPM++ 2M Karras": "KarrasDPM",
+    "DDIMScheduler": "DDIM", "DDIM": "DDIM", "DDPMScheduler": "DDPM",
+    "DPMSolverMultistepScheduler": "DPMSolverMultistep",
     "DPMSolverSinglestepScheduler": "DPMSolverSinglestep",
-    "EulerAncestralDiscreteScheduler": "K_EULER_ANCESTRAL", "Euler a": "K_EULER_ANCESTRAL",
-    "EulerDiscreteScheduler": "K_EULER", "Euler": "K_EULER",
-    "HeunDiscreteScheduler": "HeunDiscrete", "Heun": "HeunDiscrete",
-    "KDPM2DiscreteScheduler": "KDPM2", "DPM2": "KDPM2",
-    "KDPM2AncestralDiscreteScheduler": "KDPM2_ANCESTRAL", "DPM2 a": "KDPM2_ANCESTRAL",
-    "LMSDiscreteScheduler": "KLMS", "LMS": "KLMS",
-    "PNDMScheduler": "PNDM", "PLMS": "PNDM",
-    "IPNDMScheduler": "IPNDM",
-    "UniPCMultistepScheduler": "UniPCMultistep", "UniPC": "UniPCMultistep",
+    "EulerAncestralDiscreteScheduler": "K_EULER_ANCESTRAL", "EulerDiscreteScheduler": "K_EULER",
+    "HeunDiscreteScheduler": "HeunDiscrete", "KDPM2DiscreteScheduler": "KDPM2",
+    "KDPM2AncestralDiscreteScheduler": "KDPM2_ANCESTRAL", "LMSDiscreteScheduler": "KLMS",
+    "PNDMScheduler": "PNDM", "IPNDMScheduler": "IPNDM",
+    "UniPCMultistepScheduler": "UniPCMultistep",
+    **A1111_NAMES,
 }  # fmt: skip
 # predict() inputs -> the Runware field they came from, to name it when the server refuses one.
 FIELDS = {
