@@ -107,6 +107,14 @@ class Request:
         # Ranges and choices are the schema's job; these rules span several inputs.
         if self.mask is not None and self.image is None:
             raise ValueError("mask: a mask needs an image to inpaint; give image as well")
+        if self.ip_adapter_image is None:  # what only means something with an image
+            defaults = {f.name: f.default for f in fields(self)}
+            for name in ("ip_adapter", "ip_adapter_scale"):
+                if getattr(self, name) != defaults[name]:
+                    raise ValueError(
+                        f"{name}: the IP-Adapter steers with ip_adapter_image; give it, or "
+                        f"leave {name} out"
+                    )
         if self.image is not None and int(self.num_inference_steps * self.prompt_strength) < 1:
             raise ValueError(
                 "prompt_strength: with an image, prompt_strength x num_inference_steps must be "

@@ -120,3 +120,20 @@ def test_previews_are_written_beside_the_images(tiny_weights, tmp_path):
     assert [re.sub(r"-\d{8}-\d{6}", "", n) for n in names] == [
         "out-0-seed5.png", "preview-0-step2.jpg", "preview-0-step4.jpg",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("width=1000", "-i width: 1000 is not one of [128, 192"),
+        ("scheduler=Euler b", "-i scheduler: 'Euler b' is not one of"),
+        ("guidance_scale=99", "-i guidance_scale: 99.0 is greater than the maximum of 30"),
+        ("disable_safety_checker=ture", "disable_safety_checker takes true or false"),
+        ("num_inference_stepz=3", "no such input (did you mean num_inference_steps?)"),
+    ],
+)
+def test_choices_and_ranges_are_checked_before_a_server_starts(tmp_path, argument, message):
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as raised:  # no weights there: no server could start
+        cli.main(["--weights", str(tmp_path / "none"), "-i", "prompt=x", "-i", argument])
+    assert message in str(raised.value) and time.monotonic() - start < 5

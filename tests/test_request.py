@@ -149,3 +149,10 @@ def test_predict_inputs_are_the_request_and_their_defaults_its_own():
         if isinstance(expected, tuple):
             expected = list(expected)
         assert default == expected, name
+
+
+@pytest.mark.parametrize("given", [{"ip_adapter": "plus"}, {"ip_adapter_scale": 1.0}])
+def test_ip_adapter_settings_without_its_image_are_refused(given):
+    (name,) = given
+    with pytest.raises(ValueError, match=rf"^{name}: the IP-Adapter steers with ip_adapter_image"):
+        Request(prompt="x", **given)

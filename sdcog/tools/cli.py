@@ -8,6 +8,7 @@ its own (TMPDIR), removed afterwards, so a run leaves nothing in /tmp; its log i
 
 import argparse
 import base64
+import difflib
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
+import jsonschema
 import requests
 
 from ..protocol import error_message, save, save_previews
@@ -26,13 +28,28 @@ from .cog_server import ROOT, CogServer
 
 CACHE = ROOT / ".cache"
 TYPES = {"integer": int, "number": float}
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def check(inputs: dict[str, Any], document: dict) -> None:
+    """The inputs against the schema's choices and ranges, before a server starts (Cog's
+    server would refuse them with a 422, after its start)."""
+    schema = {**document, "$ref": "#/components/schemas/Input"}
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(inputs)
+    )
+    if error is not None:
+        name = next((str(part) for part in error.absolute_path), "input")
+        raise SystemExit(f"-i {name}: {error.message[:300]}")
 
 
 def typed(name: str, value: str, schemas: dict) -> object:
     """A `-i name=value` string as the JSON type the schema gives the input (as `cog predict`)."""
     properties = schemas["Input"]["properties"]
     if name not in properties:
-        raise SystemExit(f"-i {name}: no such input; inputs: {', '.join(properties)}")
+        close = difflib.get_close_matches(name, properties, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; inputs: {', '.join(properties)}"
+        raise SystemExit(f"-i {name}: no such input{hint}")
     if value.startswith("@"):  # a local file, sent inline as cog predict does
         path = Path(value[1:]).expanduser()
         if not path.is_file():
@@ -46,7 +63,9 @@ def typed(name: str, value: str, schemas: dict) -> object:
         prop = prop["items"]
     kind = prop.get("type")
     if kind == "boolean":
-        return value.lower() in ("1", "true", "yes")
+        if value.lower() not in BOOLEANS:
+            raise SystemExit(f"-i {name}={value}: {name} takes true or false")
+        return BOOLEANS[value.lower()]
     if kind in TYPES:
         try:
             return TYPES[kind](value)
@@ -123,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    schemas = json.loads((ROOT / ".cog/openapi_schema.json").read_text())["components"]["schemas"]
+    document = json.loads((ROOT / ".cog/openapi_schema.json").read_text())
+    schemas = document["components"]["schemas"]
     inputs: dict[str, Any] = {}
     for item in args.input:
         name, sep, value = item.partition("=")
@@ -134,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             inputs.setdefault(name, []).append(value)
         else:
             inputs[name] = value
+    check(inputs, document)
 
     CACHE.mkdir(exist_ok=True)
     log_path = CACHE / "cog-server.log"
