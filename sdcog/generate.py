@@ -173,6 +173,11 @@ class Generator:
         refiner = None
         if request.refine != "no_refiner":
             refiner = pipelines.get_refiner(request.mode, request.scheduler)
+            detail = (f"the last {1 - request.high_noise_frac:.2f} of the steps"
+                      if request.refine == "expert_ensemble_refiner"
+                      else f"{request.refine_steps or request.num_inference_steps} steps at "
+                      "strength 0.3")  # fmt: skip
+            print(f"refine: {request.refine}, {detail}")
         hires_fix = first != size
         stage = " (hires fix: first pass)" if hires_fix else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")

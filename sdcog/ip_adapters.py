@@ -144,6 +144,7 @@ class IPAdapters:
             return
         unet = unet or self.unet
         self.check(kind, unet)
+        print(f"ip_adapter: {kind} at scale {scale}")
         adapter, own = self.adapters[kind], _own(unet)
         # The projection first: a resampler's own attention layers count among the processors.
         unet.encoder_hid_proj = adapter.projection

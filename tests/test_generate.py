@@ -167,3 +167,19 @@ def test_outputs_are_encoded_while_the_safety_checker_runs(generator, monkeypatc
     assert [(o.index, o.seed) for o in generation.outputs] == [(0, 6), (1, 7)]
     assert sorted(p.name.split("-")[2] for p in generation.paths[0].parent.iterdir()) == [
         "seed6", "seed7"]  # fmt: skip
+
+
+def test_the_runtime_starts_without_torchvision_noise():
+    """transformers' "requires torchvision ... falling back" lines are nothing a user can act on
+    (the PIL processors are the ones used): the runtime filters them out."""
+    import subprocess
+    import sys
+
+    def run(code: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        return done.stdout + done.stderr
+
+    processor = "import transformers; transformers.CLIPImageProcessor()"
+    assert "torchvision" not in run(f"import sdcog.generate; {processor}")
+    assert "requires torchvision" in run(processor)  # the noise the filter removes

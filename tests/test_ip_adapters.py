@@ -30,6 +30,7 @@ def test_each_kind_changes_the_image_for_its_request_only(server):
         request = {**SMALL, "ip_adapter_image": data_uri(reference_image()), "ip_adapter": kind}
         result = server.predict(**request)
         output_images(result)
+        assert f"ip_adapter: {kind} at scale 0.6" in result["logs"]  # as LoRAs and ControlNets
         assert result["output"] == server.predict(**request)["output"]  # reproducible
         outputs[kind] = result["output"]
     assert len({tuple(o) for o in [before, *outputs.values()]}) == 4

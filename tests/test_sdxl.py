@@ -31,7 +31,9 @@ def only_output(result: dict) -> bytes:
 @pytest.mark.parametrize("refine", ["expert_ensemble_refiner", "base_image_refiner"])
 def test_refiners_change_the_image(sdxl_server, refine):
     plain = only_output(sdxl_server.predict(prompt="a castle", **STEPS))
-    refined = only_output(sdxl_server.predict(prompt="a castle", refine=refine, **STEPS))
+    result = sdxl_server.predict(prompt="a castle", refine=refine, **STEPS)
+    assert f"refine: {refine}, " in result["logs"]  # the logs say the refiner ran
+    refined = only_output(result)
     assert refined != plain
     assert Image.open(io.BytesIO(refined)).size == (1024, 1024)
 
