@@ -287,3 +287,36 @@ def test_listing_air_ids_changes_nothing_fetched(hub, tmp_path):
     download_weights(weights, pins, hub.endpoint)
     assert (weights / "base" / ".pin.json").read_text() == stamp
     assert len(hub.requests) == served
+
+
+def test_offline_is_one_line_and_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    from sdcog.tools import download_weights as tool
+
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(SystemExit) as raised:
+        tool.main(weights)
+    message = str(raised.value)
+    assert message.startswith("download-weights: ConnectionError: ")
+    assert (
+        message.endswith("(could not reach http://127.0.0.1:9: offline?)") and "\n" not in message
+    )
+    assert not any(p.is_dir() for p in weights.iterdir())  # no empty base/ left behind
+    with pytest.raises(SystemExit):
+        tool.main(weights)  # a second try says nothing about a changed pin
+    assert "the pin changed" not in capsys.readouterr().out
+
+
+def test_an_unfinished_download_is_resumed_not_removed(hub, tmp_path, capsys):
+    weights, pins = tmp_path / "weights", write_pins(tmp_path / "pins.toml")
+    (weights / "base/unet").mkdir(parents=True)
+    part = weights / "base/unet/diffusion_pytorch_model.safetensors.part"
+    part.write_bytes(
+        (hub.root / "org/tiny-sd/unet/diffusion_pytorch_model.safetensors").read_bytes()[:100]
+    )
+    download_weights(weights, pins, hub.endpoint)
+    assert "continuing an unfinished download" in capsys.readouterr().out
+    ranges = [
+        r for path, r in hub.requests if path.endswith("unet/diffusion_pytorch_model.safetensors")
+    ]
+    assert ranges == ["bytes=100-"]  # resumed where it stopped

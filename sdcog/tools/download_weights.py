@@ -96,13 +96,16 @@ class Sums:
 
 
 def _is_current(target: Path, wanted: str) -> bool:
-    """Whether target/ holds what the pin `wanted` describes; if not, clear what is there."""
+    """Whether target/ holds what the pin `wanted` describes. Another pin's files are cleared;
+    an unfinished download (no stamp yet) is kept, to be resumed and checked file by file."""
     stamp = target / ".pin.json"
     if stamp.exists() and stamp.read_text() == wanted:
         return True
-    if target.exists():
+    if stamp.exists():
         print(f"{target.name}: the pin changed; removing the old {target}")
         shutil.rmtree(target)
+    elif target.exists():
+        print(f"{target.name}: continuing an unfinished download")
     return False
 
 
@@ -197,3 +200,19 @@ def download_weights(
         else:
             # An entry named after a component replaces it (e.g. [vae] the base model's VAE).
             fetch_pin(pin, weights_dir, endpoint, sums, skip=names - {pin.name})
+
+
+def main(weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> None:
+    """script/download-weights: a failure is one line naming what failed (offline, a 404, a
+    changed file), not a traceback; folders a failed run created and left empty are removed."""
+    before = {p for p in weights_dir.iterdir()} if weights_dir.exists() else set()
+    try:
+        download_weights(weights_dir)
+    except (requests.RequestException, ValueError, OSError) as e:
+        for path in sorted(set(weights_dir.glob("*")) - before):
+            if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+                shutil.rmtree(path)
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        offline = isinstance(e, requests.ConnectionError)
+        hint = f" (could not reach {endpoint}: offline?)" if offline else ""
+        raise SystemExit(f"download-weights: {type(e).__name__}: {str(e)[:300]}{hint}") from None
