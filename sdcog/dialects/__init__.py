@@ -18,6 +18,7 @@ from typing import Any
 
 import jsonschema
 
+from .. import models
 from ..control_slots import CONTROL_KINDS
 from ..pins import PIN_FILE, names, read_pins
 
@@ -72,6 +73,15 @@ class FieldError(ValueError):
     @property
     def field(self) -> str:
         return ".".join(str(part) for part in self.path) or "(the payload)"
+
+
+def check_model(dialect: str, field: str, name: str) -> None:
+    """A model the payload names in a form this package can fetch (sdcog.models), or a
+    FieldError naming the payload's field."""
+    try:
+        models.parse(name, field)
+    except ValueError as e:
+        raise FieldError(dialect, (field,), str(e).split(": ", 1)[1]) from None
 
 
 def validate(payload: Any, dialect: str) -> None:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import models, protocol
-from . import ModelNames, validate
+from .. import protocol
+from . import ModelNames, check_model, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
 PREPROCESS = {
@@ -77,10 +77,7 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     # Another model than the build's: fetched for the task (a Hugging Face id or a URL).
     for field, entry, name in (("base_model", "base", base), ("vae", "vae", task.get("vae"))):
         if name and not build.serves(entry, name):
-            try:
-                models.parse(name, field)
-            except ValueError as e:
-                raise ValueError(f"hydrogen: {e}") from None
+            check_model("hydrogen", field, name)
             result[field] = name
     for side in ("width", "height"):
         if result[side] % 64:

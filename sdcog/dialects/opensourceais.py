@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .. import models, protocol
-from . import FieldError, ModelNames, validate
+from .. import protocol
+from . import FieldError, ModelNames, check_model, validate
 
 STEPS, GUIDANCE, STRENGTH, SIZE, SEED = 20, 7.5, 0.75, 320, 1
 # Their checkpoint path for Stable Diffusion v1.4 (documented default, and as requests echo it).
@@ -61,10 +61,7 @@ def translate(body: dict[str, Any], build: ModelNames) -> list[dict[str, Any]]:
         inputs |= {"image": image, "prompt_strength": body.get("strength", STRENGTH)}
     model = body.get("model")
     if model and model not in THEIR_MODELS and not build.serves("base", model):
-        try:
-            models.parse(model, "model")
-        except ValueError as e:
-            raise FieldError("opensourceais", ("model",), str(e).split(": ", 1)[1]) from None
+        check_model("opensourceais", "model", model)
         inputs["base_model"] = model
     return [inputs]
 

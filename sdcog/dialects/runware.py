@@ -19,9 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import models, protocol
+from .. import protocol
 from ..schedulers import A1111_NAMES
-from . import FieldError, ModelNames, validate
+from . import FieldError, ModelNames, check_model, validate
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
 HIRES_SCALE = 1.5  # first pass at 2/3 of the requested size
@@ -134,10 +134,7 @@ def _model(task: dict[str, Any], field: str, entry: str, build: ModelNames) -> d
             "only civitai AIR ids, Hugging Face owner/repo and URLs of .safetensors files can "
             "be fetched here",
         )
-    try:
-        models.parse(name, field)
-    except ValueError as e:
-        raise _fail(field, str(e).split(": ", 1)[1]) from None
+    check_model("runware", field, name)
     return {"base_model" if field == "model" else "vae": name}
 
 
