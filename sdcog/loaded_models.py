@@ -21,16 +21,15 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from . import model_files
 from .families import Facts
 from .ip_adapters import IPAdapters
 from .loras import WarmLoras
-from .model_files import MARKER, ModelFiles
+from .model_files import ModelFiles
 from .models import ModelChoice, ModelReference
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .settings import Settings
-
-OWN = ("unet", "vae", "text_encoder", "text_encoder_2")  # a model's own modules (not shared)
 
 
 @dataclass
@@ -42,8 +41,7 @@ class Model:
     folder: Path  # its diffusers folder (base/ for the build's)
 
     def modules(self) -> list[torch.nn.Module]:
-        pipe = self.pipelines.base["txt2img"]
-        return [m for name in OWN if (m := getattr(pipe, name, None)) is not None]
+        return self.pipelines.own_modules()
 
 
 class LoadedModels:
@@ -56,10 +54,10 @@ class LoadedModels:
         self.files = ModelFiles(settings, weights_dir, dtype)
         pin_file = weights_dir / "pins.toml"
         self.choice = ModelChoice(pin_file, settings.allowed_models)
-        self.weights_dir = weights_dir
         # key -> a requested Model or VAE, least recently used first; the one in use is on
         # the device, the others in CPU RAM.
         self.warm: OrderedDict[str, Model | AutoencoderKL] = OrderedDict()
+        self.on_device: list[Model | AutoencoderKL] = []  # of those, the ones on the device
 
     def check(self, request: Request) -> None:
         """The forms and the allow-list: refused before anything is fetched."""
@@ -95,23 +93,27 @@ class LoadedModels:
             print(f"base_model: {reference.name} ({model.facts.family}) from memory")
             return model
 
+        read: list[Facts] = []  # from the configs, once: the check sees them first
+
         def check(folder: Path) -> None:
-            fits(Facts.of(folder, "base_model", reference.name))
+            read.append(Facts.of(folder, "base_model", reference.name))
+            fits(read[-1])
 
         folder = self.files.folder(reference, check, stop)
         self._make_room(keep=[])
         self._place(in_use=[])  # the device's room goes to the one loading
-        variant = _variant(folder)
+        variant = model_files.variant(folder)
         pipelines = Pipelines.from_folder(folder, self.fast_path, variant=variant)
         if pipelines.family == "sdxl" and self.pinned.pipelines.refiner:
             pipelines.share_refiner(self.pinned.pipelines)
         self.ip_adapters.share_encoder(pipelines.base)
-        facts = Facts.of(folder, "base_model", reference.name)
+        facts = read[-1]
         model = Model(
             reference.name, pipelines, WarmLoras(pipelines.base["txt2img"]), facts, folder
         )
         print(f"base_model: {reference.name} ({facts.family}) loaded")
         self.warm[key] = model
+        self.on_device.append(model)  # loaded straight to the device
         return model
 
     def _vae(
@@ -132,7 +134,7 @@ class LoadedModels:
         self._place(in_use=[model])
         _, dtype = device_and_dtype()
         vae = AutoencoderKL.from_pretrained(
-            folder / "vae", dtype=dtype, local_files_only=True, variant=_variant(folder),
+            folder / "vae", dtype=dtype, local_files_only=True, variant=model_files.variant(folder),
             device_map=self.device,
         )  # fmt: skip
         vae.requires_grad_(False)
@@ -140,16 +142,20 @@ class LoadedModels:
         vae.enable_slicing()
         print(f"vae: {reference.name} loaded")
         self.warm[key] = vae
+        self.on_device.append(vae)
         return vae
 
     def _place(self, in_use: list[Model | AutoencoderKL]) -> None:
-        """What is in use on the device, every other requested model in CPU RAM."""
+        """What is in use on the device, every other requested model in CPU RAM: only what
+        changes place is copied."""
         if self.device == "cpu":
             return
         for item in self.warm.values():
-            target = self.device if any(item is used for used in in_use) else "cpu"
-            for module in _modules(item):
-                module.to(target)
+            wanted = any(item is used for used in in_use)
+            if wanted != any(item is placed for placed in self.on_device):
+                for module in _modules(item):
+                    module.to(self.device if wanted else "cpu")
+        self.on_device = list(in_use)
 
     def _make_room(self, keep: list[Model]) -> None:
         """Before a load: least recently used models out of RAM until those not in use (all
@@ -174,10 +180,6 @@ def _bytes(item: Model | AutoencoderKL) -> int:
         for module in _modules(item)
         for t in (*module.parameters(), *module.buffers())
     )
-
-
-def _variant(folder: Path) -> str | None:
-    return json.loads((folder / MARKER).read_text()).get("variant")
 
 
 def _check_vae(folder: Path, reference: ModelReference, model: Model) -> None:

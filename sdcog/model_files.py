@@ -32,11 +32,10 @@ from . import checkpoints, families, runner
 from .downloads import AdapterCache
 from .filechecks import PICKLE_SUFFIXES
 from .models import ModelReference
+from .pipelines import COMPONENTS
 from .settings import Settings
 
 disable_progress_bars()  # one line per file in the prediction's logs, not a bar per chunk
-# The components a pipeline loads from a repository (the safety checker is the build's own).
-COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 # Weights and the index of sharded weights, with diffusers' fp16 variant marker or without.
 WEIGHTS = re.compile(
     r".+?(?P<fp16>\.fp16)?\.safetensors|.+\.safetensors\.index(?P<fp16i>\.fp16)?\.json"
@@ -230,6 +229,11 @@ class ModelFiles:
                 total -= entry.pop("bytes")
                 del index[old]
             self.index_path.write_text(json.dumps(index, indent=1))
+
+
+def variant(folder: Path) -> str | None:
+    """The weights' variant ("fp16") a complete folder was fetched with, or None."""
+    return json.loads((folder / MARKER).read_text()).get("variant")
 
 
 def _is_config(path: str, folders: list[str], input_name: str) -> bool:

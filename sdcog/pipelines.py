@@ -67,6 +67,8 @@ def device_and_dtype() -> tuple[str, torch.dtype]:
 
 
 FAMILIES = ("sd", "sdxl")  # SD 1.x/2.x, SDXL
+# A model's own weighted components (the safety checker and image encoder are the build's).
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def family_of(model_dir: Path) -> str:
@@ -200,6 +202,11 @@ class Pipelines:
         pipe = self.refiner[mode]
         pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["refiner"])
         return pipe
+
+    def own_modules(self) -> list[torch.nn.Module]:
+        """The model's own weighted components (not the refiner's, nor the shared encoders)."""
+        pipe = self.base["txt2img"]
+        return [m for name in COMPONENTS if (m := getattr(pipe, name, None)) is not None]
 
     @property
     def device(self) -> torch.device:

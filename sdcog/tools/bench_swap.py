@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from ..pipelines import Pipelines, device_and_dtype
-
-OWN = ("unet", "vae", "text_encoder", "text_encoder_2")
+from .bench_paths import sync
 
 
 def drop_page_cache(folder: Path) -> None:
@@ -32,27 +31,17 @@ def drop_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(action: Callable[[], object], runs: int, before: Callable[[], None] = lambda: None):
     """Seconds per run (median, min, max), `before` untimed ahead of each."""
     seconds = []
     for _ in range(runs):
         before()
-        _sync()
+        sync()
         start = time.perf_counter()
         action()
-        _sync()
+        sync()
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds), min(seconds), max(seconds)
-
-
-def modules(pipelines: Pipelines) -> list[torch.nn.Module]:
-    pipe = pipelines.base["txt2img"]
-    return [m for name in OWN if (m := getattr(pipe, name, None)) is not None]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         # On a CPU safetensors are memory-mapped: read one value per 4 KiB page so that the
         # time includes reading the weights, as the first request would.
         with torch.no_grad():
-            for module in modules(pipelines):
+            for module in pipelines.own_modules():
                 for p in module.parameters():
                     p.view(-1)[:: 4096 // p.element_size()].sum().item()
         return pipelines
@@ -84,12 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     cold = timed(load, args.runs, uncached)
     warm = timed(load, args.runs)
     loaded = load()
-    nbytes = sum(p.numel() * p.element_size() for m in modules(loaded) for p in m.parameters())
+    nbytes = sum(p.numel() * p.element_size() for m in loaded.own_modules() for p in m.parameters())
     rows = [("disk -> device, page cache dropped", cold), ("disk -> device, page cache warm", warm)]
     if device == "cuda":
 
         def to(target: str) -> None:
-            for module in modules(loaded):
+            for module in loaded.own_modules():
                 module.to(target)
 
         rows.append(("CPU RAM -> device", timed(lambda: to("cuda"), args.runs, lambda: to("cpu"))))
