@@ -2,9 +2,11 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import requests
 from PIL import Image
 
 from sdcog.tools import cli
-from sdcog.tools.cog_server import ROOT, free_port
+from sdcog.tools.cog_server import ROOT, CogServer, RunningServer, free_port
 
 pytestmark = pytest.mark.server
 
@@ -138,3 +140,32 @@ def test_choices_and_ranges_are_checked_before_a_server_starts(tmp_path, argumen
     with pytest.raises(SystemExit) as raised:  # no weights there: no server could start
         cli.main(["--weights", str(tmp_path / "none"), "-i", "prompt=x", "-i", argument])
     assert message in str(raised.value) and time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("seen_as", "reason"),
+    [(RunningServer, "stopped answering (ConnectionError)"), (CogServer, "server exited (-9)")],
+)
+def test_a_server_killed_mid_prediction_ends_the_wait(tiny_weights, tmp_path, seen_as, reason):
+    """script/predict (its own server) and script/task --url (a server elsewhere) stop waiting
+    for a prediction whose server was killed. (A killed worker needs nothing: Cog answers the
+    prediction `failed: Worker crashed`.)"""
+    with open(tmp_path / "server.log", "w") as log:
+        server = CogServer(tiny_weights, log)
+        try:
+            threading.Timer(3, os.kill, (server.process.pid, signal.SIGKILL)).start()
+            client = RunningServer(server.url) if seen_as is RunningServer else server
+            start = time.monotonic()
+            with pytest.raises(SystemExit) as raised:
+                cli.run(client, {"prompt": "x", "num_inference_steps": 500, "width": 512})
+            assert time.monotonic() - start < 3 + 3 * cli.LIVENESS_S
+        finally:
+            server.stop()
+    assert str(raised.value).startswith("the prediction was lost: ")
+    assert reason in str(raised.value)
+
+
+def test_a_dead_url_is_one_line_not_a_traceback(tmp_path):
+    with pytest.raises(SystemExit) as raised:
+        cli.run(RunningServer(f"http://127.0.0.1:{free_port()}"), {"prompt": "x"})
+    assert str(raised.value).startswith("no Cog server answers at http://127.0.0.1:")

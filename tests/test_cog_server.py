@@ -1,5 +1,6 @@
 """What Cog's server should do and the pinned one (0.23.1) does not, which this package cannot
-change: the faults the README's security notes describe with their mitigations. Each test is a
+change: the faults the README's security notes and HTTP API section describe with their
+mitigations. Each test is a
 strict xfail, so a Cog upgrade that fixes one fails here and the notes (and script/serve's
 supervisor) get updated."""
 
@@ -137,3 +138,23 @@ def test_webhooks_are_not_delivered_to_private_addresses(strict_server, webhooks
     except Empty:
         delivered = None
     assert delivered is None, delivered["status"]
+
+
+@xfail(
+    "unknown input names are dropped before validation (the server logs them), so a typo runs "
+    "with the default; an Input schema with additionalProperties false changes nothing"
+)
+def test_a_misspelt_input_name_is_refused_naming_it(sd_server):
+    answer = sd_server.post({**SMALL, "negative_promt": "blurry"})
+    assert answer.status_code == 422 and "negative_promt" in answer.text, answer.json()["status"]
+
+
+@xfail(
+    "a file input whose URL fails (404, no such host) ends the prediction before predict() "
+    "with the HTTP library's text: the URL, never the input's name"
+)
+def test_a_failing_file_url_is_refused_naming_its_input(sd_server, file_server):
+    file_server.statuses["/gone"] = 404
+    result = sd_server.post({**SMALL, "mask": f"{file_server.url}/gone"}).json()
+    assert result["status"] == "failed", result["status"]
+    assert "mask" in result["error"], result["error"]

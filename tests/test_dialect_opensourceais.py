@@ -60,6 +60,7 @@ def test_translation_and_defaults():
         ({"url_upload": "ftp://x/y.png"}, "url_upload", "does not match"),
         ({"model": "other.ckpt"}, "model", "'other.ckpt' is neither a Hugging Face"),
         ({"colour": "red"}, "colour", "'colour' was unexpected"),
+        ({"guidence": 7}, "guidence", "'guidence' was unexpected) (did you mean guidance?)"),
     ],
 )
 def test_what_cannot_be_honoured_fails_in_their_shape(change, field, problem):

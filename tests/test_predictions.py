@@ -225,6 +225,19 @@ def test_async_prediction_delivers_webhook(server, webhooks):
     assert image.size == (server.native, server.native)
 
 
+def test_replicate_shaped_bodies_are_served(server, webhooks):
+    """What Replicate's clients send beside `input` (version, webhook, its filter) is accepted
+    on a sync request, and the webhook still gets the result."""
+    answer = server.post(
+        {"prompt": "x", "num_inference_steps": 2},
+        version="5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b21",
+        webhook=webhooks.url,
+        webhook_events_filter=["completed"],
+    )
+    assert answer.status_code == 200 and answer.json()["status"] == "succeeded", answer.text
+    assert webhooks.final()["output"] == answer.json()["output"]
+
+
 def test_integral_floats_for_integer_inputs(server):
     # JSON Schema counts 2.0 as an integer, so Cog lets it through to predict().
     ints = {"num_outputs": 2, "num_inference_steps": 3, "seed": 7, "width": 128, "clip_skip": 1}

@@ -11,6 +11,7 @@ A dialect module offers (sdcog/dialects/tasks.py runs them in this order):
     failure(error) -> how the system reports an error
 """
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,11 @@ def validate(payload: Any, dialect: str) -> None:
     )
     if error is None:
         return
-    path = tuple(error.absolute_path)
+    path, problem = tuple(error.absolute_path), error.message
     if error.validator == "additionalProperties":  # name the unexpected field itself
-        path += (min(set(error.instance) - set(error.schema.get("properties", {}))),)
-    raise FieldError(dialect, path, error.message)
+        known = error.schema.get("properties", {})
+        unexpected = min(set(error.instance) - set(known))
+        path += (unexpected,)
+        if close := difflib.get_close_matches(unexpected, known, n=1):
+            problem += f" (did you mean {close[0]}?)"
+    raise FieldError(dialect, path, problem)

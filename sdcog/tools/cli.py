@@ -17,16 +17,17 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from queue import Queue
+from queue import Empty, Queue
 from typing import Any
 
 import jsonschema
 import requests
 
 from ..protocol import error_message, save, save_previews
-from .cog_server import ROOT, CogServer
+from .cog_server import ROOT, CogServer, RunningServer
 
 CACHE = ROOT / ".cache"
+LIVENESS_S = 2  # how often a prediction with no news checks that its server still lives
 TYPES = {"integer": int, "number": float}
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -95,16 +96,20 @@ class Webhook:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-def run(server: CogServer, inputs: dict) -> dict:
-    """The finished prediction, its logs written to stderr as they arrive."""
+def run(server: RunningServer, inputs: dict) -> dict:
+    """The finished prediction, its logs written to stderr as they arrive. A server that dies
+    or stops answering on the way ends the wait, within about LIVENESS_S seconds."""
     webhook = Webhook()
     try:
-        response = server.post(
-            inputs,
-            headers={"Prefer": "respond-async"},
-            webhook=webhook.url,
-            webhook_events_filter=["logs", "completed"],
-        )
+        try:
+            response = server.post(
+                inputs,
+                headers={"Prefer": "respond-async"},
+                webhook=webhook.url,
+                webhook_events_filter=["logs", "completed"],
+            )
+        except requests.ConnectionError:
+            raise SystemExit(f"no Cog server answers at {server.url}") from None
         if response.status_code != 202:
             detail = response.json().get("detail", response.text)
             problems = [f"{'.'.join(map(str, d['loc'][2:]))}: {d['msg']}" for d in detail]
@@ -112,7 +117,12 @@ def run(server: CogServer, inputs: dict) -> dict:
         shown = 0
         try:
             while True:
-                event = webhook.events.get()
+                try:
+                    event = webhook.events.get(timeout=LIVENESS_S)
+                except Empty:
+                    if trouble := server.trouble():
+                        raise SystemExit(f"the prediction was lost: {trouble}") from None
+                    continue
                 sys.stderr.write(event.get("logs", "")[shown:])
                 shown = len(event.get("logs", ""))
                 if event["status"] in ("succeeded", "failed", "canceled"):

@@ -15,6 +15,8 @@ import requests
 from ..runner import SLOTS
 
 ROOT = Path(__file__).resolve().parents[2]
+# Health statuses a server does not come back from by itself (a killed worker leaves UNHEALTHY).
+DEAD = ("DEFUNCT", "UNHEALTHY", "SETUP_FAILED")
 
 
 def free_port() -> int:
@@ -33,6 +35,17 @@ class RunningServer:
         return requests.post(
             f"{self.url}/predictions", json={"input": input, **body}, headers=headers, timeout=600
         )
+
+    def trouble(self) -> str | None:
+        """Why the server cannot finish a prediction (it stopped answering, or its health says
+        it never will), or None while it can."""
+        try:
+            status = requests.get(f"{self.url}/health-check", timeout=5).json()["status"]
+        except (requests.RequestException, ValueError, KeyError) as e:
+            return f"the Cog server at {self.url} stopped answering ({type(e).__name__})"
+        if status in DEAD:
+            return f"the Cog server at {self.url} is {status}"
+        return None
 
 
 class CogServer(RunningServer):
@@ -69,6 +82,11 @@ class CogServer(RunningServer):
             start_new_session=True,  # its own process group: stop() takes the worker with it
         )
         self._wait_ready()
+
+    def trouble(self) -> str | None:
+        if (code := self.process.poll()) is not None:
+            return f"Cog's server exited ({code}); see {self.log.name}"
+        return super().trouble()
 
     def _wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
