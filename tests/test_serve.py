@@ -41,18 +41,22 @@ def predicts(url: str) -> bool:
     return answer.status_code == 200 and answer.json()["status"] == "succeeded"
 
 
+def serve(env: dict[str, str], log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sdcog.tools.serve"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+
 @pytest.fixture
 def supervised(tmp_path, make_weights):
-    """script/serve's supervisor over a weights folder that is empty at first."""
+    """script/serve's supervisor over a weights folder that is empty at first; its env too."""
     weights = tmp_path / "weights"
     weights.mkdir()
     port = free_port()
     env = {**os.environ, **dead_proxy_env(), "PORT": str(port), "WEIGHTS_DIR": str(weights),
            "SDCOG_WEDGE_S": "3", "PYTHONPATH": str(ROOT)}  # fmt: skip
     log = open(tmp_path / "serve.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "sdcog.tools.serve"], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    yield process, f"http://127.0.0.1:{port}", weights, make_weights("sd"), log
+    process = serve(env, log)
+    yield process, f"http://127.0.0.1:{port}", weights, make_weights("sd"), log, env
     if process.poll() is None:
         process.kill()
         for child in psutil.Process(process.pid).children(recursive=True):
@@ -66,7 +70,7 @@ def restarts(log) -> list[str]:
 
 
 def test_the_supervisor_recovers_and_cleans_up(supervised):
-    process, url, weights, tiny, log = supervised
+    process, url, weights, tiny, log, _ = supervised
     # 1. Setup fails (no weights yet); once they are there, a retry comes up.
     wait_for(url, "SETUP_FAILED")
     time.sleep(1)
@@ -103,3 +107,38 @@ def test_the_supervisor_recovers_and_cleans_up(supervised):
                    for pid in group)  # fmt: skip
     assert not workdir.exists()
     shutil.rmtree(weights)
+
+
+def test_a_closed_terminal_or_a_killed_supervisor_leaves_nothing_running(supervised):
+    process, url, weights, tiny, log, env = supervised
+    for entry in tiny.iterdir():
+        (weights / entry.name).symlink_to(entry)
+
+    def started(supervisor: subprocess.Popen) -> tuple[psutil.Process, Path]:
+        wait_for(url, "READY")
+        assert predicts(url)
+        [server] = psutil.Process(supervisor.pid).children()
+        workdir = Path(server.environ()["TMPDIR"])
+        assert any(workdir.glob("sdcog-*/out-0-*.png"))  # the last prediction's image
+        return server, workdir
+
+    # SIGHUP (the terminal closed): stopped as by SIGTERM, the folder gone.
+    server, workdir = started(process)
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=60) == 0
+    assert not psutil.pid_exists(server.pid) and not workdir.exists()
+
+    # Killed outright: the server goes with it, its folder at the next start.
+    killed = serve(env, log)
+    server, workdir = started(killed)
+    killed.kill()
+    killed.wait()
+    psutil.Process(server.pid).wait(timeout=60)
+    assert workdir.exists()
+    again = serve(env, log)
+    try:
+        started(again)
+        assert not workdir.exists()
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=60) == 0

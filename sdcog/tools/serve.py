@@ -11,13 +11,16 @@ the server in a process group of its own, asks /health-check every second and re
 - when every slot is busy while no prediction is inside predict() for SDCOG_WEDGE_S seconds
   (default 60), which predict() reports through the file SDCOG_STATUS_FILE.
 
-SIGTERM or SIGINT stops the server (SIGTERM, then SIGKILL after STOP_GRACE_S) and exits. The
-server gets a temporary folder of its own (TMPDIR), removed when the supervisor exits; Cog's
-own per-prediction folders (/tmp/coglet/predictions, which it never removes) are pruned once
-an hour old.
+SIGTERM, SIGINT or SIGHUP (the terminal closed) stops the server (SIGTERM, then SIGKILL after
+STOP_GRACE_S) and exits; a supervisor killed outright takes the server with it (the kernel
+sends it SIGTERM). The server gets a temporary folder of its own (TMPDIR: the last predictions'
+images), removed when the supervisor exits, or at the next start if it was killed; Cog's own
+per-prediction folders (/tmp/coglet/predictions, which it never removes) are pruned once an
+hour old.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -38,6 +41,8 @@ POLL_S = 1.0
 STOP_GRACE_S = 30.0
 COG_PREDICTIONS = Path("/tmp/coglet/predictions")
 PRUNE_AFTER_S = 3600.0
+WORKDIR_PREFIX = "sdcog-serve-"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def say(message: str) -> None:
@@ -105,7 +110,11 @@ class Supervisor:
     def _start(self) -> None:
         self.status_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env=self.env, start_new_session=True
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops the server
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
     def _stop(self, grace: float) -> None:
@@ -139,6 +148,29 @@ class Supervisor:
             return None
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before it starts: SIGTERM when the supervisor dies (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _sweep_orphans(tmp: Path) -> None:
+    """The temporary folders of supervisors that were killed (their pid is in the name)."""
+    for folder in tmp.glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = folder.name.removeprefix(WORKDIR_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _prune(folder: Path, older_than_s: float) -> None:
     """Cog's per-prediction folders (empty inputs/ and outputs/) of predictions long over."""
     try:
@@ -160,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     args, cog_args = parser.parse_known_args(argv)  # the rest goes to Cog (--upload-url, ...)
     port = int(os.environ.get("PORT", 5000))
     wedge_s = float(os.environ.get("SDCOG_WEDGE_S", 60))
-    with tempfile.TemporaryDirectory(prefix="sdcog-serve-") as workdir:
+    _sweep_orphans(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as workdir:
         supervisor = Supervisor(args.host, port, Path(workdir), wedge_s, cog_args)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: supervisor.stopping.set())
         say(f"serving {supervisor.url} (Cog's server, supervised)")
         return supervisor.run()
