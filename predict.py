@@ -15,10 +15,6 @@ from sdcog.request import Request
 from sdcog.runner import OneAtATime
 from sdcog.settings import Settings
 
-SIZES = [
-    128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1088,
-    1152, 1216, 1280, 1344, 1408, 1472, 1536, 1600, 1664, 1728, 1792, 1856, 1920, 1984, 2048,
-]  # fmt: skip
 SCHEDULERS = [
     "DDIM", "DDPM", "DPMSolverMultistep", "DPMSolverSinglestep", "KarrasDPM", "K_EULER",
     "K_EULER_ANCESTRAL", "HeunDiscrete", "KLMS", "PNDM", "IPNDM", "KDPM2", "KDPM2_ANCESTRAL",
@@ -89,13 +85,17 @@ class Predictor(BasePredictor):
             description="What to steer away from.", default="", max_length=MAX_PROMPT_CHARS
         ),
         width: Optional[int] = Input(
-            description="Output width. Default: the model's native size, or with an image, "
-            "the image's aspect at the native pixel count.",
-            choices=SIZES,
+            description="Output width, a multiple of 8. Default: the model's native size, or "
+            "with an image, the image's aspect at the native pixel count.",
+            ge=128,
+            le=2048,
             default=None,
         ),
         height: Optional[int] = Input(
-            description="Output height. Default: as for width.", choices=SIZES, default=None
+            description="Output height, a multiple of 8. Default: as for width.",
+            ge=128,
+            le=2048,
+            default=None,
         ),
         num_outputs: int = Input(description="How many images.", ge=1, le=10, default=1),
         scheduler: str = Input(

@@ -11,6 +11,10 @@ from .inversions import parse_inversion
 from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
 from .references import check_reference
 
+# Requested sides: any multiple of the VAE's 8 (a latent with odd sides is fine: diffusers' UNets
+# take it). Sides derived from an image are multiples of 64 (images.snap).
+SIDE_STEP = 8
+
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark", "replicate_weights")
 # lora_scale when not given: for lora_weights, and for replicate_weights (Replicate's default)
@@ -140,6 +144,13 @@ class Request:
     def _check_bounds(self) -> None:
         """What a request may ask for (sdcog.limits), and references of a form that can be
         fetched: refused before any download or tokenising."""
+        for name in ("width", "height"):  # the range is the schema's
+            if (side := getattr(self, name)) is not None and side % SIDE_STEP:
+                low = side - side % SIDE_STEP
+                raise ValueError(
+                    f"{name}: {side} is not a multiple of {SIDE_STEP} (one latent per 8x8 "
+                    f"pixels); take {low} or {low + SIDE_STEP}"
+                )
         check_prompt_length(self.prompt, "prompt")
         check_prompt_length(self.negative_prompt, "negative_prompt")
         counts = (("lora_weights", self.lora_weights, MAX_LORAS),

@@ -61,8 +61,8 @@ def narrowed(schema: dict) -> dict:
     components["PredictionRequest"]["properties"].pop("id")
     components["PredictionRequest"]["required"] = ["input"]
     components["PredictionRequest"]["additionalProperties"] = False
-    for size in ("width", "height"):
-        components[size]["enum"] = [128, 192]
+    for size in ("width", "height"):  # small, and one not a multiple of 8
+        components["Input"]["properties"][size]["enum"] = [128, 136, 130]
     for side in ("left", "right", "top", "bottom"):
         components[f"outpaint_{side}"]["enum"] = [0, 64]
     for name, prop in components["Input"]["properties"].items():

@@ -101,6 +101,8 @@ def test_integral_floats_become_ints_and_others_are_refused_by_name():
         ({"textual_inversions": ["<t>=just-a-name"]}, r"^textual_inversions: 'just-a-name' is "),
         ({"replicate_weights": "http://1.1.1.1/t.tar\n"}, r"^replicate_weights: .* control"),
         ({"lora_weights": ["https://x.example/l.ckpt"]}, r"^lora_weights: .* is pickled weights"),
+        ({"width": 1001}, r"^width: 1001 is not a multiple of 8 .*; take 1000 or 1008$"),
+        ({"height": 516}, r"^height: 516 is not a multiple of 8 .*; take 512 or 520$"),
         ({"controlnet_1": "canny", "controlnet_1_image": Path("i"),
           "controlnet_1_model": "ftp://x.example/c.safetensors"}, r"^controlnet_1_model: .* is "),
     ],
