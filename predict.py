@@ -299,6 +299,11 @@ class Predictor(BasePredictor):
         controlnet_3_end: float = Input(description=CONTROL_END_HELP, ge=0, le=1, default=1.0),
         controlnet_3_preprocess: bool = Input(description=CONTROL_PREPROCESS_HELP, default=True),
         controlnet_3_model: Optional[str] = Input(description=CONTROL_MODEL_HELP, default=None),
+        return_control_maps: bool = Input(
+            description="Also return each ControlNet's control map (as preprocessed, or as "
+            "given; a PNG named control-<slot>-<kind>-...), after the images.",
+            default=False,
+        ),
         base_model: Optional[str] = Input(description=BASE_MODEL_HELP, default=None),
         vae: Optional[str] = Input(description=VAE_HELP, default=None),
         preview_every: int = Input(
@@ -312,7 +317,7 @@ class Predictor(BasePredictor):
         # Every argument above, by name: sdcog.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}
         request = Request.from_inputs(inputs, self.settings.local_input_paths)
-        # Previews as they are written (preview_every), then the images.
+        # Previews as they are written (preview_every), then the images and control maps.
         async for path in self.model.stream(
             lambda cancelled, emit: self.generate(request, cancelled, emit).paths
         ):

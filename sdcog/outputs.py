@@ -7,7 +7,7 @@ import tempfile
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -30,10 +30,12 @@ class Generation:
     flagged: list[int]  # the seeds of the images the safety checker left out
     timings: dict[str, float]  # milliseconds per stage (timings.STAGES)
     deepcache: dict[str, tuple[int, int]]  # UNet -> (calls that reused features, calls)
+    control_maps: list[Path] = field(default_factory=list)  # return_control_maps: one a slot
 
     @property
     def paths(self) -> list[Path]:
-        return [output.path for output in self.outputs]
+        """What the prediction returns: the images, then the control maps."""
+        return [output.path for output in self.outputs] + self.control_maps
 
 
 class Encoding:
@@ -86,3 +88,14 @@ class OutputFolders:
             path.write_bytes(encoding.content(seed))
             outputs.append(Output(index, seed, path))
         return outputs
+
+    def save_maps(
+        self, maps: dict[tuple[str, str], Image.Image], folder: Path, token: str
+    ) -> list[Path]:
+        """Control maps by (slot, kind), as PNGs named control-<slot number>-<kind>-<token>."""
+        paths = []
+        for (slot, kind), image in maps.items():
+            path = folder / f"{protocol.control_map_name(slot, kind, token)}.png"
+            image.save(path, **images.FORMATS["png"][2])
+            paths.append(path)
+        return paths

@@ -17,6 +17,7 @@ _FLAGGED = re.compile(r"^output (\d+) \(seed (\d+)\) was flagged", re.M)
 # Not anchored at the line's start: it is written while diffusers' progress bar, which ends its
 # line only when it finishes, is on that line.
 _PREVIEW = re.compile(r"preview: output (\d+) step (\d+)$", re.M)
+_CONTROL_MAP = re.compile(r"^control map: (controlnet_\d+) (\w+)$", re.M)
 _DEEPCACHE = re.compile(r"^deepcache: (\d+) of (\d+) (\w+) UNet calls reused$", re.M)
 # Cog 0.23.1 reports an exception from the async predict() as "Prediction failed: Async
 # prediction failed: ValueError: <message>" (coglet wraps it twice); ours name the input first.
@@ -57,6 +58,15 @@ def output_name(index: int, seed: int, token: str) -> str:
     return f"out-{index}-seed{seed}-{token}"
 
 
+def control_map_line(slot: str, kind: str) -> str:
+    return f"control map: {slot} {kind}"
+
+
+def control_map_name(slot: str, kind: str, token: str) -> str:
+    """A control map's file name without its extension (a PNG): control-<slot number>-<kind>."""
+    return f"control-{slot.removeprefix('controlnet_')}-{kind}-{token}"
+
+
 # Read by its callers
 
 
@@ -70,6 +80,12 @@ def previews(logs: str) -> list[tuple[int, int]]:
     """(output, step) of each preview, in the order they were sent: a prediction's output list
     is its previews, then its images (data URIs carry no file names; these lines do)."""
     return [(int(index), int(step)) for index, step in _PREVIEW.findall(logs)]
+
+
+def control_maps(logs: str) -> list[tuple[str, str]]:
+    """(slot, kind) of each control map returned (return_control_maps), in output order: they
+    come after the images."""
+    return _CONTROL_MAP.findall(logs)
 
 
 def kept_seeds(logs: str) -> list[int]:
@@ -101,8 +117,24 @@ def read_data_uri(uri: str) -> tuple[str, bytes]:
 
 
 def final_outputs(result: dict) -> list[str]:
-    """A finished prediction's images, without its previews."""
-    return result["output"][len(previews(result.get("logs", ""))) :]
+    """A finished prediction's images, without its previews and control maps."""
+    logs = result.get("logs", "")
+    outputs = result["output"][len(previews(logs)) :]
+    return outputs[: len(outputs) - len(control_maps(logs))]
+
+
+def save_control_maps(result: dict, folder: Path, stamp: str) -> list[Path]:
+    """A finished prediction's control maps as control-<slot>-<kind>-<stamp>.png in `folder`."""
+    maps = control_maps(result.get("logs", ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (slot, kind), uri in zip(maps, result["output"][len(result["output"]) - len(maps) :],
+                                 strict=True):  # fmt: skip
+        extension, data = read_data_uri(uri)
+        path = folder / f"{control_map_name(slot, kind, stamp)}.{extension}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
 
 
 def save_previews(result: dict, folder: Path, stamp: str) -> list[Path]:

@@ -75,6 +75,7 @@ class Request:
     ip_adapter: str = "standard"
     # Watching it work
     preview_every: int = 0
+    return_control_maps: bool = False
     # Speed
     deepcache_interval: int = 1
     deepcache_branch: int = 0
@@ -119,6 +120,11 @@ class Request:
                         f"{name}: the IP-Adapter steers with ip_adapter_image; give it, or "
                         f"leave {name} out"
                     )
+        if self.return_control_maps and not self.controlnets:
+            raise ValueError(
+                "return_control_maps: no ControlNet in this request; set controlnet_1 and "
+                "controlnet_1_image, or leave return_control_maps out"
+            )
         if self.image is not None and int(self.num_inference_steps * self.prompt_strength) < 1:
             raise ValueError(
                 "prompt_strength: with an image, prompt_strength x num_inference_steps must be "

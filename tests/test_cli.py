@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import shapes
 from PIL import Image
 
 from sdcog.tools import cli
@@ -122,6 +123,17 @@ def test_previews_are_written_beside_the_images(tiny_weights, tmp_path):
                     "num_inference_steps=4", "preview_every=2")  # fmt: skip
     assert [re.sub(r"-\d{8}-\d{6}", "", n) for n in names] == [
         "out-0-seed5.png", "preview-0-step2.jpg", "preview-0-step4.jpg",
+    ]  # fmt: skip
+
+
+def test_control_maps_are_written_beside_the_images(tiny_weights, tmp_path):
+    photo = tmp_path / "photo.png"
+    shapes((128, 128)).save(photo)
+    names = predict(tiny_weights, tmp_path / "out", "prompt=a cat", "seed=5", "width=128",
+                    "height=128", "num_inference_steps=2", "controlnet_1=canny",
+                    f"controlnet_1_image=@{photo}", "return_control_maps=true")  # fmt: skip
+    assert [re.sub(r"-\d{8}-\d{6}", "", n) for n in names] == [
+        "control-1-canny.png", "out-0-seed5.png",
     ]  # fmt: skip
 
 

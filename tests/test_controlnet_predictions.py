@@ -10,6 +10,7 @@ from helpers import data_uri, output_images, shapes
 from PIL import Image
 
 from predict import CONTROLNETS, SCHEDULERS
+from sdcog import annotators, protocol
 from sdcog.control_slots import CONTROL_KINDS
 from sdcog.images import output_size
 
@@ -121,6 +122,27 @@ def test_every_scheduler(server, scheduler):
         server.predict(**{**SMALL, "width": 128, "height": 128}, scheduler=scheduler, **canny())
     )
     assert image.size == (128, 128)
+
+
+def test_control_maps_are_returned_after_the_images(server):
+    """return_control_maps: each slot's map (annotated, or as given), at the output size, after
+    the images, and named in the logs."""
+    given = Image.new("RGB", (256, 256))
+    given.paste((255, 255, 255), (96, 96, 160, 160))
+    request = {**canny(1), "controlnet_2": "depth", "controlnet_2_image": data_uri(given),
+               "controlnet_2_preprocess": False, "return_control_maps": True}  # fmt: skip
+    result = server.predict(**SMALL, **request, num_outputs=2)
+    images = output_images(result)
+    assert len(images) == 4 and protocol.control_maps(result["logs"]) == [
+        ("controlnet_1", "canny"), ("controlnet_2", "depth"),
+    ]  # fmt: skip
+    edges = annotators.canny(shapes((256, 256)))
+    assert images[2].format == "PNG" and images[2].convert("RGB").tobytes() == edges.tobytes()
+    assert images[3].convert("RGB").tobytes() == given.tobytes()
+    # The images are those of the same request without the maps.
+    del request["return_control_maps"]
+    plain = server.predict(**SMALL, **request, num_outputs=2)["output"]
+    assert protocol.final_outputs(result) == plain
 
 
 def test_output_takes_the_control_images_aspect(server):

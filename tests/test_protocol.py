@@ -48,3 +48,14 @@ def test_previews_are_read_behind_a_progress_bar():
     assert protocol.preview_line(1, 2) in logs
     result = {"logs": logs + "output 0: seed 1\n", "output": ["p0", "p1", "image"]}
     assert protocol.final_outputs(result) == ["image"]
+
+
+def test_control_maps_come_after_the_images_and_save_by_slot(tmp_path):
+    png = "data:image/png;base64," + base64.b64encode(b"map").decode()
+    logs = "\n".join([protocol.preview_line(0, 2), protocol.seed_line(0, 5),
+                      protocol.control_map_line("controlnet_2", "depth")])  # fmt: skip
+    result = {"logs": logs, "output": ["preview", "image", png]}
+    assert protocol.control_maps(logs) == [("controlnet_2", "depth")]
+    assert protocol.final_outputs(result) == ["image"]
+    [path] = protocol.save_control_maps(result, tmp_path, "20261128-101010")
+    assert path.name == "control-2-depth-20261128-101010.png" and path.read_bytes() == b"map"

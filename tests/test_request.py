@@ -158,3 +158,8 @@ def test_ip_adapter_settings_without_its_image_are_refused(given):
     (name,) = given
     with pytest.raises(ValueError, match=rf"^{name}: the IP-Adapter steers with ip_adapter_image"):
         Request(prompt="x", **given)
+
+
+def test_control_maps_need_a_controlnet():
+    with pytest.raises(ValueError, match=r"^return_control_maps: no ControlNet in this request"):
+        Request.from_inputs({"prompt": "x", "return_control_maps": True})

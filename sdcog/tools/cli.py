@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 import requests
 
-from ..protocol import error_message, save, save_previews
+from ..protocol import error_message, save, save_control_maps, save_previews
 from .cog_server import ROOT, CogServer, RunningServer
 
 CACHE = ROOT / ".cache"
@@ -187,5 +187,6 @@ def main(argv: list[str] | None = None) -> None:
         error = error_message(result.get("error") or "")
         raise SystemExit(f"prediction {result['status']}: {error}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for path in save_previews(result, args.output, stamp) + save(result, args.output, stamp):
+    saved = save_previews(result, args.output, stamp) + save(result, args.output, stamp)
+    for path in saved + save_control_maps(result, args.output, stamp):
         print(path)
