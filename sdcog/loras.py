@@ -14,7 +14,9 @@ for bit in fp16. The copy costs memory for the request's duration:
 the touched weights once more (SD 1.5: ~0.2 GB in fp16 for a LoRA on every attention layer).
 """
 
+import logging
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +33,8 @@ from . import runner
 WARM_LORAS = 4
 WARM_BYTES = 1 << 30
 
+transformers_peft = logging.getLogger("transformers.integrations.peft")
+
 
 @dataclass(frozen=True)
 class Lora:
@@ -42,6 +46,26 @@ class Lora:
     @property
     def adapter_name(self) -> str:
         return f"lora_{self.path.stem[:16]}"
+
+
+class OtherLorasReport(logging.Filter):
+    """transformers reports, as a LoRA loads into a text encoder, the weights of the LoRAs
+    already warm there as MISSING from its file (they are in their own files): by design, so
+    not shown. A report of anything else, this LoRA's own weights included, still is."""
+
+    def __init__(self, adapter_name: str) -> None:
+        super().__init__()
+        self.adapter_name = adapter_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|") for line in message.splitlines()[2:] if line.count("|") >= 2]
+        rows = [(key.strip(), status.strip()) for key, status, *_ in rows if "---" not in key]
+        return not rows or any(
+            status != "MISSING" or f".{self.adapter_name}." in key for key, status in rows
+        )
 
 
 class WarmLoras:
@@ -104,14 +128,20 @@ class WarmLoras:
             self.warm.move_to_end(name)
             return
         before = self._lora_bytes()
+        quiet = OtherLorasReport(name)
+        transformers_peft.addFilter(quiet)
         try:
-            self.pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
+            with warnings.catch_warnings():  # several adapters in one model: what warm means
+                warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")
+                self.pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
         except Exception as e:  # whatever diffusers and peft make of keys and shapes
             self.pipe.unload_lora_weights()  # a half-loaded adapter cannot be told apart
             self.warm.clear()
             raise ValueError(
                 f"{lora.input_name}: {lora.reference} does not fit this model: {str(e)[:500]}"
             ) from None
+        finally:
+            transformers_peft.removeFilter(quiet)
         size = self._lora_bytes() - before
         if not size:
             raise ValueError(

@@ -2,10 +2,12 @@
 the ControlNet tests annotate. Fixtures live in conftest.py; no test module imports another."""
 
 import base64
+import contextlib
 import functools
 import io
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -93,3 +95,21 @@ def hydrogen_example(control_png: bytes) -> dict:
             "preprocess": {"method": "openpose_face"},
         },
     }
+
+
+@contextlib.contextmanager
+def logged(name: str) -> Iterator[list[str]]:
+    """The messages logger `name` passes on (after its filters) while the block runs: wherever
+    its library's own handler writes, which output capture may not see."""
+    messages: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, recorder = logging.getLogger(name), Recorder()
+    logger.addHandler(recorder)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(recorder)

@@ -1,10 +1,13 @@
 """Warm LoRAs: a repeat request neither reads nor injects its LoRA, gets the same image as a cold
 one, and plain requests stay exactly those of a fresh server."""
 
+import logging
 import threading
+import warnings
 
 import numpy as np
 import pytest
+from helpers import logged
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
@@ -79,6 +82,36 @@ def test_other_warm_loras_change_nothing(generator, make_weights, adapter_refs, 
     pixels(generator, (refs["kohya"],))
     assert np.array_equal(pixels(generator, (refs["b"],)), cold_b)
     assert len(generator.loras.warm) == 3
+
+
+def test_loading_beside_warm_loras_is_quiet(generator, adapter_refs, family):
+    """transformers reports the warm LoRAs' text-encoder weights as MISSING from each new LoRA's
+    file, and peft warns of several adapters: both by design here, so neither is shown."""
+    refs = adapter_refs[family]
+    pixels(generator, (refs["a"],))
+    with (
+        logged("transformers.integrations.peft") as messages,
+        warnings.catch_warnings(record=True) as warned,
+    ):
+        pixels(generator, (refs["b"],))
+    assert not messages and not [w for w in warned if "peft_config" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "shown"),
+    [
+        (["x.q_proj.lora_A.lora_old.weight | MISSING | "], False),  # another LoRA's
+        (["x.q_proj.lora_A.lora_new.weight | MISSING | "], True),  # this LoRA's own
+        (["x.q_proj.lora_A.lora_old.weight | UNEXPECTED | "], True),
+    ],
+)
+def test_a_load_report_naming_this_lora_or_other_faults_still_shows(rows, shown):
+    message = "\n".join(
+        ["CLIPTextModel LOAD REPORT from: None", "Key | Status | ", "---+---", *rows]
+    )
+    record = logging.LogRecord("transformers.integrations.peft", logging.WARNING, "", 0, message,
+                               None, None)  # fmt: skip
+    assert loras.OtherLorasReport("lora_new").filter(record) is shown
 
 
 def test_the_least_recently_used_go_first(generator, adapter_refs, family, loads, monkeypatch):

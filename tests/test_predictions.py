@@ -275,3 +275,12 @@ def test_setup_logs_its_stage_timings(server):
         "pipelines", "safety", "controlnets", "ip_adapters", "previews", "compile",
     }  # fmt: skip
     assert int(stages["pipelines"]) > 0
+
+
+def test_setup_logs_carry_nothing_a_user_cannot_act_on(server):
+    """Cog's deprecation of predict() (this package keeps the API `cog build` of every 0.x
+    version reads), diffusers' float32 cast report with nothing to keep in float32, and config
+    keys diffusers writes and then warns about."""
+    setup = requests.get(f"{server.url}/health-check", timeout=5).json()["setup"]["logs"]
+    assert "should be kept in float32: []" not in setup
+    assert "DeprecationWarning" not in setup and "were passed to" not in setup, setup

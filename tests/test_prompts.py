@@ -3,11 +3,12 @@
 import pytest
 import torch
 from compel import Compel
+from helpers import logged
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sdcog.pipelines import Pipelines
-from sdcog.prompts import MAX_CHUNKS, SYNTAX, _conjunction, _plain, clean, encode
+from sdcog.prompts import MAX_CHUNKS, SYNTAX, _conjunction, _plain, check_length, clean, encode
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
@@ -65,6 +66,17 @@ def test_long_prompts_are_chunked_not_cut(loaded, weighting):
     changed_tail = prompt[:299] + "y"
     other = encode(pipe, family, changed_tail, "short", weighting, 0).base["prompt_embeds"]
     assert not torch.equal(other[:, -77:], embeds["prompt_embeds"][:, -77:])  # the tail counts
+
+
+@pytest.mark.parametrize("weighting", ["compel", "none"])
+def test_long_prompts_are_not_reported_as_indexing_errors(make_weights, weighting):
+    """transformers warns (once per tokenizer) that a text over 77 tokens "will result in
+    indexing errors": not so here, where every weighting chunks it."""
+    pipe = Pipelines.load(make_weights("sd")).base["txt2img"]  # a tokenizer that has not warned
+    with logged("transformers.tokenization_utils_base") as messages:
+        check_length(pipe, "x" * 300, "prompt")
+        encode(pipe, "sd", "x" * 300, "", weighting, 0)
+    assert not [m for m in messages if "indexing errors" in m]
 
 
 def encoder_calls(pipe, encode_them) -> dict[str, int]:

@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from ..controlnets import KIND_ENTRIES, UNION_ENTRY
-from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, write_tokenizer
+from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, save_taesd, write_tokenizer
 
 # The tokenizer's ids (tiny.write_tokenizer) in CLIP's 49408-row embedding table.
 TOKENS = {"vocab_size": 49408, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
@@ -176,4 +176,4 @@ def write_full_weights(directory: Path, family: str = "sd", refiner: bool = True
         )
     write_safety(directory / "safety")
     # TAESD and TAESDXL share one architecture: AutoencoderTiny's defaults are theirs.
-    _save(AutoencoderTiny(), directory / "taesd")
+    save_taesd(AutoencoderTiny(), directory / "taesd")

@@ -198,9 +198,21 @@ def write_preview_decoder(directory: Path) -> None:
     """A TAESD-shaped tiny autoencoder (madebyollin/taesd's layout and block structure, 8
     channels wide instead of 64) as [taesd] pins it."""
     torch.manual_seed(SEED)
-    AutoencoderTiny(
-        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)
-    ).save_pretrained(directory / "taesd", safe_serialization=True)
+    save_taesd(
+        AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)
+        ),
+        directory / "taesd",
+    )
+
+
+def save_taesd(model: AutoencoderTiny, folder: Path) -> None:
+    """As madebyollin/taesd's config.json has it: diffusers also writes `block_out_channels`,
+    which it then warns about at every load."""
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size="20GB")
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("block_out_channels", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_tiny_weights(
