@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from transformers import CLIPTokenizer
 
 from sdcog.pins import PIN_FILE, component_files, read_pins
 
@@ -54,3 +55,15 @@ def test_tiny_sdxl_carries_the_real_pipeline_configs(sdxl_weights):
     assert base["force_zeros_for_empty_prompt"] is True
     assert refiner["force_zeros_for_empty_prompt"] is False
     assert refiner["requires_aesthetics_score"] is True
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_tiny_tokenizers_are_clips_own(make_weights, family):
+    """CLIP's vocabulary and merges: the ids the real tokenizer gives (this sentence's are
+    CLIP's documented example), so an ordinary prompt counts its real number of tokens."""
+    base = make_weights(family) / "base"
+    for name in ("tokenizer", "tokenizer_2") if family == "sdxl" else ("tokenizer",):
+        tokenizer = CLIPTokenizer.from_pretrained(base / name)
+        assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+        prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed, " * 10
+        assert len(prompt) > 700 and len(tokenizer(prompt).input_ids) == 2 + 150

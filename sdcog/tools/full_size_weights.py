@@ -31,9 +31,7 @@ from transformers import (
 
 from ..controlnets import KIND_ENTRIES, UNION_ENTRY
 from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, save_taesd, write_tokenizer
-
-# The tokenizer's ids (tiny.write_tokenizer) in CLIP's 49408-row embedding table.
-TOKENS = {"vocab_size": 49408, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
+from .tiny_weights import TOKEN_IDS as TOKENS
 
 # The configs of the real files (each repository's config.json), less defaults.
 SD15_UNET = {
