@@ -3,7 +3,7 @@
 Both run the inpainting pipeline over one region of a picture and paste its result back through
 a feathered mask, so that every pixel the mask keeps is the input's, byte for byte:
 - outpainting pads the image (its border pixels stretched outwards as a start), and the mask
-  covers the new area plus a blurred seam into the original;
+  covers the new area plus a seam `outpaint_blur` pixels wide into the original;
 - mask_margin crops the mask's bounding box plus the margin, which the pipeline then paints at
   the model's native pixel count, and pixels outside the crop are never touched.
 """
@@ -47,13 +47,17 @@ def outpaint(image: Image.Image, mask: Image.Image | None, sides: Box, blur: int
     left, top, right, bottom = sides
     pixels = np.pad(np.asarray(image), ((top, bottom), (left, right), (0, 0)), mode="edge")
     picture = Image.fromarray(pixels)
-    # Black over the original, inset by `blur` on each padded side: the seam to blend.
-    in_left, in_top, in_right, in_bottom = (blur if pad else 0 for pad in sides)
-    new = Image.new("L", picture.size, 255)
-    new.paste(0, (left + in_left, top + in_top,
-                  left + image.width - in_right, top + image.height - in_bottom))  # fmt: skip
-    if blur:
-        new = new.filter(ImageFilter.GaussianBlur(blur / 4))
+    # 255 over the new area; over the original, a seam exactly `blur` pixels wide along each
+    # padded side, fading linearly from the new area to 0 (kept).
+    new = np.full((picture.height, picture.width), 255.0)
+    ys, xs = np.mgrid[0 : image.height, 0 : image.width]
+    inside = [xs, ys, image.width - 1 - xs, image.height - 1 - ys]  # distance to each side
+    seam = np.zeros(xs.shape)
+    for pad, distance in zip(sides, inside, strict=True):
+        if pad and blur:
+            seam = np.maximum(seam, np.clip(blur - distance, 0, None) / (blur + 1))
+    new[top : top + image.height, left : left + image.width] = seam * 255
+    new = Image.fromarray(np.rint(new).astype(np.uint8))
     if mask is not None:
         padded = Image.new("L", picture.size, 0)
         padded.paste(mask, (left, top))

@@ -133,6 +133,36 @@ class FileServer:
         return sum(1 for path in self.requests if path.endswith(name))
 
 
+class UploadReceiver:
+    """A bucket on 127.0.0.1 for Cog's --upload-url: every PUT's path and body, answered 201."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        files = self.files
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self):  # noqa: N802
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = b""
+                    while size := int(self.rfile.readline().strip(), 16):
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    body = self.rfile.read(int(self.headers["Content-Length"]))
+                files[self.path] = body
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/uploads/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
 class WebhookReceiver(Webhook):
     """script/predict's webhook server, with waiting helpers for tests."""
 

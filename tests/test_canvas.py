@@ -1,6 +1,7 @@
 """Outpainting and full-resolution inpainting canvases: what is painted, what is kept."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sdcog.canvas import masked_area, outpaint
@@ -16,11 +17,20 @@ def test_outpaint_pads_and_masks_the_new_area_and_seam():
     canvas = outpaint(image, None, (64, 0, 32, 0), blur=8)
     assert canvas.picture.size == (96 + 96, 64) and canvas.box == (0, 0, 192, 64)
     mask = np.asarray(canvas.mask)
-    assert (mask[:, :60] == 255).all() and (mask[:, 64 + 96 + 4 :] == 255).all()
-    assert (mask[:, 64 + 16 : 64 + 96 - 16] == 0).all()  # away from the seams: kept
-    assert (mask[:, 64 + 2 : 64 + 14] > 0).any()  # the seam blends into the original
+    assert (mask[:, :64] == 255).all() and (mask[:, 64 + 96 :] == 255).all()  # the new area
+    assert (mask[:, 64 + 8 : 64 + 96 - 8] == 0).all()  # away from the seams: kept
     # The new area starts as the stretched border.
     assert np.array_equal(np.asarray(canvas.picture)[:, 0], np.asarray(image)[:, 0])
+
+
+@pytest.mark.parametrize("blur", [1, 8, 16, 64])
+def test_the_seam_is_as_wide_as_outpaint_blur_says(blur):
+    """Exactly `blur` columns of the original are blended, fading in from the kept side."""
+    canvas = outpaint(photo(128, 64), None, (0, 0, 64, 0), blur=blur)
+    row = np.asarray(canvas.mask)[10].astype(int)
+    seam = row[128 - blur : 128]
+    assert (row[: 128 - blur] == 0).all() and (row[128:] == 255).all()
+    assert (seam > 0).all() and (seam < 255).all() and (np.diff(seam) > 0).all()
 
 
 def test_paste_keeps_every_pixel_the_mask_keeps():

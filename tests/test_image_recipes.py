@@ -35,9 +35,10 @@ def test_outpainting_extends_the_image_and_keeps_its_pixels(server):
     result = server.predict(**request)
     out = pixels(result)
     assert out.shape == (128 + 128 + 64, 192 + 64, 3)
-    seam = 2 * 8  # the default outpaint_blur, fully faded out by twice its width
+    seam = 8  # the default outpaint_blur: exactly that many pixels of the original are blended
     kept = out[128 + seam : 128 + 128 - seam, 64 + seam :]
     assert np.array_equal(kept, np.asarray(image)[seam:-seam, seam:])
+    assert not np.array_equal(out[128, 64 + seam :], np.asarray(image)[0, seam:])  # the seam
     stretched = np.pad(np.asarray(image), ((128, 64), (64, 0), (0, 0)), mode="edge")
     assert np.abs(out[:100].astype(int) - stretched[:100]).mean() > 5  # the new area is painted
     assert server.predict(**request)["output"] == result["output"]

@@ -228,10 +228,11 @@ def test_async_prediction_delivers_webhook(server, webhooks):
 
 
 def test_replicate_shaped_bodies_are_served(server, webhooks):
-    """What Replicate's clients send beside `input` (version, webhook, its filter) is accepted
-    on a sync request, and the webhook still gets the result."""
+    """What Replicate's clients send beside `input` (version, webhook, its filter, `Prefer:
+    wait`) is accepted on a sync request, and the webhook still gets the result."""
     answer = server.post(
         {"prompt": "x", "num_inference_steps": 2},
+        headers={"Prefer": "wait"},  # Replicate's sync request: Cog's sync is the default
         version="5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b21",
         webhook=webhooks.url,
         webhook_events_filter=["completed"],

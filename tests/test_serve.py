@@ -1,7 +1,9 @@
 """script/serve's supervisor against Cog's real server: it recovers from a failed setup, a killed
 worker and leaked slots, and leaves nothing behind when stopped."""
 
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from loopback import dead_proxy_env
+from loopback import UploadReceiver, dead_proxy_env
+from PIL import Image
 
 from sdcog.runner import SLOTS
 from sdcog.tools.cog_server import ROOT, free_port
@@ -142,3 +145,36 @@ def test_a_closed_terminal_or_a_killed_supervisor_leaves_nothing_running(supervi
     finally:
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=60) == 0
+
+
+def test_outputs_go_to_an_upload_url(make_weights, tmp_path):
+    """script/serve hands Cog's own options on: with --upload-url each image is PUT there under
+    its unique name, and the answer holds the URLs (for clients without GET /predictions/{id},
+    which Cog has not, and who want no data URIs)."""
+    bucket = UploadReceiver()
+    port = free_port()
+    env = {**os.environ, **dead_proxy_env(), "PORT": str(port),
+           "WEIGHTS_DIR": str(make_weights("sd")), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    with open(tmp_path / "serve.log", "w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sdcog.tools.serve", "--upload-url", bucket.url],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(url, "READY")
+            body = {"input": {**SMALL, "num_outputs": 2, "seed": 7}}
+            answer = requests.post(f"{url}/predictions", json=body, timeout=120).json()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+        bucket.httpd.shutdown()
+    assert answer["status"] == "succeeded", answer
+    paths = sorted(bucket.files)
+    assert [re.sub(r"-[0-9a-f]{8}\.png$", "", p) for p in paths] == [
+        "/uploads/out-0-seed7", "/uploads/out-1-seed8",
+    ]  # fmt: skip
+    assert sorted(answer["output"]) == [f"http://127.0.0.1:{bucket.httpd.server_port}{p}"
+                                        for p in paths]  # fmt: skip
+    for path in paths:
+        assert Image.open(io.BytesIO(bucket.files[path])).size == (128, 128)
