@@ -18,8 +18,9 @@ from sdcog.settings import Settings
 SCHEDULERS = [
     "DDIM", "DDPM", "DPMSolverMultistep", "DPMSolverSinglestep", "KarrasDPM", "K_EULER",
     "K_EULER_ANCESTRAL", "HeunDiscrete", "KLMS", "PNDM", "IPNDM", "KDPM2", "KDPM2_ANCESTRAL",
-    "UniPCMultistep",
+    "UniPCMultistep", "LCM",
 ]  # fmt: skip
+TIMESTEP_SPACINGS = ["default", "leading", "linspace", "trailing"]  # sdcog.schedulers (a test)
 # AUTOMATIC1111's sampler names, aliases of the above (sdcog.schedulers.A1111_NAMES; a test keeps
 # the two equal).
 A1111_SCHEDULERS = [
@@ -103,6 +104,12 @@ class Predictor(BasePredictor):
             "DPM++ 2M Karras, ...).",
             choices=SCHEDULERS + A1111_SCHEDULERS,
             default="DPMSolverMultistep",
+        ),
+        timestep_spacing: str = Input(
+            description="How the scheduler spaces its steps; default: the model's own. trailing "
+            "is what 1-step SDXL-Turbo needs.",
+            choices=TIMESTEP_SPACINGS,
+            default="default",
         ),
         num_inference_steps: int = Input(description="Denoising steps.", ge=1, le=500, default=50),
         guidance_scale: float = Input(

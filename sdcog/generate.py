@@ -18,6 +18,7 @@ from . import (
     protocol,
     request_images,
     runner,
+    schedulers,
     seeds,
     torch_compile,
 )
@@ -112,6 +113,7 @@ class Generator:
         on a requested base_model runs in `fits`, before that model's weights are fetched."""
         self.models.check(request)
         seeds.check_device(request.seed_device)
+        schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps)
         self.previews.check(request.preview_every)
         text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
         for name in ("prompt", "negative_prompt"):
@@ -119,7 +121,10 @@ class Generator:
         if request.ip_adapter_image:
             self.ip_adapters.check(request.ip_adapter)
         if request.refine == "expert_ensemble_refiner" and self.pipelines.refiner:
-            denoise.check_split(self.pipelines.refiner_scheduler(request.scheduler), request)
+            spacing = request.timestep_spacing
+            denoise.check_split(
+                self.pipelines.refiner_scheduler(request.scheduler, spacing), request
+            )
 
     def fits(self, request: Request, model: Facts) -> None:
         """The request against its model, from the model's configs: what only the build's
@@ -165,14 +170,16 @@ class Generator:
             request.controlnets, control_images, first, unet.config, cancelled
         )
         controlnet = steering.controlnet if steering else None
-        pipe = pipelines.get(request.mode, request.scheduler, controlnet)
+        pipe = pipelines.get(request.mode, request.scheduler, controlnet, request.timestep_spacing)
         if size[0] * size[1] > TILED_DECODE_PIXELS:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
         refiner = None
         if request.refine != "no_refiner":
-            refiner = pipelines.get_refiner(request.mode, request.scheduler)
+            refiner = pipelines.get_refiner(
+                request.mode, request.scheduler, request.timestep_spacing
+            )
             detail = (f"the last {1 - request.high_noise_frac:.2f} of the steps"
                       if request.refine == "expert_ensemble_refiner"
                       else f"{request.refine_steps or request.num_inference_steps} steps at "
@@ -266,7 +273,8 @@ class Generator:
         steering = self.controlnets.prepare(
             request.controlnets, control_images, size, unet_config, cancelled
         )
-        pipe = pipelines.get("img2img", request.scheduler, steering and steering.controlnet)
+        controlnet = steering and steering.controlnet
+        pipe = pipelines.get("img2img", request.scheduler, controlnet, request.timestep_spacing)
         steps = request.hires_steps_run
         print(f"hires fix: second pass {size[0]}x{size[1]}, strength {request.hires_strength}, "
               f"{steps} steps")  # fmt: skip

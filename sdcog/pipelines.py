@@ -175,7 +175,11 @@ class Pipelines:
         self.scheduler_configs["refiner"] = other.scheduler_configs["refiner"]
 
     def get(
-        self, mode: str, scheduler: str, controlnet: ModelMixin | list[ModelMixin] | None = None
+        self,
+        mode: str,
+        scheduler: str,
+        controlnet: ModelMixin | list[ModelMixin] | None = None,
+        spacing: str = "default",
     ) -> DiffusionPipeline:
         """The mode's pipeline with a fresh scheduler built from the model's original config;
         with `controlnet`, a ControlNet pipeline over the same components for this request."""
@@ -190,17 +194,17 @@ class Pipelines:
                 pipe = CONTROL_PIPELINES[self.family, union][mode].from_pipe(
                     pipe, controlnet=controlnet, dtype=pipe.unet.dtype, **extra
                 )
-        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"])
+        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"], spacing)
         return pipe
 
-    def refiner_scheduler(self, scheduler: str) -> Any:
+    def refiner_scheduler(self, scheduler: str, spacing: str = "default") -> Any:
         """A fresh scheduler `scheduler` for the refiner, on no pipeline yet."""
-        return make_scheduler(scheduler, self.scheduler_configs["refiner"])
+        return make_scheduler(scheduler, self.scheduler_configs["refiner"], spacing)
 
-    def get_refiner(self, mode: str, scheduler: str) -> DiffusionPipeline:
+    def get_refiner(self, mode: str, scheduler: str, spacing: str = "default") -> DiffusionPipeline:
         assert self.refiner is not None
         pipe = self.refiner[mode]
-        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["refiner"])
+        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["refiner"], spacing)
         return pipe
 
     def own_modules(self) -> list[torch.nn.Module]:

@@ -35,6 +35,7 @@ class Request:
     height: int | None = None
     num_outputs: int = 1
     scheduler: str = "DPMSolverMultistep"
+    timestep_spacing: str = "default"
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     seed: int | None = None

@@ -4,6 +4,7 @@ Every prediction builds a fresh scheduler from the pinned model's original confi
 request's choice (a Karras option, say) never reaches the next.
 """
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from diffusers import (
     IPNDMScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -41,7 +43,12 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "KDPM2": (KDPM2DiscreteScheduler, {}),
     "KDPM2_ANCESTRAL": (KDPM2AncestralDiscreteScheduler, {}),
     "UniPCMultistep": (UniPCMultistepScheduler, {}),
+    # Latent consistency: for LCM models and LCM-LoRAs (4-8 steps, guidance 1-2).
+    "LCM": (LCMScheduler, {}),
 }
+# timestep_spacing: "default" keeps the model's; "trailing" is what 1-step SDXL-Turbo needs.
+TIMESTEP_SPACINGS = ["default", "leading", "linspace", "trailing"]
+LCM_MAX_STEPS = 50  # LCMScheduler's original_inference_steps: it cannot take more
 
 
 # AUTOMATIC1111's sampler names -> ours: accepted as the scheduler input (predict.py lists them).
@@ -57,9 +64,26 @@ def canonical(name: str) -> str:
     return A1111_NAMES.get(name, name)
 
 
-def make_scheduler(name: str, model_config: Mapping[str, Any]) -> SchedulerMixin:
-    """A new scheduler of the named kind, configured from the model's original scheduler config."""
+def check(name: str, spacing: str, steps: int) -> None:
+    """What the scheduler cannot do with this request, refused before any work."""
+    cls = SCHEDULERS[name][0]
+    if spacing != "default" and "timestep_spacing" not in inspect.signature(cls).parameters:
+        raise ValueError(f"timestep_spacing: {name} has no timestep spacing; leave it at default")
+    if cls is LCMScheduler and steps > LCM_MAX_STEPS:
+        raise ValueError(
+            f"num_inference_steps: LCM takes at most {LCM_MAX_STEPS} steps (got {steps}); it "
+            "needs 4 to 8"
+        )
+
+
+def make_scheduler(
+    name: str, model_config: Mapping[str, Any], spacing: str = "default"
+) -> SchedulerMixin:
+    """A new scheduler of the named kind, configured from the model's original scheduler config
+    (and `spacing`, unless "default")."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler: {name!r} is not one of {', '.join(SCHEDULERS)}")
     cls, options = SCHEDULERS[name]
+    if spacing != "default":
+        options = {**options, "timestep_spacing": spacing}
     return cls.from_config(dict(model_config), **options)

@@ -38,7 +38,7 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
 
 
 def test_translation_and_defaults():
-    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat",
+    task = {"version": "1.0.0", "base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat",
             "task_config": {"cfg": 7, "image_width": 640}, "lora": {
                 "model": "o/r", "weight_file_name": "x.safetensors", "weight": 50},
             "scheduler": {"method": "DPMSolverMultistep", "args": {"use_karras_sigmas": True}},
@@ -72,7 +72,10 @@ def test_sdxl_refiner_and_vae_map_to_the_build():
         ({"task_config": {"image_width": 500}}, "task_config.image_width: 500 is not a multiple"),
         ({"prompt": ""}, "hydrogen: prompt: '' should be non-empty"),
         ({"colour": "red"}, "hydrogen: colour: Additional properties"),
-        ({"scheduler": {"method": "LCM"}}, "hydrogen: scheduler.method: LCM is not served here"),
+        (
+            {"scheduler": {"method": "PNDMScheduler"}},
+            "hydrogen: scheduler.method: PNDMScheduler is not served here",
+        ),
         (
             {
                 "controlnet": {
@@ -140,3 +143,55 @@ def test_script_task_checks_before_starting_a_server_and_runs_on_a_given_one(
     main(["--dialect", "hydrogen", str(task), "--url", server.url, "-o", str(tmp_path / "o")])
     printed = capsys.readouterr().out.split()
     assert len(printed) == 2 and all(Image.open(p).size == (256, 256) for p in printed)
+
+
+# crynux-ai/stable-diffusion-task's examples/sdxl_turbo.py and examples/sd15_lcm_lora.py
+# (Apache-2.0), their `args` as written there; the prompts shortened.
+SDXL_TURBO = {"version": "2.0.0", "base_model": {"name": "stabilityai/sdxl-turbo"},
+              "scheduler": {"method": "EulerAncestralDiscreteScheduler",
+                            "args": {"timestep_spacing": "trailing"}},
+              "prompt": "best quality, 1girl, off-shoulder sweater, smiling",
+              "negative_prompt": "paintings, sketches, worst quality+++++",
+              "task_config": {"num_images": 9, "steps": 1, "cfg": 0}}  # fmt: skip
+SD15_LCM_LORA = {"version": "2.0.0", "base_model": {"name": "runwayml/stable-diffusion-v1-5"},
+                 "prompt": "Self-portrait oil painting, a beautiful cyborg with golden hair, 8k",
+                 "negative_prompt": "",
+                 "task_config": {"num_images": 9, "safety_checker": False, "steps": 4, "cfg": 1},
+                 "lora": {"model": "latent-consistency/lcm-lora-sdv1-5", "weight": 70},
+                 "scheduler": {"method": "LCMScheduler"}}  # fmt: skip
+
+
+def test_crynux_scheduler_names_and_their_args():
+    turbo = hydrogen.inputs(SDXL_TURBO, SDXL)
+    assert (turbo["scheduler"], turbo["timestep_spacing"]) == ("K_EULER_ANCESTRAL", "trailing")
+    assert (turbo["num_inference_steps"], turbo["guidance_scale"]) == (1, 0)
+    lcm = hydrogen.inputs(SD15_LCM_LORA, SD)
+    assert lcm["scheduler"] == "LCM" and lcm["lora_weights"] == [
+        "latent-consistency/lcm-lora-sdv1-5"
+    ]
+    karras = {"method": "DPMSolverMultistepScheduler", "args": {"use_karras_sigmas": True}}
+    assert hydrogen.inputs({**SD15_LCM_LORA, "scheduler": karras}, SD)["scheduler"] == "KarrasDPM"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({"beta_schedule": "linear"}, "hydrogen: scheduler.args.beta_schedule: not honoured here"),
+        ({"timestep_spacing": "sideways"}, "hydrogen: scheduler.args.timestep_spacing: 'sideways'"),
+    ],
+)
+def test_scheduler_args_that_cannot_be_honoured_are_refused_by_name(args, error):
+    task = {**SD15_LCM_LORA, "scheduler": {"method": "LCMScheduler", "args": args}}
+    with pytest.raises(ValueError, match=error):
+        hydrogen.inputs(task, SD)
+
+
+@pytest.mark.parametrize(("version", "steps"), [("1.0.0", 25), ("2.0.0", 1), ("2.5.0", 1),
+                                                ("3.0.0", 1), (None, 1)])  # fmt: skip
+def test_omitted_steps_follow_the_declared_format_version(version, steps):
+    """Format 1.x defaulted task_config.steps to 25; 2.0.0 (SDXL Turbo) and later to 1, and a
+    task without `version` is read as the current format (2.5.0)."""
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat", "task_config": {}}
+    if version:
+        task["version"] = version
+    assert hydrogen.inputs(task, SD)["num_inference_steps"] == steps

@@ -39,6 +39,16 @@ def test_every_scheduler(server, scheduler):
     assert image.size == (server.native, server.native)
 
 
+def test_timestep_spacing_takes_effect_and_does_not_leak(server):
+    one_step = {"prompt": "x", "scheduler": "Euler a", "num_inference_steps": 1, "seed": 3}
+    plain = server.predict(**one_step)["output"]
+    assert server.predict(**one_step, timestep_spacing="trailing")["output"] != plain
+    assert server.predict(**one_step)["output"] == plain
+    assert server.failure(**one_step | {"scheduler": "IPNDM"}, timestep_spacing="trailing") == (
+        "timestep_spacing: IPNDM has no timestep spacing; leave it at default"
+    )
+
+
 def test_scheduler_choice_does_not_leak(server):
     baseline = server.predict(prompt="a fox", seed=9, **FAST)["output"]
     server.predict(prompt="a fox", seed=9, scheduler="KarrasDPM", **FAST)

@@ -2,7 +2,7 @@ import pytest
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from predict import SCHEDULERS as SCHEMA_CHOICES
-from sdcog.schedulers import SCHEDULERS, make_scheduler
+from sdcog.schedulers import SCHEDULERS, check, make_scheduler
 
 SD15_CONFIG = dict(PNDMScheduler(beta_schedule="scaled_linear", steps_offset=1).config)
 
@@ -60,3 +60,32 @@ def test_an_automatic1111_name_through_cogs_server(sd_server):
     theirs = sd_server.predict(**small, scheduler="Euler a")
     assert theirs["output"] == ours["output"] and "K_EULER_ANCESTRAL" in theirs["logs"]
     assert sd_server.post(small | {"scheduler": "Euler b"}).status_code == 422
+
+
+def test_trailing_spacing_starts_one_step_at_the_last_timestep():
+    """SDXL-Turbo's 1-step sampling: with leading spacing the one step is at timestep 0
+    (no noise removed at all), with trailing at 999."""
+    import predict
+    from sdcog.schedulers import TIMESTEP_SPACINGS
+
+    assert predict.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS
+    firsts = {}
+    for spacing in ("default", "trailing"):
+        scheduler = make_scheduler("K_EULER_ANCESTRAL", SD15_CONFIG, spacing)
+        scheduler.set_timesteps(1)
+        firsts[spacing] = int(scheduler.timesteps[0])
+    assert firsts == {"default": 0, "trailing": 999}
+    assert make_scheduler("DDIM", SD15_CONFIG).config.timestep_spacing == "leading"  # untouched
+
+
+@pytest.mark.parametrize(
+    ("name", "spacing", "steps", "message"),
+    [
+        ("IPNDM", "trailing", 4, "timestep_spacing: IPNDM has no timestep spacing"),
+        ("LCM", "default", 51, "num_inference_steps: LCM takes at most 50 steps"),
+    ],
+)
+def test_what_a_scheduler_cannot_do_is_refused_by_name(name, spacing, steps, message):
+    with pytest.raises(ValueError, match=message):
+        check(name, spacing, steps)
+    check(name, "default", 4)  # the same scheduler otherwise

@@ -2,8 +2,8 @@
 
 `base_model` and `vae` (a Hugging Face id or a file URL) other than the build's own are fetched
 for the task (predict()'s base_model and vae). Defaults are the task format's
-(crynux-ai/stable-diffusion-task, the version its documentation describes): 512x512, 25 steps,
-cfg 5, 6 images, seed 0, the safety checker on, compel's prompt syntax, DPMSolverMultistep.
+(crynux-ai/stable-diffusion-task): 512x512, cfg 5, 6 images, seed 0, the safety checker on,
+compel's prompt syntax, DPMSolverMultistep; steps by the task's format version (_default_steps).
 Weights (`lora.weight`, `controlnet.weight`, `refiner.denoising_cutoff`) are percentages there.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol
+from ..schedulers import TIMESTEP_SPACINGS
 from . import ModelNames, check_model, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).
@@ -25,10 +26,19 @@ PREPROCESS = {
     "scribble_hed": "scribble", "scribble_hedsafe": "scribble", "scribble_pidinet": "scribble",
     "scribble_pidisafe": "scribble",
 }  # fmt: skip
+# Crynux's scheduler methods (diffusers' class names; the format's first drafts without the
+# "Scheduler") -> ours.
 SCHEDULERS = {
+    "DPMSolverMultistepScheduler": "DPMSolverMultistep",
+    "EulerAncestralDiscreteScheduler": "K_EULER_ANCESTRAL",
+    "LCMScheduler": "LCM",
     "DPMSolverMultistep": "DPMSolverMultistep",
     "EulerAncestralDiscrete": "K_EULER_ANCESTRAL",
 }
+# task_config.steps when omitted: 25 in format 1.x; 1 from 2.0.0 (SDXL-Turbo's), and a task
+# without `version` is of the current format (2.5.0).
+DEFAULT_STEPS = {"1": 25}
+CURRENT_STEPS = 1
 HF_ENDPOINT = "https://huggingface.co"
 
 
@@ -66,13 +76,13 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         "negative_prompt": task.get("negative_prompt", ""),
         "width": config.get("image_width", 512),
         "height": config.get("image_height", 512),
-        "num_inference_steps": config.get("steps", 25),
+        "num_inference_steps": config.get("steps", _default_steps(task.get("version"))),
         "seed": config.get("seed", 0),
         "num_outputs": config.get("num_images", 6),
         "disable_safety_checker": not config.get("safety_checker", True),
         "guidance_scale": config.get("cfg", 5),
         "prompt_weighting": "compel",
-        "scheduler": _scheduler(task.get("scheduler")),
+        **_scheduler(task.get("scheduler")),
     }
     # Another model than the build's: fetched for the task (a Hugging Face id or a URL).
     for field, entry, name in (("base_model", "base", base), ("vae", "vae", task.get("vae"))):
@@ -105,16 +115,40 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     return result
 
 
-def _scheduler(scheduler: dict[str, Any] | None) -> str:
-    method = (scheduler or {}).get("method", "DPMSolverMultistep")
+def _default_steps(version: str | None) -> int:
+    return DEFAULT_STEPS.get((version or "").split(".")[0], CURRENT_STEPS)
+
+
+def _scheduler(scheduler: dict[str, Any] | None) -> dict[str, Any]:
+    """predict()'s scheduler inputs. Of the method's args, timestep_spacing and (DPM++)
+    use_karras_sigmas take effect; any other is refused by name."""
+    method = (scheduler or {}).get("method", "DPMSolverMultistepScheduler")
     if method not in SCHEDULERS:
         raise ValueError(
             f"hydrogen: scheduler.method: {method} is not served here ({', '.join(SCHEDULERS)})"
         )
-    args = (scheduler or {}).get("args") or {}
-    if method == "DPMSolverMultistep" and args.get("use_karras_sigmas"):
-        return "KarrasDPM"
-    return SCHEDULERS[method]
+    inputs = {"scheduler": SCHEDULERS[method]}
+    args = dict((scheduler or {}).get("args") or {})
+    if args.pop("use_karras_sigmas", False):
+        if inputs["scheduler"] != "DPMSolverMultistep":
+            raise ValueError(
+                "hydrogen: scheduler.args.use_karras_sigmas: for DPMSolverMultistep only"
+            )
+        inputs["scheduler"] = "KarrasDPM"
+    if (spacing := args.pop("timestep_spacing", None)) is not None:
+        if spacing not in TIMESTEP_SPACINGS[1:]:
+            raise ValueError(
+                f"hydrogen: scheduler.args.timestep_spacing: {spacing!r} is not one of "
+                f"{', '.join(TIMESTEP_SPACINGS[1:])}"
+            )
+        inputs["timestep_spacing"] = spacing
+    for name, value in args.items():
+        if value is not None:
+            raise ValueError(
+                f"hydrogen: scheduler.args.{name}: not honoured here (the model's own config "
+                "is used; timestep_spacing and use_karras_sigmas are)"
+            )
+    return inputs
 
 
 def _controlnet(controlnet: dict[str, Any], build: ModelNames) -> dict[str, Any]:
