@@ -95,9 +95,15 @@ class SingleFilePin:
 
 
 # Names users write for the same weights a pin fetches (the repository moved or was renamed).
+# Other names of the same weights: the repository's old home, and Crynux's Hugging Face
+# mirrors (the names its network's tasks give).
 ALIASES = {
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": {"runwayml/stable-diffusion-v1-5"},
-}
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": {
+        "runwayml/stable-diffusion-v1-5", "crynux-ai/stable-diffusion-v1-5",
+    },
+    "stabilityai/stable-diffusion-xl-base-1.0": {"crynux-ai/stable-diffusion-xl-base-1.0"},
+    "stabilityai/sdxl-turbo": {"crynux-ai/sdxl-turbo"},
+}  # fmt: skip
 
 
 def names(pin: Pin | SingleFilePin) -> tuple[str, ...]:

@@ -195,3 +195,15 @@ def test_omitted_steps_follow_the_declared_format_version(version, steps):
     if version:
         task["version"] = version
     assert hydrogen.inputs(task, SD)["num_inference_steps"] == steps
+
+
+def test_crynux_mirrors_are_the_models_they_mirror():
+    """Crynux's network names its Hugging Face mirrors (crynux-ai/...): the build's own model
+    for the stock builds, fetched for the task otherwise."""
+    sd = {"base_model": {"name": "crynux-ai/stable-diffusion-v1-5", "variant": "fp16"},
+          "prompt": "x", "task_config": {}}  # fmt: skip
+    assert "base_model" not in hydrogen.inputs(sd, SD)
+    sdxl = {**sd, "base_model": "crynux-ai/stable-diffusion-xl-base-1.0"}
+    assert "base_model" not in hydrogen.inputs(sdxl, SDXL)
+    turbo = {**sd, "base_model": {"name": "crynux-ai/sdxl-turbo", "variant": "fp16"}}
+    assert hydrogen.inputs(turbo, SDXL)["base_model"] == "crynux-ai/sdxl-turbo"
