@@ -4,7 +4,7 @@ run through Cog's real server by script/task's engine."""
 import json
 
 import pytest
-from helpers import cli_predict, hydrogen_example
+from helpers import cli_predict, data_uri, hydrogen_example, shapes
 from PIL import Image
 
 from sdcog.dialects import ModelNames, hydrogen
@@ -13,6 +13,7 @@ from sdcog.pins import PIN_FILE
 
 SD = ModelNames.from_pins(PIN_FILE)
 SDXL = ModelNames.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
+BARE_PNG = data_uri(shapes()).split(",", 1)[1]  # Crynux's image_dataurl may be bare base64
 
 
 def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs, control_image,
@@ -104,10 +105,10 @@ def test_what_cannot_be_honoured_fails_naming_the_field(change, error):
 def test_a_control_map_without_preprocessing_takes_the_models_kind():
     task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "a cat", "task_config": {},
             "controlnet": {"model": "lllyasviel/control_v11f1p_sd15_depth",
-                           "image_dataurl": "AAAA"}}  # fmt: skip
+                           "image_dataurl": BARE_PNG}}  # fmt: skip
     inputs = hydrogen.inputs(task, SD)
     assert inputs["controlnet_1"] == "depth" and inputs["controlnet_1_preprocess"] is False
-    assert inputs["controlnet_1_image"] == "data:image/png;base64,AAAA"
+    assert inputs["controlnet_1_image"] == f"data:image/png;base64,{BARE_PNG}"
     assert inputs["controlnet_1_conditioning_scale"] == 0.7  # the format's default weight
     assert "controlnet_1_model" not in inputs  # the build's own depth ControlNet
     other = {**task["controlnet"], "model": "someone/depth-controlnet"}
@@ -207,3 +208,34 @@ def test_crynux_mirrors_are_the_models_they_mirror():
     assert "base_model" not in hydrogen.inputs(sdxl, SDXL)
     turbo = {**sd, "base_model": {"name": "crynux-ai/sdxl-turbo", "variant": "fp16"}}
     assert hydrogen.inputs(turbo, SDXL)["base_model"] == "crynux-ai/sdxl-turbo"
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("lora_weights: https://x/l.safetensors does not fit this model: ...",
+         "hydrogen: lora.model: https://x/l.safetensors does not fit this model: ..."),
+        ("controlnet_1_image: could not be read as an image (PNG, JPEG, WebP, ...)",
+         "hydrogen: controlnet.image_dataurl: could not be read as an image"),
+        ("num_inference_steps: LCM takes at most 50 steps (got 60); it needs 4 to 8",
+         "hydrogen: task_config.steps: LCM takes at most 50 steps"),
+        ("textual_inversions: <t>: ...", "hydrogen: textual_inversion: <t>: ..."),
+    ],
+)  # fmt: skip
+def test_a_server_refusal_names_crynuxs_field(message, error):
+    assert str(hydrogen.failed({}, 0, message)).startswith(error)
+
+
+@pytest.mark.parametrize(
+    ("dataurl", "problem"),
+    [
+        ("data:image/png;base64,iVBORw0KGgo", "not base64"),  # Incorrect padding, in Cog's words
+        ("data:image/png;base64,bm90IGFuIGltYWdl", "not an image"),
+    ],
+)
+def test_a_malformed_control_image_is_refused_by_its_field_before_any_server(dataurl, problem):
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "x", "task_config": {},
+            "controlnet": {"model": "lllyasviel/control_v11p_sd15_canny",
+                           "image_dataurl": dataurl}}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^hydrogen: controlnet.image_dataurl: {problem}"):
+        hydrogen.inputs(task, SD)

@@ -7,9 +7,14 @@ compel's prompt syntax, DPMSolverMultistep; steps by the task's format version (
 Weights (`lora.weight`, `controlnet.weight`, `refiner.denoising_cutoff`) are percentages there.
 """
 
+import base64
+import binascii
+import io
 import time
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from .. import protocol
 from ..schedulers import TIMESTEP_SPACINGS
@@ -40,6 +45,20 @@ SCHEDULERS = {
 DEFAULT_STEPS = {"1": 25}
 CURRENT_STEPS = 1
 HF_ENDPOINT = "https://huggingface.co"
+# predict()'s inputs -> the task's fields they come from, for the server's errors.
+FIELDS = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "width": "task_config.image_width",
+    "height": "task_config.image_height", "num_inference_steps": "task_config.steps",
+    "seed": "task_config.seed", "num_outputs": "task_config.num_images",
+    "guidance_scale": "task_config.cfg", "scheduler": "scheduler.method",
+    "timestep_spacing": "scheduler.args.timestep_spacing", "lora_weights": "lora.model",
+    "lora_scales": "lora.weight", "controlnet_1": "controlnet.model",
+    "controlnet_1_model": "controlnet.model", "controlnet_1_image": "controlnet.image_dataurl",
+    "controlnet_1_preprocess": "controlnet.preprocess",
+    "controlnet_1_conditioning_scale": "controlnet.weight", "refine": "refiner.model",
+    "high_noise_frac": "refiner.denoising_cutoff", "textual_inversions": "textual_inversion",
+    "base_model": "base_model", "vae": "vae",
+}  # fmt: skip
 
 
 def translate(task: dict[str, Any], build: ModelNames) -> list[dict[str, Any]]:
@@ -48,6 +67,10 @@ def translate(task: dict[str, Any], build: ModelNames) -> list[dict[str, Any]]:
 
 
 def failed(task: dict[str, Any], index: int, message: str) -> ValueError:
+    """The server's error, naming the task's field its input came from."""
+    name, sep, rest = message.partition(": ")
+    if sep and name in FIELDS:
+        return ValueError(f"hydrogen: {FIELDS[name]}: {rest}")
     return ValueError(f"hydrogen: the prediction failed: {message}")
 
 
@@ -169,6 +192,7 @@ def _controlnet(controlnet: dict[str, Any], build: ModelNames) -> dict[str, Any]
     image = controlnet["image_dataurl"]
     if not image.startswith("data:"):  # bare base64
         image = f"data:image/png;base64,{image}"
+    _check_image(image, "controlnet.image_dataurl")
     slot = {
         "controlnet_1": kind,
         "controlnet_1_image": image,
@@ -178,3 +202,17 @@ def _controlnet(controlnet: dict[str, Any], build: ModelNames) -> dict[str, Any]
     if not own:
         slot["controlnet_1_model"] = model
     return slot
+
+
+def _check_image(uri: str, field: str) -> None:
+    """A data URL that decodes to an image, or a refusal naming its field (before any server:
+    Cog's own answer would be `Incorrect padding`, naming nothing)."""
+    try:
+        data = base64.b64decode(uri.partition(",")[2], validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"hydrogen: {field}: not base64 ({e})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"hydrogen: {field}: not an image (PNG, JPEG, WebP, ...): {e}") from None
