@@ -25,8 +25,8 @@ def _rgb(gray: np.ndarray) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-def canny(image: Image.Image) -> Image.Image:
-    return _rgb(cv2.Canny(np.asarray(image.convert("RGB")), *CANNY_THRESHOLDS))
+def canny(image: Image.Image, thresholds: tuple[int, int] = CANNY_THRESHOLDS) -> Image.Image:
+    return _rgb(cv2.Canny(np.asarray(image.convert("RGB")), *thresholds))
 
 
 def lineart(image: Image.Image) -> Image.Image:

@@ -1,12 +1,15 @@
 """Hydrogen Network (Crynux) task JSON: its schema, its translation, and its documented example
 run through Cog's real server by script/task's engine."""
 
+import base64
+import io
 import json
 
 import pytest
 from helpers import cli_predict, data_uri, hydrogen_example, shapes
-from PIL import Image
+from PIL import Image, ImageFilter
 
+from sdcog import annotators
 from sdcog.dialects import ModelNames, hydrogen
 from sdcog.dialects.tasks import run
 from sdcog.pins import PIN_FILE
@@ -239,3 +242,41 @@ def test_a_malformed_control_image_is_refused_by_its_field_before_any_server(dat
                            "image_dataurl": dataurl}}  # fmt: skip
     with pytest.raises(ValueError, match=rf"^hydrogen: controlnet.image_dataurl: {problem}"):
         hydrogen.inputs(task, SD)
+
+
+def test_canny_thresholds_take_effect():
+    """preprocess.args of canny: the map is made here at the task's size with those thresholds
+    (what the server makes with the defaults, 100/200, for any other), and sent as a map."""
+    photo = shapes((256, 256)).filter(ImageFilter.GaussianBlur(2))  # soft edges: fewer at 100/200
+    thresholds = {"low_threshold": 10, "high_threshold": 20}
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "x",
+            "task_config": {"image_width": 256, "image_height": 256},
+            "controlnet": {"model": "lllyasviel/control_v11p_sd15_canny",
+                           "image_dataurl": data_uri(photo),
+                           "preprocess": {"method": "canny", "args": thresholds}}}  # fmt: skip
+    inputs = hydrogen.inputs(task, SD)
+    assert inputs["controlnet_1"] == "canny" and inputs["controlnet_1_preprocess"] is False
+    sent = Image.open(io.BytesIO(base64.b64decode(inputs["controlnet_1_image"].split(",")[1])))
+    assert sent.convert("RGB").tobytes() == annotators.canny(photo, (10, 20)).tobytes()
+    assert sent.convert("RGB").tobytes() != annotators.canny(photo).tobytes()
+    default = {**task["controlnet"], "preprocess": {"method": "canny", "args": {}}}
+    assert hydrogen.inputs({**task, "controlnet": default}, SD)["controlnet_1_preprocess"] is True
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "field"),
+    [
+        ({"method": "softedge_pidinet", "args": {"apply_filter": True}}, "apply_filter"),
+        ({"method": "depth_zoe", "args": {"gamma_corrected": True}}, "gamma_corrected"),
+        ({"method": "depth_leres", "args": {"thr_a": 5}}, "thr_a"),
+    ],
+)
+def test_preprocess_args_that_cannot_be_honoured_are_refused_by_name(preprocess, field):
+    task = {"base_model": "runwayml/stable-diffusion-v1-5", "prompt": "x", "task_config": {},
+            "controlnet": {"model": "lllyasviel/control_v11p_sd15_canny",
+                           "image_dataurl": BARE_PNG, "preprocess": preprocess}}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^hydrogen: controlnet.preprocess.args.{field}: "):
+        hydrogen.inputs(task, SD)
+    defaults = {"apply_filter": False, "gamma_corrected": False, "thr_a": 0}
+    same = {**preprocess, "args": {field: defaults[field]}}  # the defaults are what runs here
+    hydrogen.inputs({**task, "controlnet": {**task["controlnet"], "preprocess": same}}, SD)

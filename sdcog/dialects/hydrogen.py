@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from .. import protocol
+from .. import annotators, protocol
 from ..schedulers import TIMESTEP_SPACINGS
 from . import ModelNames, check_model, validate
 
@@ -44,6 +44,8 @@ SCHEDULERS = {
 # without `version` is of the current format (2.5.0).
 DEFAULT_STEPS = {"1": 25}
 CURRENT_STEPS = 1
+# Crynux's preprocess args (other than canny's) at their defaults: what the annotators here do.
+PREPROCESS_DEFAULTS = {"apply_filter": False, "gamma_corrected": False, "thr_a": 0, "thr_b": 0}
 HF_ENDPOINT = "https://huggingface.co"
 # predict()'s inputs -> the task's fields they come from, for the server's errors.
 FIELDS = {
@@ -123,7 +125,7 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
             reference = f"{HF_ENDPOINT}/{reference}/resolve/main/{lora['weight_file_name']}"
         result |= {"lora_weights": [reference], "lora_scales": [lora.get("weight", 100) / 100]}
     if controlnet := task.get("controlnet"):
-        result |= _controlnet(controlnet, build)
+        result |= _controlnet(controlnet, build, (result["width"], result["height"]))
     if refiner := task.get("refiner"):
         if not build.serves("refiner", refiner["model"]):
             raise ValueError(
@@ -174,7 +176,9 @@ def _scheduler(scheduler: dict[str, Any] | None) -> dict[str, Any]:
     return inputs
 
 
-def _controlnet(controlnet: dict[str, Any], build: ModelNames) -> dict[str, Any]:
+def _controlnet(
+    controlnet: dict[str, Any], build: ModelNames, size: tuple[int, int]
+) -> dict[str, Any]:
     model = controlnet["model"]
     preprocess = controlnet.get("preprocess")
     if preprocess and preprocess["method"] not in PREPROCESS:
@@ -192,27 +196,54 @@ def _controlnet(controlnet: dict[str, Any], build: ModelNames) -> dict[str, Any]
     image = controlnet["image_dataurl"]
     if not image.startswith("data:"):  # bare base64
         image = f"data:image/png;base64,{image}"
-    _check_image(image, "controlnet.image_dataurl")
+    picture = _read_image(image, "controlnet.image_dataurl")
+    annotate = bool(preprocess)
+    if thresholds := _preprocess_args(preprocess):  # canny's, made here: the server's are fixed
+        edges = annotators.canny(picture.resize(size, Image.Resampling.LANCZOS), thresholds)
+        image, annotate = _data_uri(edges), False
     slot = {
         "controlnet_1": kind,
         "controlnet_1_image": image,
         "controlnet_1_conditioning_scale": controlnet.get("weight", 70) / 100,
-        "controlnet_1_preprocess": bool(preprocess),
+        "controlnet_1_preprocess": annotate,
     }
     if not own:
         slot["controlnet_1_model"] = model
     return slot
 
 
-def _check_image(uri: str, field: str) -> None:
-    """A data URL that decodes to an image, or a refusal naming its field (before any server:
-    Cog's own answer would be `Incorrect padding`, naming nothing)."""
+def _preprocess_args(preprocess: dict[str, Any] | None) -> tuple[int, int] | None:
+    """Canny thresholds other than the server's annotator's, or None. Other methods' args take
+    effect at their defaults, which are what runs here; any other value is refused by name."""
+    args = (preprocess or {}).get("args") or {}
+    if preprocess and preprocess["method"] == "canny":
+        thresholds = (args.get("low_threshold", 100), args.get("high_threshold", 200))
+        return None if thresholds == annotators.CANNY_THRESHOLDS else thresholds
+    for name, value in args.items():
+        if value != PREPROCESS_DEFAULTS.get(name):
+            raise ValueError(
+                f"hydrogen: controlnet.preprocess.args.{name}: {value!r} is not honoured here "
+                f"(the annotator runs as with {PREPROCESS_DEFAULTS.get(name)!r})"
+            )
+    return None
+
+
+def _read_image(uri: str, field: str) -> Image.Image:
+    """A data URL's image, or a refusal naming its field (before any server: Cog's own answer
+    would be `Incorrect padding`, naming nothing)."""
     try:
         data = base64.b64decode(uri.partition(",")[2], validate=True)
     except binascii.Error as e:
         raise ValueError(f"hydrogen: {field}: not base64 ({e})") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.verify()
+            image.load()
+            return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"hydrogen: {field}: not an image (PNG, JPEG, WebP, ...): {e}") from None
+
+
+def _data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
