@@ -232,8 +232,9 @@ class Predictor(BasePredictor):
             default=0.8,
         ),
         refine_steps: Optional[int] = Input(
-            description="SDXL only. With base_image_refiner: refiner steps (default: "
-            "num_inference_steps).",
+            description="SDXL only. The refiner's steps (default: num_inference_steps): with "
+            "base_image_refiner all of them; with expert_ensemble_refiner its schedule's, of "
+            "which it runs those past high_noise_frac.",
             ge=1,
             le=500,
             default=None,

@@ -23,12 +23,14 @@ def arguments(request: Request, batch: list[int], stop: Callable) -> dict[str, A
 
 
 def check_split(scheduler: Any, request: Request) -> None:
-    """Both models must get at least one of the scheduler's timesteps at high_noise_frac."""
+    """Both models must get at least one step at high_noise_frac: the base of its
+    num_inference_steps, the refiner of its own schedule (refine_steps, by default the same)."""
+    cutoff = round(scheduler.config.num_train_timesteps * (1 - request.high_noise_frac))
     scheduler.set_timesteps(request.num_inference_steps)
-    train_steps = scheduler.config.num_train_timesteps
-    cutoff = round(train_steps * (1 - request.high_noise_frac))
+    base_steps = int((scheduler.timesteps >= cutoff).sum())
+    scheduler.set_timesteps(request.refine_steps or request.num_inference_steps)
     refiner_steps = int((scheduler.timesteps < cutoff).sum())
-    if not 0 < refiner_steps < len(scheduler.timesteps):
+    if base_steps == 0 or refiner_steps == 0:
         raise ValueError(
             f"high_noise_frac: at {request.high_noise_frac}, {request.num_inference_steps} "
             f"{request.scheduler} steps leave the {'refiner' if refiner_steps == 0 else 'base'} "
@@ -57,8 +59,9 @@ def run(
             **common, **embeds.base, **inputs,
             denoising_end=request.high_noise_frac, output_type="latent",
         ).images  # fmt: skip
+        steps = request.refine_steps or request.num_inference_steps  # its own schedule
         return refiner(
-            **common, **embeds.refiner, **mask,
+            **{**common, "num_inference_steps": steps}, **embeds.refiner, **mask,
             image=latents, denoising_start=request.high_noise_frac,
         ).images  # fmt: skip
     # base_image_refiner: the refiner runs image-to-image over the decoded base image.

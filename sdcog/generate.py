@@ -180,7 +180,8 @@ class Generator:
             refiner = pipelines.get_refiner(
                 request.mode, request.scheduler, request.timestep_spacing
             )
-            detail = (f"the last {1 - request.high_noise_frac:.2f} of the steps"
+            detail = (f"the last {1 - request.high_noise_frac:.2f} of "
+                      f"{request.refine_steps or request.num_inference_steps} steps"
                       if request.refine == "expert_ensemble_refiner"
                       else f"{request.refine_steps or request.num_inference_steps} steps at "
                       "strength 0.3")  # fmt: skip

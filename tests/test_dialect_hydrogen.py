@@ -63,6 +63,7 @@ def test_sdxl_refiner_and_vae_map_to_the_build():
                         "denoising_cutoff": 70}}  # fmt: skip
     inputs = hydrogen.inputs(task, SDXL)
     assert inputs["refine"] == "expert_ensemble_refiner" and inputs["high_noise_frac"] == 0.7
+    assert inputs["refine_steps"] == 20  # the format's default refiner.steps
     assert "base_model" not in inputs and "vae" not in inputs  # the build's own: no fetch
     other = hydrogen.inputs({**task, "vae": "other/vae", "base_model": "https://x.org/m.safetensors"},
                             SDXL)  # fmt: skip

@@ -46,6 +46,9 @@ def test_refiner_settings_matter(sdxl_server):
     assert run(**ensemble, high_noise_frac=0.5) != run(**ensemble, high_noise_frac=0.8)
     image_refiner = {"refine": "base_image_refiner"}
     assert run(**image_refiner, refine_steps=4) != run(**image_refiner, refine_steps=8)
+    # The ensemble's refiner schedule too (Crynux's refiner.steps): its own step count.
+    assert run(**ensemble, refine_steps=20) != run(**ensemble)
+    assert run(**ensemble, refine_steps=STEPS["num_inference_steps"]) == run(**ensemble)
 
 
 @pytest.mark.parametrize("refine", ["expert_ensemble_refiner", "base_image_refiner"])

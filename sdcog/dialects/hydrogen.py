@@ -58,7 +58,8 @@ FIELDS = {
     "controlnet_1_model": "controlnet.model", "controlnet_1_image": "controlnet.image_dataurl",
     "controlnet_1_preprocess": "controlnet.preprocess",
     "controlnet_1_conditioning_scale": "controlnet.weight", "refine": "refiner.model",
-    "high_noise_frac": "refiner.denoising_cutoff", "textual_inversions": "textual_inversion",
+    "high_noise_frac": "refiner.denoising_cutoff", "refine_steps": "refiner.steps",
+    "textual_inversions": "textual_inversion",
     "base_model": "base_model", "vae": "vae",
 }  # fmt: skip
 
@@ -134,6 +135,7 @@ def inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         result |= {
             "refine": "expert_ensemble_refiner",
             "high_noise_frac": refiner.get("denoising_cutoff", 80) / 100,
+            "refine_steps": refiner.get("steps", 20),  # the refiner's own schedule, as Crynux's
         }
     if task.get("textual_inversion"):
         result["textual_inversions"] = [task["textual_inversion"]]
