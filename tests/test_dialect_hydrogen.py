@@ -281,3 +281,22 @@ def test_preprocess_args_that_cannot_be_honoured_are_refused_by_name(preprocess,
     defaults = {"apply_filter": False, "gamma_corrected": False, "thr_a": 0}
     same = {**preprocess, "args": {field: defaults[field]}}  # the defaults are what runs here
     hydrogen.inputs({**task, "controlnet": {**task["controlnet"], "preprocess": same}}, SD)
+
+
+def test_crynuxs_lcm_lora_and_turbo_examples_run(server, file_server, adapter_refs, tmp_path):
+    """Their examples through Cog's server: the LCM-LoRA task on SD 1.5 (the LoRA served as
+    its Hugging Face repository), the SDXL-Turbo one's scheduler on the SDXL build's model (by
+    Crynux's mirror name: sdxl-turbo itself would be fetched)."""
+    if server.family == "sd":
+        repo = "latent-consistency/lcm-lora-sdv1-5"
+        listing = {"siblings": [{"rfilename": "pytorch_lora_weights.safetensors"}]}
+        file_server.put(f"api/models/{repo}", json.dumps(listing).encode())
+        file_server.put(f"{repo}/resolve/main/pytorch_lora_weights.safetensors",
+                        adapter_refs["sd"]["a_bytes"])  # fmt: skip
+        task, build = SD15_LCM_LORA, SD
+    else:
+        task = {**SDXL_TURBO, "base_model": {"name": "crynux-ai/stable-diffusion-xl-base-1.0"}}
+        build = SDXL
+    task = {**task, "task_config": {**task["task_config"], "num_images": 2}}
+    paths = run(cli_predict(server), "hydrogen", task, build, tmp_path).splitlines()
+    assert len(paths) == 2 and all(Image.open(p).size == (512, 512) for p in paths)
