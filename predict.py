@@ -37,10 +37,12 @@ OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area 
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "a1111", "none"]
 IP_ADAPTERS = ["standard", "plus", "plus_face"]
-# "none", then sdcog.control_slots.CONTROL_KINDS (a test keeps the two equal).
+# "none", then sdcog.control_slots.CONTROL_KINDS and KIND_ALIASES (a test keeps them equal).
 CONTROLNETS = [
     "none", "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble",
     "tile",
+    # fofr's names (sdcog.control_slots.KIND_ALIASES)
+    "edge_canny", "depth_leres", "depth_midas", "soft_edge_hed", "soft_edge_pidi", "lineart_anime",
 ]  # fmt: skip
 CONTROLNET_HELP = "ControlNet kind (none: off). A kind needs its weights pinned in this build."
 CONTROL_IMAGE_HELP = "The ControlNet's image: a photo to preprocess, or a ready control map."

@@ -12,6 +12,12 @@ CONTROL_KINDS = (
     "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble", "tile",
 )  # fmt: skip
 CONTROL_SLOTS = 3
+# Replicate's fofr/*-multi-controlnet-lora models' names for the kinds above (their "illusion",
+# a QR-code ControlNet, is not served here).
+KIND_ALIASES = {
+    "edge_canny": "canny", "depth_leres": "depth", "depth_midas": "depth",
+    "soft_edge_hed": "softedge", "soft_edge_pidi": "softedge", "lineart_anime": "lineart",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,18 +53,20 @@ class ControlSlot:
         """Slot `number` from predict()'s arguments, by name; None when the slot is unused."""
         name = f"controlnet_{number}"
         kind = inputs.get(name, "none")
+        kind = KIND_ALIASES.get(kind, kind)
         values = {
             f.name: value
             for f in fields(cls)
             if (value := inputs.get(f"{name}_{f.name}")) is not None
         }
         if kind == "none":
-            for extra in ("image", "model"):
-                if extra in values:
-                    raise ValueError(
-                        f"{name}_{extra}: given without a control kind; set {name} to one of "
-                        f"{', '.join(CONTROL_KINDS)}"
-                    )
+            if "model" in values:
+                raise ValueError(
+                    f"{name}_model: given without a control kind; set {name} to one of "
+                    f"{', '.join(CONTROL_KINDS)}"
+                )
+            if "image" in values:  # as fofr's models do: a slot's image stays while it is off
+                print(f"{name}_image: ignored, {name} is none")
             return None
         if "image" not in values:
             raise ValueError(f"{name}: {kind} needs an image; give {name}_image")

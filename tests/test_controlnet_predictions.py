@@ -11,7 +11,7 @@ from PIL import Image
 
 from predict import CONTROLNETS, SCHEDULERS
 from sdcog import annotators, protocol
-from sdcog.control_slots import CONTROL_KINDS
+from sdcog.control_slots import CONTROL_KINDS, KIND_ALIASES
 from sdcog.images import output_size
 
 SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
@@ -53,7 +53,16 @@ def baseline(server):
 
 
 def test_schema_offers_every_kind():
-    assert CONTROLNETS == ["none", *CONTROL_KINDS]
+    assert CONTROLNETS == ["none", *CONTROL_KINDS, *KIND_ALIASES]
+
+
+def test_fofrs_names_give_our_kinds_images(server):
+    """fofr's multi-ControlNet payloads: edge_canny is canny; an image under none is ignored."""
+    fofr = {"controlnet_1": "edge_canny", "controlnet_1_image": PHOTO,
+            "controlnet_2": "none", "controlnet_2_image": PHOTO}  # fmt: skip
+    result = server.predict(**SMALL, **fofr)
+    assert result["output"] == run(server, **canny())
+    assert "controlnet_2_image: ignored, controlnet_2 is none" in result["logs"]
 
 
 @pytest.mark.parametrize("kind", CONTROL_KINDS)
@@ -216,7 +225,6 @@ def test_a_model_that_does_not_fit_fails_by_name(server, served_controlnets, bas
     ("request_", "message"),
     [
         ({"controlnet_1": "canny"}, "controlnet_1: canny needs an image; give controlnet_1_image"),
-        ({"controlnet_2_image": PHOTO}, "controlnet_2_image: given without a control kind"),
         (canny(start=0.6, end=0.4), "controlnet_1_start: must be below controlnet_1_end"),
         (canny(start=0.5, end=0.5), "controlnet_1_start: must be below controlnet_1_end"),
         ({**canny(), "controlnet_1_image": "data:image/png;base64," + "QUJD"},

@@ -54,7 +54,6 @@ def test_controlnet_slots_from_predict_inputs_by_name():
     ("inputs", "message"),
     [
         ({"controlnet_1": "canny"}, "controlnet_1: canny needs an image"),
-        ({"controlnet_2_image": Path("i")}, "controlnet_2_image: given without a control kind"),
         ({"controlnet_3_model": "a/b"}, "controlnet_3_model: given without a control kind"),
         (
             {"controlnet_1": "canny", "controlnet_1_image": Path("i"), "controlnet_1_start": 0.7,
@@ -163,3 +162,15 @@ def test_ip_adapter_settings_without_its_image_are_refused(given):
 def test_control_maps_need_a_controlnet():
     with pytest.raises(ValueError, match=r"^return_control_maps: no ControlNet in this request"):
         Request.from_inputs({"prompt": "x", "return_control_maps": True})
+
+
+def test_fofrs_controlnet_names_are_aliases_and_none_ignores_its_image(capsys):
+    """replicate's fofr/*-multi-controlnet-lora models: their kind names, and an image left in
+    a slot set to none is ignored (logged), as there."""
+    request = Request.from_inputs(
+        {"prompt": "x", "controlnet_1": "edge_canny", "controlnet_1_image": Path("a"),
+         "controlnet_2": "soft_edge_pidi", "controlnet_2_image": Path("b"),
+         "controlnet_3": "none", "controlnet_3_image": Path("c")}, local_paths=True,
+    )  # fmt: skip
+    assert [slot.kind for slot in request.controlnets] == ["canny", "softedge"]
+    assert "controlnet_3_image: ignored, controlnet_3 is none" in capsys.readouterr().out
