@@ -15,6 +15,7 @@ from PIL import Image
 from sdcog.dialects import HERE, FieldError, ModelNames, runware
 from sdcog.dialects.tasks import run
 from sdcog.pins import PIN_FILE
+from sdcog.tools.cog_server import free_port
 
 SD = ModelNames.from_pins(PIN_FILE)
 SDXL = ModelNames.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
@@ -261,7 +262,7 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
 @pytest.mark.parametrize(
     ("change", "field", "problem"),
     [
-        ({"width": 1000}, "width", "1000 is not a multiple of 64"),
+        ({"width": 1001}, "width", "1001 is not a multiple of 8"),
         ({"model": "runware:999@1"}, "model", "runware:999@1 is not this build's model"),
         ({"scheduler": "LCM"}, "scheduler", "LCM is not served here"),
         ({"seed": 2**40}, "seed", "is greater than the maximum of 4294967295"),
@@ -354,16 +355,19 @@ def test_script_task_answers_runware_json(server, tmp_path, capsys):
                 {
                     "taskType": "imageInference",
                     "taskUUID": UUID,
-                    "width": 1000,
+                    "width": 1001,
                     "model": "x",
                     "positivePrompt": "a cat",
                 }
             ]
         )
     )
+    # Errors are Runware's JSON too, on stdout (the exit status says it failed).
     with pytest.raises(SystemExit) as exited:
         main(["--dialect", "runware", str(task), "--weights", str(tmp_path / "none")])
-    assert json.loads(str(exited.value))["errors"][0]["parameter"] == "width"
+    assert exited.value.code == 1
+    assert json.loads(capsys.readouterr().out)["errors"][0]["parameter"] == "width"
+
     task.write_text(
         json.dumps(
             [
@@ -383,6 +387,10 @@ def test_script_task_answers_runware_json(server, tmp_path, capsys):
     main(["--dialect", "runware", str(task), "--url", server.url, "-o", str(tmp_path / "o")])
     (entry,) = json.loads(capsys.readouterr().out)["data"]
     assert Image.open(urlparse(entry["imageURL"]).path).size == (128, 128)
+    with pytest.raises(SystemExit):  # a server that is not there: Runware's JSON, one line
+        main(["--dialect", "runware", str(task), "--url", f"http://127.0.0.1:{free_port()}"])
+    (error,) = json.loads(capsys.readouterr().out)["errors"]
+    assert error["message"].startswith("no Cog server answers at http://127.0.0.1:")
 
 
 def test_the_readme_example_translates_on_the_build_it_names(tmp_path):

@@ -45,8 +45,14 @@ def main(argv: list[str] | None = None) -> None:
         with _server(args.url, args.weights) as server:
             predict = functools.partial(cli.run, server)
             answer = run(predict, args.dialect, task, build, args.output)
-    except ValueError as e:
-        raise SystemExit(DIALECTS[args.dialect].failure(e)) from None
+    except (ValueError, SystemExit) as e:  # SystemExit: cli.run's one line (a lost server)
+        if isinstance(e, SystemExit) and not isinstance(e.code, str):
+            raise
+        # The system's answer, its errors included, goes to stdout; the status says it failed.
+        print(
+            DIALECTS[args.dialect].failure(e if isinstance(e, ValueError) else ValueError(e.code))
+        )
+        raise SystemExit(1) from None
     print(answer)
 
 
