@@ -264,8 +264,8 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
     [
         ({"width": 1001}, "width", "1001 is not a multiple of 8"),
         ({"model": "runware:999@1"}, "model", "runware:999@1 is not this build's model"),
-        ({"scheduler": "LCM"}, "scheduler", "LCM is not served here"),
-        ({"seed": 2**40}, "seed", "is greater than the maximum of 4294967295"),
+        ({"scheduler": "TCDScheduler"}, "scheduler", "TCDScheduler is not served here"),
+        ({"seed": 2**63}, "seed", "is greater than the maximum of 9223372036854775807"),
         ({"numberResults": 11}, "numberResults", "11 is greater than the maximum of 10"),
         ({"webhookURL": "https://x"}, "webhookURL", "'webhookURL' was unexpected"),
         ({"lora": [{"model": "runware:5@1"}]}, "lora.0.model", "only civitai AIR ids"),
@@ -411,3 +411,46 @@ def test_other_models_are_fetched_for_the_task_when_they_can_be():
     assert "base_model" not in inputs  # the build's own
     with pytest.raises(FieldError, match="runware: vae: 'no vae' is neither a Hugging Face"):
         runware.translate([task | {"model": "civitai:1@1", "vae": "no vae"}], SD)
+
+
+BARE = {"taskType": "imageInference", "taskUUID": UUID, "positivePrompt": "a cat",
+        "model": "runwayml/stable-diffusion-v1-5"}  # fmt: skip
+
+
+@pytest.mark.parametrize("written", ["jpg", "JPG", "Jpeg", "png", "webp", "WEBP"])
+def test_output_formats_as_their_docs_write_them_in_any_case(written):
+    expected = {"jpeg": "jpg"}.get(written.lower(), written.lower())
+    assert (
+        runware.translate([{**BARE, "outputFormat": written}], SD)[0]["output_format"] == expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("safety", "checked"),
+    [({"checkContent": True}, True), ({"checkContent": False}, False),
+     ({"checkContent": True, "mode": "fast"}, True), ({"mode": "full"}, True),
+     ({"mode": "none"}, False)],
+)  # fmt: skip
+def test_the_safety_object_switches_the_nsfw_check(safety, checked, tmp_path):
+    task = {**BARE, "safety": safety}
+    assert runware.translate([task], SD)[0]["disable_safety_checker"] is not checked
+    result = {"output": [], "logs": "output 0: seed 5\noutput 0 (seed 5) was flagged as NSFW"}
+    (entry,) = json.loads(runware.answer([task], [result], tmp_path))["data"]
+    assert ("NSFWContent" in entry) is checked
+
+
+def test_delivery_fields_are_accepted_and_their_ignoring_said(capsys, tmp_path):
+    task = {**BARE, "ttl": 3600, "includeCost": True}
+    runware.translate([task], SD)
+    runware.answer([task], [{"output": [], "logs": ""}], tmp_path)
+    said = capsys.readouterr().err
+    assert "runware: ttl ignored" in said and "runware: includeCost ignored" in said
+
+
+@pytest.mark.parametrize(
+    ("given", "ours"), [(42, 42), (2**32 + 7, 7), (9223372036854775807, 4294967295)]
+)
+def test_seeds_in_runwares_range_are_mapped_to_ours(given, ours):
+    """Runware takes seeds up to 2^63 - 1; ours end at 2^32 - 1: the seed taken is Runware's
+    modulo 2^32, and the answer reports the seed used."""
+    assert runware.translate([{**BARE, "seed": given}], SD)[0]["seed"] == ours

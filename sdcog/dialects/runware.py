@@ -14,7 +14,7 @@ There is no image host here: outputType URL answers with file:// URLs of the fil
 """
 
 import json
-import re
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,12 @@ from typing import Any
 from .. import protocol
 from ..schedulers import A1111_NAMES
 from . import FieldError, ModelNames, check_model, validate
+from .runware_guides import AIR, controlnet, fail, fraction, image_input, ip_adapter
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
+# Delivery fields accepted and not honoured, and why (the answer says so on stderr).
+IGNORED = {"ttl": "no image host here: the files stay in the output folder",
+           "includeCost": "nothing is charged here"}  # fmt: skip
 HIRES_SCALE = 1.5  # first pass at 2/3 of the requested size
 # Runware's scheduler names (diffusers class names and A1111's) -> ours; "Default": the model's.
 SCHEDULERS = {
@@ -34,7 +38,7 @@ SCHEDULERS = {
     "HeunDiscreteScheduler": "HeunDiscrete", "KDPM2DiscreteScheduler": "KDPM2",
     "KDPM2AncestralDiscreteScheduler": "KDPM2_ANCESTRAL", "LMSDiscreteScheduler": "KLMS",
     "PNDMScheduler": "PNDM", "IPNDMScheduler": "IPNDM",
-    "UniPCMultistepScheduler": "UniPCMultistep",
+    "UniPCMultistepScheduler": "UniPCMultistep", "LCMScheduler": "LCM", "LCM": "LCM",
     **A1111_NAMES,
 }  # fmt: skip
 # predict() inputs -> the Runware field they came from, to name it when the server refuses one.
@@ -49,8 +53,6 @@ FIELDS = {
     "deepcache_": "acceleratorOptions", "hires_": "advancedFeatures.hiresFix",
     "base_model": "model", "vae": "vae",
 }  # fmt: skip
-AIR = re.compile(r"^(urn:air:[^:]+:[^:]+:)?(?P<source>[a-z]+):\d+@\d+$")
-IMAGE_UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
 
 def translate(payload: list[dict[str, Any]], build: ModelNames) -> list[dict[str, Any]]:
@@ -79,6 +81,8 @@ def failed(payload: list[dict[str, Any]], index: int, message: str) -> FieldErro
 def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Path) -> str:
     data = []
     for task, result in zip(_inference_tasks(payload), results, strict=True):
+        for field in IGNORED.keys() & task.keys():
+            print(f"runware: {field} ignored ({IGNORED[field]})", file=sys.stderr)
         images = iter(protocol.final_outputs(result))
         for seed, flagged in protocol.output_seeds(result.get("logs", "")):
             entry = {
@@ -87,7 +91,7 @@ def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Pa
                 "imageUUID": str(uuid.uuid4()),
                 "seed": seed,
             }
-            if task.get("checkNSFW"):
+            if _checks_nsfw(task):
                 entry["NSFWContent"] = flagged  # a flagged image is never returned
             if not flagged:
                 entry |= _image(next(images), task.get("outputType", "URL"), entry, out)
@@ -107,16 +111,19 @@ def failure(error: ValueError) -> str:
     return json.dumps({"errors": [found]}, indent=2)
 
 
+def _checks_nsfw(task: dict[str, Any]) -> bool:
+    """checkNSFW, or the newer `safety` object (checkContent, or a mode other than none)."""
+    safety = task.get("safety") or {}
+    mode = safety.get("mode", "fast" if safety.get("checkContent") else "none")
+    return bool(task.get("checkNSFW") or safety.get("checkContent") or mode != "none")
+
+
 def _inference_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [task for task in payload if task["taskType"] == "imageInference"]
 
 
 def _error(task: dict[str, Any], path: Any, problem: str) -> FieldError:
     return FieldError("runware", tuple(path), problem, task.get("taskUUID"))
-
-
-def _fail(field: str, problem: str) -> FieldError:
-    return FieldError("runware", tuple(field.split(".")), problem)
 
 
 def _model(task: dict[str, Any], field: str, entry: str, build: ModelNames) -> dict[str, str]:
@@ -128,7 +135,7 @@ def _model(task: dict[str, Any], field: str, entry: str, build: ModelNames) -> d
     match = AIR.match(name)
     if match and match["source"] != "civitai":
         own = ", ".join(build.names.get(entry, ())) or "none"
-        raise _fail(
+        raise fail(
             field,
             f"{name} is not this build's {'model' if field == 'model' else 'VAE'} ({own}), and "
             "only civitai AIR ids, Hugging Face owner/repo and URLs of .safetensors files can "
@@ -146,9 +153,9 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         "num_inference_steps": steps,
         "guidance_scale": task.get("CFGScale", CFG),
         "num_outputs": task.get("numberResults", 1),
-        "output_format": task.get("outputFormat", "JPG").lower(),
+        "output_format": task.get("outputFormat", "JPG").lower().replace("jpeg", "jpg"),
         "output_quality": task.get("outputQuality", 95),
-        "disable_safety_checker": not task.get("checkNSFW", False),
+        "disable_safety_checker": not _checks_nsfw(task),
         "clip_skip": task.get("clipSkip", 0),
         "prompt_weighting": {"compel": "compel", "sdEmbeds": "a1111"}.get(
             task.get("promptWeighting"), "none"
@@ -156,23 +163,25 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         **_model(task, "model", "base", build),
         **_model(task, "vae", "vae", build),
     }
-    for field in ("width", "height", "seed"):
+    for field in ("width", "height"):
         if field in task:
             inputs[field] = task[field]
+    if "seed" in task:  # Runware's go up to 2^63 - 1, ours to 2^32 - 1
+        inputs["seed"] = task["seed"] % 2**32
     if task.get("scheduler", "Default") != "Default":
         if task["scheduler"] not in SCHEDULERS:
-            raise _fail(
+            raise fail(
                 "scheduler",
                 f"{task['scheduler']} is not served here; one of Default, {', '.join(SCHEDULERS)}",
             )
         inputs["scheduler"] = SCHEDULERS[task["scheduler"]]
     if "seedImage" in task:
         inputs |= {
-            "image": _image_input("seedImage", task["seedImage"]),
+            "image": image_input("seedImage", task["seedImage"]),
             "prompt_strength": task.get("strength", STRENGTH),
         }
     if "maskImage" in task:
-        inputs["mask"] = _image_input("maskImage", task["maskImage"])
+        inputs["mask"] = image_input("maskImage", task["maskImage"])
     if outpaint := task.get("outpaint"):
         # Runware's width/height are the final size; ours follows from the image and the sides.
         inputs = {k: v for k, v in inputs.items() if k not in ("width", "height")}
@@ -184,7 +193,7 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     for index, lora in enumerate(task.get("lora", [])):
         match = AIR.match(lora["model"])
         if match and match["source"] != "civitai":
-            raise _fail(
+            raise fail(
                 f"lora.{index}.model",
                 f"{lora['model']}: only civitai AIR ids, https "
                 "URLs and Hugging Face owner/repo can be fetched here",
@@ -192,9 +201,9 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         inputs.setdefault("lora_weights", []).append(lora["model"])
         inputs.setdefault("lora_scales", []).append(lora.get("weight", 1.0))
     for index, control in enumerate(task.get("controlNet", [])):
-        inputs |= _controlnet(index, control, steps, build)
+        inputs |= controlnet(index, control, steps, build)
     if adapters := task.get("ipAdapters"):
-        inputs |= _ip_adapter(adapters[0])
+        inputs |= ip_adapter(adapters[0])
     if (task.get("acceleratorOptions") or {}).get("deepCache"):
         options = task["acceleratorOptions"]
         inputs |= {
@@ -205,75 +214,10 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         inputs["hires_scale"] = HIRES_SCALE
     if refiner := task.get("refiner"):
         if not build.serves("refiner", refiner["model"]):
-            raise _fail("refiner.model", f"{refiner['model']} is not this build's refiner")
-        start = _fraction(refiner, "startStep", steps, default=0.8)
+            raise fail("refiner.model", f"{refiner['model']} is not this build's refiner")
+        start = fraction(refiner, "startStep", steps, default=0.8)
         inputs |= {"refine": "expert_ensemble_refiner", "high_noise_frac": start}
     return inputs
-
-
-def _controlnet(
-    index: int, control: dict[str, Any], steps: int, build: ModelNames
-) -> dict[str, Any]:
-    field, model = f"controlNet.{index}", control["model"]
-    kind, own = build.controlnet(model)
-    if kind is None:
-        raise _fail(
-            f"{field}.model",
-            f"cannot tell which kind of control {model} is: name it by "
-            "its repository, or list its AIR id under `air` in the build's ControlNet pin",
-        )
-    slot = f"controlnet_{index + 1}"
-    inputs = {
-        slot: kind,
-        f"{slot}_image": _image_input(f"{field}.guideImage", control["guideImage"]),
-        f"{slot}_preprocess": False,  # Runware's guide images are control maps already
-        f"{slot}_conditioning_scale": control.get("weight", 1.0),
-        f"{slot}_start": _fraction(control, "startStep", steps, default=0.0),
-        f"{slot}_end": _fraction(control, "endStep", steps, default=1.0),
-    }
-    if not own:
-        if AIR.match(model):
-            raise _fail(f"{field}.model", f"{model} is not a ControlNet this build pins")
-        inputs[f"{slot}_model"] = model  # another diffusers ControlNet, fetched for the request
-    return inputs
-
-
-def _ip_adapter(adapter: dict[str, Any]) -> dict[str, Any]:
-    name = adapter["model"].lower().replace("_", "-")
-    kind = "plus_face" if "plus-face" in name else "plus" if "plus" in name else "standard"
-    if "ip-adapter" not in name and name not in ("standard", "plus"):
-        raise _fail(
-            "ipAdapters.0.model",
-            f"{adapter['model']}: name the adapter by its file "
-            "(ip-adapter_sd15, ip-adapter-plus_sdxl_vit-h, ip-adapter-plus-face_sd15...)",
-        )
-    return {
-        "ip_adapter": kind,
-        "ip_adapter_image": _image_input("ipAdapters.0.guideImage", adapter["guideImage"]),
-        "ip_adapter_scale": adapter.get("weight", 1.0),
-    }
-
-
-def _fraction(options: dict[str, Any], step_field: str, steps: int, default: float) -> float:
-    """`<x>StepPercentage` / 100, or `<x>Step` / steps."""
-    if f"{step_field}Percentage" in options:
-        return options[f"{step_field}Percentage"] / 100
-    if step_field in options:
-        return min(options[step_field] / steps, 1.0)
-    return default
-
-
-def _image_input(field: str, value: str) -> str:
-    """A data URI or URL as is; bare base64 as a data URI. UUIDs name Runware's own storage."""
-    if IMAGE_UUID.match(value):
-        raise _fail(
-            field,
-            "an image UUID names an image stored at Runware; give the image as a "
-            "data URI, base64 or URL",
-        )
-    if value.startswith(("data:", "http://", "https://")):
-        return value
-    return f"data:application/octet-stream;base64,{value}"
 
 
 def _image(uri: str, output_type: str, entry: dict[str, Any], out: Path) -> dict[str, str]:
