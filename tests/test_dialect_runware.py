@@ -454,3 +454,22 @@ def test_seeds_in_runwares_range_are_mapped_to_ours(given, ours):
     """Runware takes seeds up to 2^63 - 1; ours end at 2^32 - 1: the seed taken is Runware's
     modulo 2^32, and the answer reports the seed used."""
     assert runware.translate([{**BARE, "seed": given}], SD)[0]["seed"] == ours
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [{"hiresFix": True}, {"advancedFeatures": {"hiresFix": True}},
+     {"advancedFeatures": {"hiresfix": True}}],
+)  # fmt: skip
+def test_hires_fix_in_every_spelling(spelling):
+    assert runware.translate([{**BARE, **spelling}], SD)[0]["hires_scale"] == 1.5
+
+
+def test_images_nested_under_inputs_as_the_newer_reference_writes_them():
+    image = "data:image/png;base64,iVBORw0KGgo="
+    nested = runware.translate([{**BARE, "inputs": {"seedImage": image, "maskImage": image}}], SD)
+    flat = runware.translate([{**BARE, "seedImage": image, "maskImage": image}], SD)
+    assert nested == flat and nested[0]["image"] == image
+    with pytest.raises(FieldError) as raised:
+        runware.translate([{**BARE, "inputs": {"seedImage": UUID}}], SD)
+    assert raised.value.path == ("inputs", "seedImage")

@@ -175,13 +175,16 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
                 f"{task['scheduler']} is not served here; one of Default, {', '.join(SCHEDULERS)}",
             )
         inputs["scheduler"] = SCHEDULERS[task["scheduler"]]
-    if "seedImage" in task:
-        inputs |= {
-            "image": image_input("seedImage", task["seedImage"]),
-            "prompt_strength": task.get("strength", STRENGTH),
-        }
-    if "maskImage" in task:
-        inputs["mask"] = image_input("maskImage", task["maskImage"])
+    # Top-level, or under `inputs` as the newer reference writes them.
+    nested = {f"inputs.{name}": value for name, value in (task.get("inputs") or {}).items()}
+    for field, value in {**task, **nested}.items():
+        if field.removeprefix("inputs.") == "seedImage":
+            inputs |= {
+                "image": image_input(field, value),
+                "prompt_strength": task.get("strength", STRENGTH),
+            }
+        elif field.removeprefix("inputs.") == "maskImage":
+            inputs["mask"] = image_input(field, value)
     if outpaint := task.get("outpaint"):
         # Runware's width/height are the final size; ours follows from the image and the sides.
         inputs = {k: v for k, v in inputs.items() if k not in ("width", "height")}
@@ -210,7 +213,8 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
             "deepcache_interval": options.get("deepCacheInterval", 3),
             "deepcache_branch": options.get("deepCacheBranchId", 0),
         }
-    if (task.get("advancedFeatures") or {}).get("hiresFix"):
+    features = task.get("advancedFeatures") or {}
+    if task.get("hiresFix") or features.get("hiresFix") or features.get("hiresfix"):
         inputs["hires_scale"] = HIRES_SCALE
     if refiner := task.get("refiner"):
         if not build.serves("refiner", refiner["model"]):
