@@ -473,3 +473,26 @@ def test_images_nested_under_inputs_as_the_newer_reference_writes_them():
     with pytest.raises(FieldError) as raised:
         runware.translate([{**BARE, "inputs": {"seedImage": UUID}}], SD)
     assert raised.value.path == ("inputs", "seedImage")
+
+
+def test_embeddings_are_textual_inversions():
+    task = {**BARE, "embeddings": [{"model": "civitai:7808@9208"}, {"model": "o/ti", "weight": 1}]}
+    assert runware.translate([task], SD)[0]["textual_inversions"] == ["civitai:7808@9208", "o/ti"]
+    with pytest.raises(FieldError, match="weight"):
+        runware.translate([{**BARE, "embeddings": [{"model": "o/ti", "weight": 0.5}]}], SD)
+
+
+def test_ip_adapters_as_runware_writes_them():
+    image = "data:image/png;base64,iVBORw0KGgo="
+    one = {"model": "ip-adapter-plus_sd15", "guideImages": [image], "weight": 0.7}
+    inputs = runware.translate([{**BARE, "ipAdapters": [one]}], SD)[0]
+    assert (inputs["ip_adapter"], inputs["ip_adapter_image"]) == ("plus", image)
+    refusals = [
+        ({**one, "guideImages": [image, image]}, ("ipAdapters", 0, "guideImages")),
+        ([one, one], ("ipAdapters", 1)),
+    ]
+    for adapters, path in refusals:
+        adapters = adapters if isinstance(adapters, list) else [adapters]
+        with pytest.raises(FieldError) as raised:
+            runware.translate([{**BARE, "ipAdapters": adapters}], SD)
+        assert raised.value.path == tuple(str(p) for p in path), raised.value

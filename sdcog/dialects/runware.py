@@ -51,7 +51,7 @@ FIELDS = {
     "output_quality": "outputQuality", "refine": "refiner", "high_noise_frac": "refiner",
     "controlnet_": "controlNet", "ip_adapter": "ipAdapters", "outpaint_": "outpaint",
     "deepcache_": "acceleratorOptions", "hires_": "advancedFeatures.hiresFix",
-    "base_model": "model", "vae": "vae",
+    "base_model": "model", "vae": "vae", "textual_inversions": "embeddings",
 }  # fmt: skip
 
 
@@ -206,7 +206,11 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     for index, control in enumerate(task.get("controlNet", [])):
         inputs |= controlnet(index, control, steps, build)
     if adapters := task.get("ipAdapters"):
-        inputs |= ip_adapter(adapters[0])
+        inputs |= ip_adapter(adapters)
+    for index, embedding in enumerate(task.get("embeddings", [])):
+        if embedding.get("weight", 1) != 1:
+            raise fail(f"embeddings.{index}.weight", "embeddings apply at weight 1 here")
+        inputs.setdefault("textual_inversions", []).append(embedding["model"])
     if (task.get("acceleratorOptions") or {}).get("deepCache"):
         options = task["acceleratorOptions"]
         inputs |= {

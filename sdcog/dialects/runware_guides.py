@@ -41,7 +41,12 @@ def controlnet(
     return inputs
 
 
-def ip_adapter(adapter: dict[str, Any]) -> dict[str, Any]:
+def ip_adapter(adapters: list[dict[str, Any]]) -> dict[str, Any]:
+    """One IP-Adapter with one guide image (guideImage, or guideImages as the newer reference
+    writes it): predict() takes one."""
+    if len(adapters) > 1:
+        raise fail("ipAdapters.1", "one IP-Adapter per task here; give the others their own task")
+    adapter = adapters[0]
     name = adapter["model"].lower().replace("_", "-")
     kind = "plus_face" if "plus-face" in name else "plus" if "plus" in name else "standard"
     if "ip-adapter" not in name and name not in ("standard", "plus"):
@@ -50,9 +55,13 @@ def ip_adapter(adapter: dict[str, Any]) -> dict[str, Any]:
             f"{adapter['model']}: name the adapter by its file "
             "(ip-adapter_sd15, ip-adapter-plus_sdxl_vit-h, ip-adapter-plus-face_sd15...)",
         )
+    images = adapter.get("guideImages") or [adapter.get("guideImage")]
+    field = "ipAdapters.0.guideImages" if "guideImages" in adapter else "ipAdapters.0.guideImage"
+    if len(images) > 1 or images[0] is None:
+        raise fail(field, "one guide image per adapter here")
     return {
         "ip_adapter": kind,
-        "ip_adapter_image": image_input("ipAdapters.0.guideImage", adapter["guideImage"]),
+        "ip_adapter_image": image_input(field, images[0]),
         "ip_adapter_scale": adapter.get("weight", 1.0),
     }
 
