@@ -4,6 +4,7 @@ example run unchanged through Cog's real server by script/task's engine."""
 import base64
 import io
 import json
+import re
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,7 +47,7 @@ def documented_example() -> list[dict]:
 def build_naming_base(tmp_path: Path, family: str, air: str) -> ModelNames:
     """The family's stock pins with `air` listed for [base]: a build that serves that AIR id."""
     source = PIN_FILE if family == "sd" else PIN_FILE.with_name("pins-sdxl.toml")
-    text = source.read_text()
+    text = re.sub(r"\nair = \[[^]]*\]", "", source.read_text())  # the stock pin's own, replaced
     base = text.index("\n[base]\n")
     revision = text.index("\n", text.index("revision", base))
     pins = tmp_path / "pins.toml"
@@ -397,9 +398,9 @@ def test_the_readme_example_translates_on_the_build_it_names(tmp_path):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme[readme.index("### Runware tasks") :]
     example = json.loads(section[section.index("```json") + 7 : section.index("```\n", 10)])
-    build = build_naming_base(tmp_path, "sdxl", "civitai:101055@128078")
-    (inputs,) = runware.translate(example, build)
+    (inputs,) = runware.translate(example, SDXL)  # the stock SDXL build: its pin lists the id
     assert inputs["lora_weights"] == ["civitai:132532@146296"] and inputs["num_outputs"] == 2
+    assert "base_model" not in inputs
 
 
 def test_other_models_are_fetched_for_the_task_when_they_can_be():
@@ -496,3 +497,12 @@ def test_ip_adapters_as_runware_writes_them():
         with pytest.raises(FieldError) as raised:
             runware.translate([{**BARE, "ipAdapters": adapters}], SD)
         assert raised.value.path == tuple(str(p) for p in path), raised.value
+
+
+def test_the_sdxl_build_answers_to_civitais_sdxl_vae_fix_air():
+    """civitai model 101055 version 128078, "SD XL v1.0 VAE fix": the SDXL build's own model (its
+    pin file's title), the id Runware's and civitai's SDXL examples name; nothing is fetched."""
+    task = {**BARE, "model": "civitai:101055@128078"}
+    assert "base_model" not in runware.translate([task], SDXL)[0]
+    urn = {**task, "model": "urn:air:sdxl:checkpoint:civitai:101055@128078"}
+    assert "base_model" not in runware.translate([urn], SDXL)[0]

@@ -22,6 +22,7 @@ import jsonschema
 from .. import models
 from ..control_slots import CONTROL_KINDS
 from ..pins import PIN_FILE, names, read_pins
+from ..references import AIR
 
 HERE = Path(__file__).parent
 
@@ -42,8 +43,11 @@ class ModelNames:
         return self.names[entry][0] if entry in self.names else None
 
     def serves(self, entry: str, name: str) -> bool:
-        """Whether `name` (a repository id, URL or AIR id) names what entry `entry` pins."""
-        return name in self.names.get(entry, ())
+        """Whether `name` (a repository id, URL or AIR id, short or as a URN) names what entry
+        `entry` pins."""
+        air = AIR.fullmatch(name)
+        short = f"civitai:{air['model']}@{air['version']}" if air else name
+        return bool({name, short} & set(self.names.get(entry, ())))
 
     def controlnet(self, model: str, kind: str | None = None) -> tuple[str | None, bool]:
         """ControlNet `model`'s kind (`kind` if given, else from the model's name, else from
