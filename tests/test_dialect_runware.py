@@ -267,7 +267,7 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
         ({"model": "runware:999@1"}, "model", "runware:999@1 is not this build's model"),
         ({"scheduler": "TCDScheduler"}, "scheduler", "TCDScheduler is not served here"),
         ({"seed": 2**63}, "seed", "is greater than the maximum of 9223372036854775807"),
-        ({"numberResults": 11}, "numberResults", "11 is greater than the maximum of 10"),
+        ({"numberResults": 21}, "numberResults", "21 is greater than the maximum of 20"),
         ({"webhookURL": "https://x"}, "webhookURL", "'webhookURL' was unexpected"),
         ({"lora": [{"model": "runware:5@1"}]}, "lora.0.model", "only civitai AIR ids"),
         ({"seedImage": UUID}, "seedImage", "an image UUID names an image stored at Runware"),
@@ -506,3 +506,26 @@ def test_the_sdxl_build_answers_to_civitais_sdxl_vae_fix_air():
     assert "base_model" not in runware.translate([task], SDXL)[0]
     urn = {**task, "model": "urn:air:sdxl:checkpoint:civitai:101055@128078"}
     assert "base_model" not in runware.translate([urn], SDXL)[0]
+
+
+def test_number_results_up_to_twenty_run_as_predictions_of_ten(tmp_path):
+    """Runware's numberResults goes to 20, predict()'s num_outputs to 10 (each prediction is
+    denoised in memory-bounded batches): a task of 20 is two predictions, seeds following on,
+    answered as one task."""
+    task = {**BARE, "numberResults": 20, "seed": 5, "outputType": "base64Data"}
+    first, second = runware.translate([task], SD)
+    assert (first["num_outputs"], first["seed"]) == (10, 5)
+    assert (second["num_outputs"], second["seed"]) == (10, 15)
+    png = "data:image/png;base64," + base64.b64encode(b"png").decode()
+
+    def result(start: int) -> dict:
+        logs = "\n".join(f"output {i}: seed {start + i}" for i in range(10))
+        return {"output": [png] * 10, "logs": logs}
+
+    data = json.loads(runware.answer([task], [result(5), result(15)], tmp_path))["data"]
+    assert [d["seed"] for d in data] == list(range(5, 25))
+    assert {d["taskUUID"] for d in data} == {UUID}
+    assert runware.failed([task], 1, "prompt: too long").task == UUID
+    assert [p["num_outputs"] for p in runware.translate([{**BARE, "numberResults": 13}], SD)] == [
+        10, 3,
+    ]  # fmt: skip

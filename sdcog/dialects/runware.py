@@ -25,6 +25,7 @@ from . import FieldError, ModelNames, check_model, validate
 from .runware_guides import AIR, controlnet, fail, fraction, image_input, ip_adapter
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
+MAX_OUTPUTS = 10  # predict()'s num_outputs
 # Delivery fields accepted and not honoured, and why (the answer says so on stderr).
 IGNORED = {"ttl": "no image host here: the files stay in the output folder",
            "includeCost": "nothing is charged here"}  # fmt: skip
@@ -65,9 +66,14 @@ def translate(payload: list[dict[str, Any]], build: ModelNames) -> list[dict[str
     result = []
     for task in _inference_tasks(payload):
         try:
-            result.append(_inputs(task, build))
+            inputs = _inputs(task, build)
         except FieldError as e:
             raise _error(task, e.path, e.problem) from None
+        for start, count in _parts(task):  # numberResults over 10: several predictions
+            part = inputs | {"num_outputs": count}
+            if "seed" in inputs:
+                part["seed"] = (inputs["seed"] + start) % 2**32
+            result.append(part)
     return result
 
 
@@ -75,14 +81,15 @@ def failed(payload: list[dict[str, Any]], index: int, message: str) -> FieldErro
     """The server's error for prediction `index`, naming the Runware field its input came from."""
     name = message.split(":", 1)[0]
     field = next((f for key, f in FIELDS.items() if name.startswith(key)), name)
-    return _error(_inference_tasks(payload)[index], [field], message)
+    return _error(_prediction_tasks(payload)[index], [field], message)
 
 
 def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Path) -> str:
     data = []
-    for task, result in zip(_inference_tasks(payload), results, strict=True):
+    for task in _inference_tasks(payload):
         for field in IGNORED.keys() & task.keys():
             print(f"runware: {field} ignored ({IGNORED[field]})", file=sys.stderr)
+    for task, result in zip(_prediction_tasks(payload), results, strict=True):
         images = iter(protocol.final_outputs(result))
         for seed, flagged in protocol.output_seeds(result.get("logs", "")):
             entry = {
@@ -116,6 +123,18 @@ def _checks_nsfw(task: dict[str, Any]) -> bool:
     safety = task.get("safety") or {}
     mode = safety.get("mode", "fast" if safety.get("checkContent") else "none")
     return bool(task.get("checkNSFW") or safety.get("checkContent") or mode != "none")
+
+
+def _parts(task: dict[str, Any]) -> list[tuple[int, int]]:
+    """(first output, outputs) of each prediction a task runs as: predict() makes at most
+    MAX_OUTPUTS, Runware asks for up to 20."""
+    wanted = task.get("numberResults", 1)
+    return [(start, min(MAX_OUTPUTS, wanted - start)) for start in range(0, wanted, MAX_OUTPUTS)]
+
+
+def _prediction_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task of each prediction, in the order translate() gives them."""
+    return [task for task in _inference_tasks(payload) for _ in _parts(task)]
 
 
 def _inference_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,7 +171,6 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         "negative_prompt": task.get("negativePrompt", ""),
         "num_inference_steps": steps,
         "guidance_scale": task.get("CFGScale", CFG),
-        "num_outputs": task.get("numberResults", 1),
         "output_format": task.get("outputFormat", "JPG").lower().replace("jpeg", "jpg"),
         "output_quality": task.get("outputQuality", 95),
         "disable_safety_checker": not _checks_nsfw(task),
