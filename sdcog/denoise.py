@@ -28,7 +28,7 @@ def check_split(scheduler: Any, request: Request) -> None:
     cutoff = round(scheduler.config.num_train_timesteps * (1 - request.high_noise_frac))
     scheduler.set_timesteps(request.num_inference_steps)
     base_steps = int((scheduler.timesteps >= cutoff).sum())
-    scheduler.set_timesteps(request.refine_steps or request.num_inference_steps)
+    scheduler.set_timesteps(request.refine_steps_run)
     refiner_steps = int((scheduler.timesteps < cutoff).sum())
     if base_steps == 0 or refiner_steps == 0:
         raise ValueError(
@@ -53,21 +53,14 @@ def run(
         return pipe(**common, **embeds.base, **inputs).images
     # The refiner gets the base output and, when inpainting, the same mask and size.
     mask = {k: inputs[k] for k in ("mask_image", "width", "height") if "mask_image" in inputs}
+    refining = common | {"num_inference_steps": request.refine_steps_run} | embeds.refiner | mask
     if request.refine == "expert_ensemble_refiner":
         # The base denoises the high-noise part and hands its latents to the refiner.
         latents = pipe(
             **common, **embeds.base, **inputs,
             denoising_end=request.high_noise_frac, output_type="latent",
         ).images  # fmt: skip
-        steps = request.refine_steps or request.num_inference_steps  # its own schedule
-        return refiner(
-            **{**common, "num_inference_steps": steps}, **embeds.refiner, **mask,
-            image=latents, denoising_start=request.high_noise_frac,
-        ).images  # fmt: skip
+        return refiner(**refining, image=latents, denoising_start=request.high_noise_frac).images
     # base_image_refiner: the refiner runs image-to-image over the decoded base image.
     base_images = pipe(**common, **embeds.base, **inputs).images
-    steps = request.refine_steps or request.num_inference_steps
-    return refiner(
-        **{**common, "num_inference_steps": steps}, **embeds.refiner, **mask,
-        image=base_images, strength=0.3,
-    ).images  # fmt: skip
+    return refiner(**refining, image=base_images, strength=0.3).images

@@ -180,11 +180,10 @@ class Generator:
             refiner = pipelines.get_refiner(
                 request.mode, request.scheduler, request.timestep_spacing
             )
-            detail = (f"the last {1 - request.high_noise_frac:.2f} of "
-                      f"{request.refine_steps or request.num_inference_steps} steps"
+            steps = request.refine_steps_run
+            detail = (f"the last {1 - request.high_noise_frac:.2f} of {steps} steps"
                       if request.refine == "expert_ensemble_refiner"
-                      else f"{request.refine_steps or request.num_inference_steps} steps at "
-                      "strength 0.3")  # fmt: skip
+                      else f"{steps} steps at strength 0.3")  # fmt: skip
             print(f"refine: {request.refine}, {detail}")
         hires_fix = first != size
         stage = " (hires fix: first pass)" if hires_fix else ""

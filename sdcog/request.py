@@ -224,6 +224,11 @@ class Request:
         return self.hires_steps or self.num_inference_steps
 
     @property
+    def refine_steps_run(self) -> int:
+        """The refiner's steps (base_image_refiner) or its own schedule (expert ensemble)."""
+        return self.refine_steps or self.num_inference_steps
+
+    @property
     def scales(self) -> tuple[float, ...]:
         """One scale per LoRA: lora_scales, or lora_scale for each."""
         scale = LORA_SCALE if self.lora_scale is None else self.lora_scale
