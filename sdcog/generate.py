@@ -250,12 +250,11 @@ class Generator:
                     results, flagged = self.safety.keep_unflagged(results)
             with timings.stage("encode"):
                 outputs = self.outputs.save(encoding, [seed for seed, _ in results], folder, token)
-                maps = {}
+                maps: list[Path] = []
                 if request.return_control_maps:  # those that steered the (first) pass
-                    slots = ((slot.name, slot.kind) for slot in request.controlnets)
-                    maps = dict(zip(slots, steering.maps, strict=True))
-                    print("\n".join(protocol.control_map_line(*slot) for slot in maps))
-                maps = self.outputs.save_maps(maps, folder, token)
+                    slots = [(slot.name, slot.kind) for slot in request.controlnets]
+                    print("\n".join(protocol.control_map_line(*slot) for slot in slots))
+                    maps = self.outputs.save_maps(slots, steering.maps, folder, token)
         print(timings.line())
         counts = {name: (state.reused, state.total) for name, state in patched.deepcache.items()}
         return Generation(outputs, flagged, timings.milliseconds, counts, maps)

@@ -90,11 +90,11 @@ class OutputFolders:
         return outputs
 
     def save_maps(
-        self, maps: dict[tuple[str, str], Image.Image], folder: Path, token: str
+        self, slots: list[tuple[str, str]], maps: list[Image.Image], folder: Path, token: str
     ) -> list[Path]:
-        """Control maps by (slot, kind), as PNGs named control-<slot number>-<kind>-<token>."""
+        """Each slot's (name, kind) control map as a PNG, control-<slot number>-<kind>-<token>."""
         paths = []
-        for (slot, kind), image in maps.items():
+        for (slot, kind), image in zip(slots, maps, strict=True):
             path = folder / f"{protocol.control_map_name(slot, kind, token)}.png"
             image.save(path, **images.FORMATS["png"][2])
             paths.append(path)

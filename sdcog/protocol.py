@@ -9,6 +9,7 @@ In-process callers get the same facts as data (sdcog.outputs.Generation).
 
 import base64
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 TIMINGS, SETUP_TIMINGS = "timings", "setup"
@@ -126,24 +127,24 @@ def final_outputs(result: dict) -> list[str]:
 def save_control_maps(result: dict, folder: Path, stamp: str) -> list[Path]:
     """A finished prediction's control maps as control-<slot>-<kind>-<stamp>.png in `folder`."""
     maps = control_maps(result.get("logs", ""))
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for (slot, kind), uri in zip(maps, result["output"][len(result["output"]) - len(maps) :],
-                                 strict=True):  # fmt: skip
-        extension, data = read_data_uri(uri)
-        path = folder / f"{control_map_name(slot, kind, stamp)}.{extension}"
-        path.write_bytes(data)
-        paths.append(path)
-    return paths
+    uris = result["output"][len(result["output"]) - len(maps) :]
+    names = [control_map_name(slot, kind, stamp) for slot, kind in maps]
+    return _write(folder, zip(names, uris, strict=True))
 
 
 def save_previews(result: dict, folder: Path, stamp: str) -> list[Path]:
     """A finished prediction's previews as preview-<output>-step<k>-<stamp>.jpg in `folder`."""
+    names = [preview_name(index, step, stamp) for index, step in previews(result.get("logs", ""))]
+    return _write(folder, zip(names, result["output"], strict=False))
+
+
+def _write(folder: Path, named: Iterable[tuple[str, str]]) -> list[Path]:
+    """Each (name without extension, data URI) as a file in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for (index, step), uri in zip(previews(result.get("logs", "")), result["output"], strict=False):
+    for name, uri in named:
         extension, data = read_data_uri(uri)
-        path = folder / f"{preview_name(index, step, stamp)}.{extension}"
+        path = folder / f"{name}.{extension}"
         path.write_bytes(data)
         paths.append(path)
     return paths
