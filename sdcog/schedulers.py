@@ -48,7 +48,8 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 # timestep_spacing: "default" keeps the model's; "trailing" is what 1-step SDXL-Turbo needs.
 TIMESTEP_SPACINGS = ["default", "leading", "linspace", "trailing"]
-LCM_MAX_STEPS = 50  # LCMScheduler's original_inference_steps: it cannot take more
+# LCMScheduler's original_inference_steps (50): it cannot take more steps than that.
+LCM_MAX_STEPS = inspect.signature(LCMScheduler).parameters["original_inference_steps"].default
 
 
 # AUTOMATIC1111's sampler names -> ours: accepted as the scheduler input (predict.py lists them).

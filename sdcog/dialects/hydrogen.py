@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .. import annotators, protocol
+from .. import annotators, images, protocol
 from ..schedulers import TIMESTEP_SPACINGS
 from . import ModelNames, check_model, validate
 
@@ -231,21 +231,18 @@ def _preprocess_args(preprocess: dict[str, Any] | None) -> tuple[int, int] | Non
 
 
 def _read_image(uri: str, field: str) -> Image.Image:
-    """A data URL's image, or a refusal naming its field (before any server: Cog's own answer
-    would be `Incorrect padding`, naming nothing)."""
+    """A data URL's image (decoded as the server decodes inputs, within its pixel bounds), or a
+    refusal naming its field before any server starts (Cog's own: `Incorrect padding`)."""
     try:
         data = base64.b64decode(uri.partition(",")[2], validate=True)
     except binascii.Error as e:
         raise ValueError(f"hydrogen: {field}: not base64 ({e})") from None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return images.read_image(io.BytesIO(data), field)
+    except ValueError as e:
         raise ValueError(f"hydrogen: {field}: not an image (PNG, JPEG, WebP, ...): {e}") from None
 
 
 def _data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+    png = base64.b64encode(images.encode_image(image, "png", 0)).decode()
+    return f"data:image/png;base64,{png}"
