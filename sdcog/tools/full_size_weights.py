@@ -30,8 +30,9 @@ from transformers import (
 )
 
 from ..controlnets import KIND_ENTRIES, UNION_ENTRY
-from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, save_taesd, write_tokenizer
-from .tiny_weights import TOKEN_IDS as TOKENS
+from .clip_tokenizer import TOKEN_IDS as TOKENS
+from .clip_tokenizer import write_tokenizer
+from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, save_taesd
 
 # The configs of the real files (each repository's config.json), less defaults.
 SD15_UNET = {

@@ -13,6 +13,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .clip_tokenizer import write_tokenizer
 from .tiny_weights import (
     HIDDEN,
     TIME_EMBED,
@@ -21,7 +22,6 @@ from .tiny_weights import (
     _text_config,
     _unet,
     _vae,
-    write_tokenizer,
 )
 
 SD2_HIDDEN = 48  # SD 2.x's text encoder is wider than SD 1.x's (1024 against 768)

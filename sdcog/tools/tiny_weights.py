@@ -5,7 +5,6 @@ tokenizer with 77-token context, a safety checker with concept embeddings) and s
 else, so every schema size runs on a CPU in seconds. The images they make are noise.
 """
 
-import gzip
 import json
 from pathlib import Path
 
@@ -30,52 +29,12 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from .clip_tokenizer import TOKEN_IDS, write_tokenizer
+
 SEED = 0
-HERE = Path(__file__).parent
-# CLIP's vocabulary (write_tokenizer) and the ids of its start and end tokens.
-VOCAB_SIZE = 49408
-TOKEN_IDS = {"vocab_size": VOCAB_SIZE, "bos_token_id": 49406, "eos_token_id": 49407,
-             "pad_token_id": 49407}  # fmt: skip
 HIDDEN = 32  # text encoder width = UNet cross-attention width
 TEXT_LAYERS = 5  # enough hidden states for every clip_skip value
 NATIVE_SIZE = 512  # like SD 1.5: unet.sample_size * 8
-
-
-def _byte_symbols() -> list[str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode table (bytes_to_unicode), in CLIP's
-    vocabulary order: the printable bytes as themselves, then the others as chr(256 + n)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += [*range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
-
-
-def write_tokenizer(directory: Path) -> None:
-    """CLIP's own BPE tokenizer (its 48,894 merges, clip_merges.txt.gz; 49,408 tokens, words as
-    single tokens), written as the four files of SD 1.5's tokenizer folder: prompts count the
-    tokens they count with the real weights."""
-    directory.mkdir(parents=True, exist_ok=True)
-    merges = gzip.decompress((HERE / "clip_merges.txt.gz").read_bytes()).decode().splitlines()
-    symbols = _byte_symbols()
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    assert len(vocab) == VOCAB_SIZE
-    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (directory / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
-    special = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-    }
-    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    config = {
-        **special,
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "do_lower_case": True,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
 def _unet(sample_size: int, cross_attention_dim: int = HIDDEN, **sdxl) -> UNet2DConditionModel:
