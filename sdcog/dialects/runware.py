@@ -121,8 +121,9 @@ def failure(error: ValueError) -> str:
 def _checks_nsfw(task: dict[str, Any]) -> bool:
     """checkNSFW, or the newer `safety` object (checkContent, or a mode other than none)."""
     safety = task.get("safety") or {}
-    mode = safety.get("mode", "fast" if safety.get("checkContent") else "none")
-    return bool(task.get("checkNSFW") or safety.get("checkContent") or mode != "none")
+    return bool(
+        task.get("checkNSFW") or safety.get("checkContent") or safety.get("mode", "none") != "none"
+    )
 
 
 def _parts(task: dict[str, Any]) -> list[tuple[int, int]]:
@@ -193,16 +194,13 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
                 f"{task['scheduler']} is not served here; one of Default, {', '.join(SCHEDULERS)}",
             )
         inputs["scheduler"] = SCHEDULERS[task["scheduler"]]
-    # Top-level, or under `inputs` as the newer reference writes them.
-    nested = {f"inputs.{name}": value for name, value in (task.get("inputs") or {}).items()}
-    for field, value in {**task, **nested}.items():
-        if field.removeprefix("inputs.") == "seedImage":
-            inputs |= {
-                "image": image_input(field, value),
-                "prompt_strength": task.get("strength", STRENGTH),
-            }
-        elif field.removeprefix("inputs.") == "maskImage":
-            inputs["mask"] = image_input(field, value)
+    nested = task.get("inputs") or {}  # the newer reference's place for them
+    for name, ours in (("seedImage", "image"), ("maskImage", "mask")):
+        field = f"inputs.{name}" if name in nested else name
+        if (value := nested.get(name, task.get(name))) is not None:
+            inputs[ours] = image_input(field, value)
+    if "image" in inputs:
+        inputs["prompt_strength"] = task.get("strength", STRENGTH)
     if outpaint := task.get("outpaint"):
         # Runware's width/height are the final size; ours follows from the image and the sides.
         inputs = {k: v for k, v in inputs.items() if k not in ("width", "height")}
