@@ -208,6 +208,20 @@ class Predictor(BasePredictor):
             le=11,
             default=0,
         ),
+        deepcache_start: float = Input(
+            description="DeepCache: the fraction of each pass's steps run in full before "
+            "reuse starts (early steps set the composition).",
+            ge=0,
+            le=1,
+            default=0.0,
+        ),
+        deepcache_end: float = Input(
+            description="DeepCache: the fraction of each pass's steps after which every step "
+            "runs in full again (late steps set the detail).",
+            ge=0,
+            le=1,
+            default=1.0,
+        ),
         disable_safety_checker: bool = Input(
             description="Return images even if the safety checker flags them.", default=False
         ),

@@ -7,9 +7,14 @@ branch // 3, layer branch % 3 (0: the cheapest calls, only the outermost layer i
 The same modules are skipped as in the package; unlike it, the count restarts with every
 pipeline call (a hires second pass, the next batch, the refiner's own UNet), and everything is
 removed when the with-block ends.
+
+A window (start, end: fractions of a pipeline call's UNet calls, as diffusers' ControlNet
+start/end count steps) limits the reuse: the calls outside it run in full, and the interval
+counts from the window's first call. A pipeline call's length is known once its first step
+ends (`step_end`); that first call runs in full whatever the window.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +29,12 @@ def branches(unet: UNet2DConditionModel) -> int:
 
 @dataclass
 class _State:
+    unet: torch.nn.Module
     interval: int
+    window: tuple[float, float] = (0.0, 1.0)
     full: bool = True
     calls: int = 0  # UNet calls since the pipeline call began
+    length: int | None = None  # the pipeline call's UNet calls, once its first step has ended
     last: tuple[float, tuple[int, ...]] | None = None  # timestep and shape of the last call
     outputs: dict[torch.nn.Module, Any] = field(default_factory=dict)
     reused: int = 0
@@ -37,13 +45,23 @@ class _State:
         timestep = float(args[1] if len(args) > 1 else kwargs["timestep"])
         # Timesteps fall within a pipeline call: one that rises, or a new shape, starts another.
         if self.last is None or timestep > self.last[0] or sample.shape != self.last[1]:
-            self.calls = 0
+            self.calls, self.length = 0, None
             self.outputs.clear()
         self.last = (timestep, sample.shape)
-        self.full = self.calls % self.interval == 0
+        self.full = self._in_full(self.calls)
         self.calls += 1
         self.total += 1
         self.reused += not self.full
+
+    def _in_full(self, index: int) -> bool:
+        if self.window == (0.0, 1.0):
+            return index % self.interval == 0
+        if self.length is None:  # the first call: nothing is cached yet anyway
+            return True
+        start, end = self.window
+        inside = [i / self.length >= start and (i + 1) / self.length <= end
+                  for i in range(self.length)]  # fmt: skip
+        return not inside[index] or (index - inside.index(True)) % self.interval == 0
 
 
 def _skipped(unet: UNet2DConditionModel, branch: int) -> list[torch.nn.Module]:
@@ -107,9 +125,27 @@ def check(unets: Iterable[UNet2DConditionModel], interval: int, branch: int) -> 
             )
 
 
+def step_end(states: dict[str, _State], then: Callable) -> Callable:
+    """A callback_on_step_end that tells the running UNet's state its pipeline call's length
+    (diffusers' num_timesteps: one UNet call each), then calls `then`."""
+    if not states:
+        return then
+
+    def told(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        for state in states.values():
+            if state.unet is pipe.unet:
+                state.length = pipe.num_timesteps
+        return then(pipe, step, timestep, kwargs)
+
+    return told
+
+
 @contextmanager
 def cached(
-    unets: dict[str, UNet2DConditionModel], interval: int, branch: int
+    unets: dict[str, UNet2DConditionModel],
+    interval: int,
+    branch: int,
+    window: tuple[float, float] = (0.0, 1.0),
 ) -> Iterator[dict[str, _State]]:
     """DeepCache on each UNet for a with-block; interval 1: nothing changes. Yields each UNet's
     counts (total calls, reused) by name."""
@@ -120,7 +156,7 @@ def cached(
     states = {}
     with ExitStack() as stack:
         for name, unet in unets.items():
-            state = states[name] = _State(interval)
+            state = states[name] = _State(unet, interval, window)
             stack.callback(state.outputs.clear)  # frees the cached features
             handle = unet.register_forward_pre_hook(state.begin, with_kwargs=True)
             stack.callback(handle.remove)

@@ -214,6 +214,7 @@ class Generator:
                 patched = self.patches.applied(
                     loaded, request, model, ip_adapter, refiner, cancelled
                 )
+            stop = deepcache.step_end(patched.deepcache, stop)
             zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
             with timings.stage("prompts"):
                 embeds = prompts.encode(

@@ -55,7 +55,12 @@ class Patches:
         )
         unets = {"base": text_pipe.unet} | ({"refiner": refiner.unet} if refiner else {})
         cache = stack.enter_context(
-            deepcache.cached(unets, request.deepcache_interval, request.deepcache_branch)
+            deepcache.cached(
+                unets,
+                request.deepcache_interval,
+                request.deepcache_branch,
+                (request.deepcache_start, request.deepcache_end),
+            )
         )
         return Patched(tokenizers, cache, prompt)
 

@@ -80,6 +80,8 @@ class Request:
     # Speed
     deepcache_interval: int = 1
     deepcache_branch: int = 0
+    deepcache_start: float = 0.0  # the window of each pass's UNet calls where it reuses
+    deepcache_end: float = 1.0
     # The model (sdcog/models.py); None: the build's
     base_model: str | None = None
     vae: str | None = None
@@ -113,14 +115,7 @@ class Request:
         # Ranges and choices are the schema's job; these rules span several inputs.
         if self.mask is not None and self.image is None:
             raise ValueError("mask: a mask needs an image to inpaint; give image as well")
-        if self.ip_adapter_image is None:  # what only means something with an image
-            defaults = {f.name: f.default for f in fields(self)}
-            for name in ("ip_adapter", "ip_adapter_scale"):
-                if getattr(self, name) != defaults[name]:
-                    raise ValueError(
-                        f"{name}: the IP-Adapter steers with ip_adapter_image; give it, or "
-                        f"leave {name} out"
-                    )
+        self._check_dependents()
         if self.return_control_maps and not self.controlnets:
             raise ValueError(
                 "return_control_maps: no ControlNet in this request; set controlnet_1 and "
@@ -174,6 +169,25 @@ class Request:
         for name in ("base_model", "vae"):
             if reference := getattr(self, name):
                 models.parse(reference, name)
+
+    def _check_dependents(self) -> None:
+        """Settings that only mean something with another input are refused without it."""
+        defaults = {f.name: f.default for f in fields(self)}
+        dependents = []
+        if self.ip_adapter_image is None:
+            why = "the IP-Adapter steers with ip_adapter_image; give it"
+            dependents += [(name, why) for name in ("ip_adapter", "ip_adapter_scale")]
+        if self.deepcache_interval == 1:
+            why = "DeepCache is off (deepcache_interval 1); set deepcache_interval to 2 or more"
+            dependents += [(f"deepcache_{name}", why) for name in ("branch", "start", "end")]
+        for name, why in dependents:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name}: {why}, or leave {name} out")
+        if self.deepcache_end <= self.deepcache_start:
+            raise ValueError(
+                f"deepcache_end: must be above deepcache_start (got {self.deepcache_start} to "
+                f"{self.deepcache_end})"
+            )
 
     def _check_image_recipes(self) -> None:
         sized = self.width is not None or self.height is not None

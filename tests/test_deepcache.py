@@ -1,6 +1,8 @@
 """DeepCache: the same features reused as the DeepCache package, with every recipe, and nothing
 left behind."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -151,6 +153,56 @@ def test_the_image_stays_close(generator):
         assert 0 < np.abs(cached - plain).mean() < 40, interval  # random weights: loose
 
 
+@contextmanager
+def full_calls(unet) -> Iterator[list[bool]]:
+    """For each UNet call, whether it ran in full (its mid block ran) or reused."""
+    runs: list[bool] = []
+    handles = [
+        unet.register_forward_pre_hook(lambda *_: runs.append(False)),
+        unet.mid_block.resnets[0].register_forward_hook(lambda *_: runs.__setitem__(-1, True)),
+    ]
+    try:
+        yield runs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# Interval 3 between 0.3 and 0.8 of each pass: the steps outside run in full, the window
+# counts its interval from its own first step.
+WINDOW = {"deepcache_interval": 3, "deepcache_start": 0.3, "deepcache_end": 0.8}
+F, R = True, False
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({}, [F, F, F, F, R, R, F, R, F, F]),  # 10 steps: the window is steps 3 to 7
+        # 5 steps at strength 0.5: the window is steps 2 and 3 of the five
+        ({"prompt_strength": 0.5, "image": "control"}, [F, F, F, R, F]),
+    ],
+    ids=["txt2img", "img2img"],
+)
+def test_a_window_runs_the_steps_outside_it_in_full(generator, control_image, extra, expected):
+    if extra.get("image"):
+        extra = extra | {"image": control_image}
+    with full_calls(generator.pipelines.base["txt2img"].unet) as runs:
+        pixels(generator, **WINDOW, **extra, num_inference_steps=10)
+    assert runs == expected
+    assert not leftovers(generator)
+
+
+def test_the_window_counts_each_pass_apart_the_refiners_too(generator):
+    if generator.pipelines.family != "sdxl":
+        pytest.skip("the refiner is SDXL's")
+    # The base runs the first half of 10 steps, the refiner the second: five calls each,
+    # windowed as [F, F, F, R, F].
+    ensemble = {"refine": "expert_ensemble_refiner", "high_noise_frac": 0.5}
+    request = Request(prompt="a cat", **{**SMALL, "num_inference_steps": 10}, **WINDOW, **ensemble)
+    assert generator(request).deepcache == {"base": (1, 5), "refiner": (1, 5)}
+    assert not leftovers(generator)
+
+
 def test_a_branch_beyond_the_model_fails_naming_the_input(generator):
     branches = deepcache.branches(generator.pipelines.base["txt2img"].unet)
     with pytest.raises(ValueError, match=f"deepcache_branch: .* branches 0 to {branches - 1}"):
@@ -168,6 +220,10 @@ def test_through_the_server(server):
     assert server.predict(**request)["output"] == plain["output"]
     response = server.post({**request, "deepcache_interval": 6})
     assert response.status_code == 422 and "deepcache_interval" in response.text
+    windowed = server.predict(**{**request, "num_inference_steps": 10, **WINDOW})
+    assert "deepcache: 3 of 10 base UNet calls reused" in windowed["logs"]
+    response = server.post({**request, "deepcache_interval": 3, "deepcache_start": 1.5})
+    assert response.status_code == 422 and "deepcache_start" in response.text
     branches = 9  # the tiny UNets have three down blocks (SD 1.5 has four: 12 branches)
     error = server.failure(**request, deepcache_interval=2, deepcache_branch=branches)
     assert error.startswith(f"deepcache_branch: this model's UNet has branches 0 to {branches - 1}")

@@ -174,3 +174,20 @@ def test_fofrs_controlnet_names_are_aliases_and_none_ignores_its_image(capsys):
     )  # fmt: skip
     assert [slot.kind for slot in request.controlnets] == ["canny", "softedge"]
     assert "controlnet_3_image: ignored, controlnet_3 is none" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"deepcache_branch": 2}, {"deepcache_start": 0.2}, {"deepcache_end": 0.8}],
+)
+def test_deepcache_settings_without_deepcache_are_refused(given):
+    (name,) = given
+    with pytest.raises(ValueError, match=rf"^{name}: DeepCache is off \(deepcache_interval 1\)"):
+        Request(prompt="x", **given)
+    Request(prompt="x", deepcache_interval=3, **given)  # with it, fine
+
+
+@pytest.mark.parametrize("start, end", [(0.5, 0.5), (0.8, 0.2)])
+def test_a_deepcache_window_must_not_be_empty(start, end):
+    with pytest.raises(ValueError, match=r"^deepcache_end: must be above deepcache_start"):
+        Request(prompt="x", deepcache_interval=3, deepcache_start=start, deepcache_end=end)
