@@ -296,6 +296,36 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
             "acceleratorOptions.teaCache",
             "'teaCache' was unexpected",
         ),
+        (
+            {"acceleratorOptions": {"deepCache": True, "cacheStartStep": 10, "cacheEndStep": 5}},
+            "acceleratorOptions.cacheEndStep",
+            "must be above cacheStartStep (10)",
+        ),
+        (
+            {"acceleratorOptions": {"deepCache": True, "cacheStartStep": 20}},
+            "acceleratorOptions.cacheStartStep",
+            "must be below the cache's end (step 20 of 20)",
+        ),
+        (
+            {"acceleratorOptions": {"deepCache": True, "cacheEndStep": 25}},
+            "acceleratorOptions.cacheEndStep",
+            "at most steps (20)",
+        ),
+        (
+            {"acceleratorOptions": {"cacheStartStep": 2, "cacheStartStepPercentage": 10}},
+            "acceleratorOptions.cacheStartStepPercentage",
+            "give cacheStartStep or cacheStartStepPercentage, not both",
+        ),
+        (
+            {"acceleratorOptions": {"cacheStartStepPercentage": 100}},
+            "acceleratorOptions.cacheStartStepPercentage",
+            "100 is greater than the maximum of 99",
+        ),
+        (
+            {"acceleratorOptions": {"cacheMaxConsecutiveSteps": 6}},
+            "acceleratorOptions.cacheMaxConsecutiveSteps",
+            "6 is greater than the maximum of 5",
+        ),
         ({"taskType": "imageUpscale"}, "taskType", "is not one of"),
     ],
 )
@@ -529,3 +559,44 @@ def test_number_results_up_to_twenty_run_as_predictions_of_ten(tmp_path):
     assert [p["num_outputs"] for p in runware.translate([{**BARE, "numberResults": 13}], SD)] == [
         10, 3,
     ]  # fmt: skip
+
+
+def accelerated(**options) -> dict:
+    task = {**BARE, "steps": 20, "acceleratorOptions": options}
+    return runware.translate([task], SD)[0]
+
+
+def test_cache_start_and_end_steps_are_a_deepcache_window():
+    """acceleratorOptions' cacheStartStep/cacheEndStep, or their percentages of the steps, are
+    deepcache_start/deepcache_end; cacheMaxConsecutiveSteps caps the calls reused in a row."""
+    deep = {"deepCache": True, "deepCacheInterval": 3}
+    steps = accelerated(**deep, cacheStartStep=4, cacheEndStep=16)
+    assert (steps["deepcache_start"], steps["deepcache_end"]) == (0.2, 0.8)
+    percent = accelerated(**deep, cacheStartStepPercentage=20, cacheEndStepPercentage=80)
+    assert (percent["deepcache_start"], percent["deepcache_end"]) == (0.2, 0.8)
+    assert accelerated(**deep, cacheEndStep=10)["deepcache_end"] == 0.5
+    plain = accelerated(**deep)
+    assert "deepcache_start" not in plain and "deepcache_end" not in plain
+    assert plain["deepcache_interval"] == 3  # Runware's default cap (3 in a row) not applied
+    assert accelerated(**deep, cacheMaxConsecutiveSteps=1)["deepcache_interval"] == 2
+    assert accelerated(**deep, cacheMaxConsecutiveSteps=4)["deepcache_interval"] == 3
+
+
+def test_cache_steps_without_a_cache_are_accepted_and_their_ignoring_said(capsys, tmp_path):
+    task = {**BARE, "acceleratorOptions": {"cacheStartStep": 2, "cacheMaxConsecutiveSteps": 2}}
+    inputs = runware.translate([task], SD)[0]
+    assert not any(name.startswith("deepcache_") for name in inputs)
+    runware.answer([task], [{"output": [], "logs": ""}], tmp_path)
+    said = capsys.readouterr().err
+    assert "runware: acceleratorOptions.cacheStartStep ignored (no cache is on" in said
+    assert "runware: acceleratorOptions.cacheMaxConsecutiveSteps ignored" in said
+
+
+def test_a_cache_window_takes_effect_through_the_server(server):
+    """The window reaches DeepCache: 10 steps, interval 3, steps 3 to 7 of 10: 3 calls reused."""
+    window = {"deepCache": True, "cacheStartStep": 3, "cacheEndStep": 8}
+    task = {**BARE, "steps": 10, "width": 128, "height": 128, "scheduler": "DDIMScheduler",
+            "acceleratorOptions": window}  # fmt: skip
+    (inputs,) = runware.translate([task], SD)
+    result = server.predict(**inputs)
+    assert "deepcache: 3 of 10 base UNet calls reused" in result["logs"], result["logs"]

@@ -22,6 +22,7 @@ from typing import Any
 from .. import protocol
 from ..schedulers import A1111_NAMES
 from . import FieldError, ModelNames, check_model, validate
+from . import runware_accelerator as accelerator
 from .runware_guides import AIR, controlnet, fail, fraction, image_input, ip_adapter
 
 STEPS, CFG, STRENGTH = 20, 7, 0.8
@@ -87,8 +88,8 @@ def failed(payload: list[dict[str, Any]], index: int, message: str) -> FieldErro
 def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Path) -> str:
     data = []
     for task in _inference_tasks(payload):
-        for field in IGNORED.keys() & task.keys():
-            print(f"runware: {field} ignored ({IGNORED[field]})", file=sys.stderr)
+        for field, why in _ignored(task):
+            print(f"runware: {field} ignored ({why})", file=sys.stderr)
     for task, result in zip(_prediction_tasks(payload), results, strict=True):
         images = iter(protocol.final_outputs(result))
         for seed, flagged in protocol.output_seeds(result.get("logs", "")):
@@ -227,12 +228,7 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         if embedding.get("weight", 1) != 1:
             raise fail(f"embeddings.{index}.weight", "embeddings apply at weight 1 here")
         inputs.setdefault("textual_inversions", []).append(embedding["model"])
-    if (task.get("acceleratorOptions") or {}).get("deepCache"):
-        options = task["acceleratorOptions"]
-        inputs |= {
-            "deepcache_interval": options.get("deepCacheInterval", 3),
-            "deepcache_branch": options.get("deepCacheBranchId", 0),
-        }
+    inputs |= accelerator.deepcache(task.get("acceleratorOptions") or {}, steps)
     features = task.get("advancedFeatures") or {}
     if task.get("hiresFix") or features.get("hiresFix") or features.get("hiresfix"):
         inputs["hires_scale"] = HIRES_SCALE
@@ -242,6 +238,12 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
         start = fraction(refiner, "startStep", steps, default=0.8)
         inputs |= {"refine": "expert_ensemble_refiner", "high_noise_frac": start}
     return inputs
+
+
+def _ignored(task: dict[str, Any]) -> list[tuple[str, str]]:
+    """The fields a task gives that change nothing here, and why."""
+    found = [(field, why) for field, why in IGNORED.items() if field in task]
+    return found + accelerator.ignored(task.get("acceleratorOptions") or {})
 
 
 def _image(uri: str, output_type: str, entry: dict[str, Any], out: Path) -> dict[str, str]:
