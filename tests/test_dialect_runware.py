@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from helpers import cli_predict
+from helpers import cli_predict, data_uri
 from PIL import Image
 
 from sdcog.dialects import HERE, FieldError, ModelNames, runware
@@ -284,7 +284,7 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
         (
             {"ipAdapters": [{"model": "civitai:1@1", "guideImage": "A"}]},
             "ipAdapters.0.model",
-            "name the adapter by its file",
+            "name the adapter by Runware's AIR id",
         ),
         (
             {"refiner": {"model": "stabilityai/stable-diffusion-xl-refiner-1.0"}},
@@ -527,6 +527,54 @@ def test_ip_adapters_as_runware_writes_them():
         with pytest.raises(FieldError) as raised:
             runware.translate([{**BARE, "ipAdapters": adapters}], SD)
         assert raised.value.path == tuple(str(p) for p in path), raised.value
+
+
+@pytest.mark.parametrize(
+    ("air", "build", "kind"),
+    [("runware:55@5", SD, "standard"), ("runware:55@6", SD, "plus"),
+     ("runware:55@8", SD, "plus_face"), ("runware:55@4", SDXL, "standard"),
+     ("runware:55@2", SDXL, "plus"), ("runware:55@3", SDXL, "plus_face")],
+)  # fmt: skip
+def test_runwares_ip_adapter_air_ids_name_the_files_the_build_pins(air, build, kind):
+    """Runware's IP-Adapter catalogue (its reference, ipAdapters.model) names h94/IP-Adapter's
+    files by AIR id: each the build pins is its kind."""
+    adapter = {"model": air, "guideImages": ["data:image/png;base64,iVBORw0KGgo="]}
+    assert runware.translate([{**BARE, "ipAdapters": [adapter]}], build)[0]["ip_adapter"] == kind
+
+
+@pytest.mark.parametrize(
+    ("model", "build", "problem"),
+    [
+        ("runware:55@1", SDXL, "runware:55@1 (ip-adapter_sdxl): not an IP-Adapter file this"),
+        ("runware:55@7", SD, "runware:55@7 (ip-adapter_sd15_light): not an IP-Adapter file"),
+        ("runware:55@5", SDXL, "runware:55@5 (ip-adapter_sd15): not an IP-Adapter file this"),
+        ("ip-adapter_sd15", SDXL, "ip-adapter_sd15: not an IP-Adapter file this build pins"),
+        ("runware:105@1", SD, "name the adapter by Runware's AIR id"),
+    ],
+)
+def test_ip_adapters_the_build_does_not_pin_are_refused_with_those_it_does(model, build, problem):
+    adapter = {"model": model, "guideImage": "data:image/png;base64,iVBORw0KGgo="}
+    with pytest.raises(FieldError) as raised:
+        runware.translate([{**BARE, "ipAdapters": [adapter]}], build)
+    assert raised.value.field == "ipAdapters.0.model"
+    assert problem in raised.value.problem
+    offered = "runware:55@4 (ip-adapter_sdxl_vit-h)" if build is SDXL else "runware:55@5"
+    assert offered in raised.value.problem
+
+
+def test_an_ip_adapter_named_by_its_air_id_steers_through_the_server(server):
+    """As Runware's reference writes an IP-Adapter (its plus-face AIR id, guideImages, weight
+    0.75), on the build's own model: the adapter the id names steers."""
+    air, build = ("runware:55@8", SD) if server.family == "sd" else ("runware:55@3", SDXL)
+    guide = Image.effect_noise((96, 96), 64).convert("RGB")
+    adapter = {"model": air, "guideImages": [data_uri(guide)], "weight": 0.75}
+    task = {**BARE, "model": build.pinned("base"), "width": 128, "height": 128, "steps": 4,
+            "seed": 1, "ipAdapters": [adapter]}  # fmt: skip
+    (inputs,) = runware.translate([task], build)
+    result = server.predict(**inputs)
+    assert "ip_adapter: plus_face at scale 0.75" in result["logs"], result
+    del task["ipAdapters"]
+    assert server.predict(**runware.translate([task], build)[0])["output"] != result["output"]
 
 
 def test_the_sdxl_build_answers_to_civitais_sdxl_vae_fix_air():

@@ -33,10 +33,14 @@ class ModelNames:
     repository or URL first, then aliases and the AIR ids its pin lists under `air`)."""
 
     names: dict[str, tuple[str, ...]]
+    ip_adapters: tuple[str, ...] = ()  # the adapter files [ip_adapter] pins, by stem
 
     @classmethod
     def from_pins(cls, pin_file: Path = PIN_FILE) -> "ModelNames":
-        return cls({pin.name: names(pin) for pin in read_pins(pin_file)})
+        pins = read_pins(pin_file)
+        files = next((pin.files or [] for pin in pins if pin.name == "ip_adapter"), [])
+        adapters = tuple(Path(f).stem for f in files if Path(f).name.startswith("ip-adapter"))
+        return cls({pin.name: names(pin) for pin in pins}, adapters)
 
     def pinned(self, entry: str) -> str | None:
         """The repository (or URL) entry `entry` pins, if it is pinned."""

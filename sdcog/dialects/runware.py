@@ -223,7 +223,7 @@ def _inputs(task: dict[str, Any], build: ModelNames) -> dict[str, Any]:
     for index, control in enumerate(task.get("controlNet", [])):
         inputs |= controlnet(index, control, steps, build)
     if adapters := task.get("ipAdapters"):
-        inputs |= ip_adapter(adapters)
+        inputs |= ip_adapter(adapters, build)
     for index, embedding in enumerate(task.get("embeddings", [])):
         if embedding.get("weight", 1) != 1:
             raise fail(f"embeddings.{index}.weight", "embeddings apply at weight 1 here")

@@ -6,6 +6,15 @@ from typing import Any
 
 from . import FieldError, ModelNames
 
+# Runware's IP-Adapter AIR ids (its image inference reference, ipAdapters.model) and the file of
+# h94/IP-Adapter each names (55@1 is the SDXL adapter for the ViT-bigG image encoder).
+RUNWARE_IP_ADAPTERS = {
+    "runware:55@1": "ip-adapter_sdxl", "runware:55@2": "ip-adapter-plus_sdxl_vit-h",
+    "runware:55@3": "ip-adapter-plus-face_sdxl_vit-h", "runware:55@4": "ip-adapter_sdxl_vit-h",
+    "runware:55@5": "ip-adapter_sd15", "runware:55@6": "ip-adapter-plus_sd15",
+    "runware:55@7": "ip-adapter_sd15_light", "runware:55@8": "ip-adapter-plus-face_sd15",
+    "runware:55@9": "ip-adapter-full-face_sd15", "runware:55@10": "ip-adapter_sd15_vit-G",
+}  # fmt: skip
 AIR = re.compile(r"^(urn:air:[^:]+:[^:]+:)?(?P<source>[a-z]+):\d+@\d+$")
 IMAGE_UUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
@@ -41,19 +50,31 @@ def controlnet(
     return inputs
 
 
-def ip_adapter(adapters: list[dict[str, Any]]) -> dict[str, Any]:
+def ip_adapter(adapters: list[dict[str, Any]], build: ModelNames) -> dict[str, Any]:
     """One IP-Adapter with one guide image (guideImage, or guideImages as the newer reference
-    writes it): predict() takes one."""
+    writes it): predict() takes one. The adapter is named by Runware's AIR id or by its file,
+    and a file of h94/IP-Adapter's that the build does not pin is refused."""
     if len(adapters) > 1:
         raise fail("ipAdapters.1", "one IP-Adapter per task here; give the others their own task")
     adapter = adapters[0]
-    name = adapter["model"].lower().replace("_", "-")
+    model = adapter["model"]
+    served = ", ".join(
+        f"{air} ({file})" for air, file in RUNWARE_IP_ADAPTERS.items() if file in build.ip_adapters
+    )
+    stem = RUNWARE_IP_ADAPTERS.get(model) or model.removesuffix(".safetensors")
+    if stem in RUNWARE_IP_ADAPTERS.values() and stem not in build.ip_adapters:
+        named = model if stem == model else f"{model} ({stem})"
+        raise fail(
+            "ipAdapters.0.model",
+            f"{named}: not an IP-Adapter file this build pins; it serves {served or 'none'}",
+        )
+    name = stem.lower().replace("_", "-")
     kind = "plus_face" if "plus-face" in name else "plus" if "plus" in name else "standard"
     if "ip-adapter" not in name and name not in ("standard", "plus"):
         raise fail(
             "ipAdapters.0.model",
-            f"{adapter['model']}: name the adapter by its file "
-            "(ip-adapter_sd15, ip-adapter-plus_sdxl_vit-h, ip-adapter-plus-face_sd15...)",
+            f"{model}: name the adapter by Runware's AIR id ({served or 'none pinned'}) or by "
+            "its file (ip-adapter_sd15, ip-adapter-plus_sdxl_vit-h, ip-adapter-plus-face_sd15...)",
         )
     images = adapter.get("guideImages") or [adapter.get("guideImage")]
     field = "ipAdapters.0.guideImages" if "guideImages" in adapter else "ipAdapters.0.guideImage"
