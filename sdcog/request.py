@@ -5,15 +5,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import models, netguard, schedulers
+from . import netguard, request_checks, schedulers
 from .control_slots import CONTROL_SLOTS, ControlSlot, typed
-from .inversions import parse_inversion
-from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
-from .references import check_reference
-
-# Requested sides: any multiple of the VAE's 8 (a latent with odd sides is fine: diffusers' UNets
-# take it). Sides derived from an image are multiples of 64 (images.snap).
-SIDE_STEP = 8
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark", "replicate_weights")
@@ -111,119 +104,7 @@ class Request:
         )
 
     def __post_init__(self) -> None:
-        self._check_bounds()
-        # Ranges and choices are the schema's job; these rules span several inputs.
-        if self.mask is not None and self.image is None:
-            raise ValueError("mask: a mask needs an image to inpaint; give image as well")
-        self._check_dependents()
-        if self.return_control_maps and not self.controlnets:
-            raise ValueError(
-                "return_control_maps: no ControlNet in this request; set controlnet_1 and "
-                "controlnet_1_image, or leave return_control_maps out"
-            )
-        if self.image is not None and int(self.num_inference_steps * self.prompt_strength) < 1:
-            raise ValueError(
-                "prompt_strength: with an image, prompt_strength x num_inference_steps must be "
-                f"at least 1 (got {self.prompt_strength} x {self.num_inference_steps})"
-            )
-        if self.lora_scales and len(self.lora_scales) != len(self.lora_weights):
-            raise ValueError(
-                f"lora_scales: give one scale per lora_weights entry (got {len(self.lora_scales)} "
-                f"for {len(self.lora_weights)}), or none and set lora_scale"
-            )
-        if self.controlnets and self.refine == "expert_ensemble_refiner" and self.mode == "img2img":
-            # diffusers' SDXL ControlNet image-to-image pipelines cannot stop at denoising_end.
-            raise ValueError(
-                "refine: expert_ensemble_refiner cannot hand over from a ControlNet "
-                "image-to-image run; use base_image_refiner"
-            )
-        self._check_image_recipes()
-        if any(not -4 <= scale <= 4 for scale in self.lora_scales):
-            raise ValueError(
-                f"lora_scales: each scale must be from -4 to 4 (got {self.lora_scales})"
-            )
-
-    def _check_bounds(self) -> None:
-        """What a request may ask for (sdcog.limits), and references of a form that can be
-        fetched: refused before any download or tokenising."""
-        for name in ("width", "height"):  # the range is the schema's
-            if (side := getattr(self, name)) is not None and side % SIDE_STEP:
-                low = side - side % SIDE_STEP
-                raise ValueError(
-                    f"{name}: {side} is not a multiple of {SIDE_STEP} (one latent per 8x8 "
-                    f"pixels); take {low} or {low + SIDE_STEP}"
-                )
-        check_prompt_length(self.prompt, "prompt")
-        check_prompt_length(self.negative_prompt, "negative_prompt")
-        counts = (("lora_weights", self.lora_weights, MAX_LORAS),
-                  ("textual_inversions", self.textual_inversions, MAX_INVERSIONS))  # fmt: skip
-        for name, entries, limit in counts:
-            if len(entries) > limit:
-                raise ValueError(f"{name}: {len(entries)} entries; at most {limit} per request")
-        for reference in self.lora_weights:
-            check_reference(reference, "lora_weights")
-        for item in self.textual_inversions:
-            check_reference(parse_inversion(item)[1], "textual_inversions")
-        if self.replicate_weights:
-            check_reference(self.replicate_weights, "replicate_weights")
-        for name in ("base_model", "vae"):
-            if reference := getattr(self, name):
-                models.parse(reference, name)
-
-    def _check_dependents(self) -> None:
-        """Settings that only mean something with another input are refused without it."""
-        defaults = {f.name: f.default for f in fields(self)}
-        dependents = []
-        if self.ip_adapter_image is None:
-            why = "the IP-Adapter steers with ip_adapter_image; give it"
-            dependents += [(name, why) for name in ("ip_adapter", "ip_adapter_scale")]
-        if self.deepcache_interval == 1:
-            why = "DeepCache is off (deepcache_interval 1); set deepcache_interval to 2 or more"
-            dependents += [(f"deepcache_{name}", why) for name in ("branch", "start", "end")]
-        for name, why in dependents:
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name}: {why}, or leave {name} out")
-        if self.deepcache_end <= self.deepcache_start:
-            raise ValueError(
-                f"deepcache_end: must be above deepcache_start (got {self.deepcache_start} to "
-                f"{self.deepcache_end})"
-            )
-
-    def _check_image_recipes(self) -> None:
-        sized = self.width is not None or self.height is not None
-        if self.outpainting:
-            if self.image is None:
-                raise ValueError("outpaint_left: outpainting needs an image to extend; give image")
-            if sized:
-                raise ValueError(
-                    "width: with outpainting the size is the image's plus the outpaint_* "
-                    "padding; leave width and height out"
-                )
-        if self.mask_margin:
-            if self.mask is None:
-                raise ValueError("mask_margin: inpainting at full resolution needs a mask")
-            if self.outpainting:
-                raise ValueError("mask_margin: not together with outpainting; set it to 0")
-            if sized:
-                raise ValueError(
-                    "width: with mask_margin the output keeps the image's size; leave width and "
-                    "height out"
-                )
-        if self.hires_scale > 1:
-            if self.image is not None:
-                raise ValueError(
-                    "hires_scale: hires fix is for text-to-image; with an image use "
-                    "prompt_strength, or mask_margin for inpainting"
-                )
-            if self.refine != "no_refiner":
-                raise ValueError("hires_scale: not together with a refiner; use no_refiner")
-            if int(self.hires_steps_run * self.hires_strength) < 1:
-                raise ValueError(
-                    "hires_strength: hires_strength x hires_steps must be at least 1 (got "
-                    f"{self.hires_strength} x {self.hires_steps_run})"
-                )
-        elif self.hires_steps is not None:
-            raise ValueError("hires_steps: only with hires_scale above 1")
+        request_checks.check(self)
 
     @property
     def outpaint_sides(self) -> tuple[int, int, int, int]:
@@ -273,14 +154,6 @@ class Request:
         if self.mask is not None or self.outpainting:
             return "inpaint"
         return "txt2img" if self.image is None else "img2img"
-
-
-def check_prompt_length(text: str, input_name: str) -> None:
-    """A prompt longer than MAX_PROMPT_CHARS is refused before it is tokenised."""
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ValueError(
-            f"{input_name}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (and 600 tokens)"
-        )
 
 
 # predict()'s input names: the request's fields, and each ControlNet slot's (controlnet_N_*).
