@@ -28,6 +28,11 @@ A1111_SCHEDULERS = [
     "UniPC",
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
+# fofr's multi-ControlNet models' sizing_strategy: width/height, or the named image's aspect.
+SIZING_STRATEGIES = [
+    "width_height", "input_image", "mask_image",
+    "controlnet_1_image", "controlnet_2_image", "controlnet_3_image",
+]  # fmt: skip
 SEED_DEVICES = ["cpu", "cuda"]  # sdcog.seeds.SEED_DEVICES (a test keeps the two equal)
 MAX_PROMPT_CHARS = 20000  # sdcog.limits.MAX_PROMPT_CHARS (a test keeps the two equal)
 OUTPAINT_SIZES = [
@@ -99,6 +104,12 @@ class Predictor(BasePredictor):
             ge=128,
             le=2048,
             default=None,
+        ),
+        sizing_strategy: str = Input(
+            description="What sets the size: width_height, or the named image (its aspect at "
+            "the model's native size; width and height are then ignored).",
+            choices=SIZING_STRATEGIES,
+            default="width_height",
         ),
         num_outputs: int = Input(description="How many images.", ge=1, le=10, default=1),
         scheduler: str = Input(

@@ -160,9 +160,7 @@ class Generator:
         timings = Timings()
         with timings.stage("read"):
             picture, image, mask, control_images, ip_image = request_images.read(request)
-        size = request_images.size(
-            request, pipelines.native_size, image or next(iter(control_images), None)
-        )
+        size = request_images.size(request, pipelines.native_size, image, mask, control_images)
         seed = seeds.resolve_seed(request.seed)
         output_seeds = seeds.output_seeds(seed, request.num_outputs)
         first = hires.first_size(size, request.hires_scale) if request.hires_scale > 1 else size

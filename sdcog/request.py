@@ -26,6 +26,7 @@ class Request:
     negative_prompt: str = ""
     width: int | None = None
     height: int | None = None
+    sizing_strategy: str = "width_height"  # or the input whose image sets the size (fofr's)
     num_outputs: int = 1
     scheduler: str = "DPMSolverMultistep"
     timestep_spacing: str = "default"

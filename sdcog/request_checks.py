@@ -50,6 +50,7 @@ def check(request: "Request") -> None:
             "image-to-image run; use base_image_refiner"
         )
     _check_image_recipes(request)
+    _check_sizing(request)
     if any(not -4 <= scale <= 4 for scale in request.lora_scales):
         raise ValueError(
             f"lora_scales: each scale must be from -4 to 4 (got {request.lora_scales})"
@@ -147,3 +148,24 @@ def check_prompt_length(text: str, input_name: str) -> None:
         raise ValueError(
             f"{input_name}: {len(text)} characters; at most {MAX_PROMPT_CHARS} (and 600 tokens)"
         )
+
+
+def _check_sizing(request: "Request") -> None:
+    """sizing_strategy (fofr's) must name an image the request gives, and no recipe that sets
+    the size itself."""
+    strategy = request.sizing_strategy
+    if strategy == "width_height":
+        return
+    if request.outpainting or request.mask_margin:
+        recipe = "outpainting" if request.outpainting else "mask_margin"
+        raise ValueError(
+            f"sizing_strategy: with {recipe} the size follows from the image; use width_height"
+        )
+    given = {"input_image": request.image, "mask_image": request.mask}
+    given |= {f"{slot.name}_image": slot.image for slot in request.controlnets}
+    if given.get(strategy) is None:
+        slot = strategy.removesuffix("_image")
+        needs = {"input_image": "image", "mask_image": "mask"}.get(
+            strategy, f"{slot} and {strategy}"
+        )
+        raise ValueError(f"sizing_strategy: {strategy} needs {needs}; give it, or use width_height")

@@ -28,14 +28,27 @@ def read(request: Request) -> tuple[Any, ...]:
     return picture, image, mask, control_images, ip_image
 
 
-def size(request: Request, native: int, guide: Image.Image | None) -> tuple[int, int]:
+def size(
+    request: Request,
+    native: int,
+    image: Image.Image | None,
+    mask: Image.Image | None,
+    control_images: list[Image.Image],
+) -> tuple[int, int]:
     """The size the pipeline runs at (hires fix: its second pass). Outpainting: the padded
-    picture's; mask_margin: the crop's aspect at the native pixel count; else the request's,
-    or from the image (or first control image) and the native size."""
+    picture's; mask_margin: the crop's aspect at the native pixel count; a sizing_strategy
+    naming an image: its aspect at the native pixel count; else the request's, or from the
+    image (or first control image) and the native size."""
+    guide = image or next(iter(control_images), None)
     if request.outpainting:
         return images.snap(guide.width), images.snap(guide.height)
     if request.mask_margin:
         return images.output_size(None, None, native, guide)
+    if request.sizing_strategy != "width_height":
+        slots = [f"{slot.name}_image" for slot in request.controlnets]
+        named = {"input_image": image, "mask_image": mask}
+        named |= dict(zip(slots, control_images, strict=True))
+        return images.output_size(None, None, native, named[request.sizing_strategy])
     return images.output_size(request.width, request.height, native, guide)
 
 

@@ -12,6 +12,7 @@ from diffusers import UNet2DConditionModel
 from helpers import data_uri, output_images
 from PIL import Image
 
+from sdcog import images
 from sdcog.generate import Generator
 from sdcog.request import Request
 
@@ -113,6 +114,11 @@ def test_hires_fix_with_controlnet_gets_maps_at_each_size(server):
         ({"image": "IMAGE", "hires_scale": 1.5}, "hires_scale: hires fix is for text-to-image"),
         ({"hires_steps": 10}, "hires_steps: only with hires_scale above 1"),
         ({"hires_scale": 2, "hires_strength": 0.01}, "hires_strength: hires_strength x"),
+        ({"sizing_strategy": "input_image"}, "sizing_strategy: input_image needs image"),
+        ({"image": "IMAGE", "sizing_strategy": "controlnet_2_image"},
+         "sizing_strategy: controlnet_2_image needs controlnet_2 and controlnet_2_image"),
+        ({"image": "IMAGE", "outpaint_top": 64, "sizing_strategy": "input_image"},
+         "sizing_strategy: with outpainting the size follows from the image"),
     ],
 )  # fmt: skip
 def test_combinations_that_cannot_work_name_the_input(sd_server, input, message):
@@ -120,6 +126,32 @@ def test_combinations_that_cannot_work_name_the_input(sd_server, input, message)
     input = {k: files.get(v, v) if isinstance(v, str) else v for k, v in input.items()}
     assert sd_server.failure(prompt="x", **FAST, **input).startswith(message)
     output_images(sd_server.predict(prompt="x", width=128, height=128, **FAST))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "named"),
+    [
+        ("input_image", "image"),
+        ("mask_image", "mask"),
+        ("controlnet_1_image", "controlnet_1_image"),
+    ],
+)
+def test_sizing_strategy_sizes_from_the_image_it_names(server, strategy, named):
+    """fofr's sizing_strategy: the size follows the named image (its aspect at the model's
+    native size, as without width and height), whatever width and height say."""
+    wide, tall = photo(192, 96), photo(96, 160)
+    painted = wide if named in ("image", "mask") else tall  # a mask has its image's size
+    control = wide if named == "controlnet_1_image" else tall
+    mask = Image.new("L", painted.size, 255)
+    files = {"image": painted, "mask": mask, "controlnet_1_image": control}
+    request = {"prompt": "x", **FAST, **{k: data_uri(v) for k, v in files.items()},
+               "controlnet_1": "canny", "prompt_strength": 0.5}  # fmt: skip
+    by_strategy = output_images(
+        server.predict(**request, width=768, height=768, sizing_strategy=strategy)
+    )[0]
+    native = 1024 if server.family == "sdxl" else 512
+    assert by_strategy.size == images.output_size(None, None, native, wide)
+    assert by_strategy.width > by_strategy.height
 
 
 @pytest.fixture(scope="module")
