@@ -648,3 +648,79 @@ def test_a_cache_window_takes_effect_through_the_server(server):
     (inputs,) = runware.translate([task], SD)
     result = server.predict(**inputs)
     assert "deepcache: 3 of 10 base UNet calls reused" in result["logs"], result["logs"]
+
+
+def sdk_example(**fields) -> dict:
+    """A task as Runware's Python SDK sends an IImageInference (taskType and a taskUUID)."""
+    return {"taskType": "imageInference", "taskUUID": UUID, **fields}
+
+
+# Runware/sdk-python's examples/02_advanced_image_generation.py at 1cacc80 (MIT, Copyright (c)
+# 2024 Runware Inc.): each IImageInference's fields, as written there.
+SDK_LORA = sdk_example(
+    positivePrompt="masterpiece, best quality, 1girl, elegant dress, garden background, soft "
+    "lighting", model="civitai:36520@76907",
+    lora=[{"model": "civitai:58390@62833", "weight": 0.8},
+          {"model": "civitai:42903@232848", "weight": 0.6}],
+    numberResults=3, height=1024, width=768, negativePrompt="worst quality, blurry, nsfw",
+    steps=35, CFGScale=8.0, outputFormat="PNG", includeCost=True,
+)  # fmt: skip
+SDK_CONTROLNET = sdk_example(
+    positivePrompt="beautiful anime character, detailed eyes, colorful hair",
+    model="civitai:4384@128713",
+    controlNet=[{"model": "civitai:38784@44716", "guideImage":
+                 "https://huggingface.co/datasets/mishig/sample_images/resolve/main/canny-edge.jpg",
+                 "weight": 0.8, "startStep": 0, "endStep": 15, "controlMode": "balanced"}],
+    numberResults=1, height=768, width=768, steps=30, CFGScale=7.0, seed=12345,
+)  # fmt: skip
+SDK_REFINER = sdk_example(
+    positivePrompt="hyperrealistic portrait of a astronaut in space, detailed helmet reflection",
+    model="civitai:101055@128078", refiner={"model": "civitai:101055@128080", "startStep": 25},
+    numberResults=1, height=1024, width=1024, steps=40, CFGScale=7.5, outputFormat="PNG",
+)  # fmt: skip
+SDK_ACCELERATORS = sdk_example(
+    positivePrompt="vibrant fantasy landscape with magical creatures", model="runware:100@1",
+    acceleratorOptions={"teaCache": True, "teaCacheDistance": 0.4, "cacheStartStep": 5,
+                        "cacheStopStep": 25},
+    numberResults=1, height=1024, width=1024, steps=28, CFGScale=3.5,
+)  # fmt: skip
+
+
+def test_runwares_sdk_examples_translate_or_are_refused_naming_the_field():
+    (lora,) = runware.translate([SDK_LORA], SDXL)
+    assert lora["base_model"] == "civitai:36520@76907"  # fetched for the task
+    assert (lora["lora_weights"], lora["lora_scales"]) == (
+        ["civitai:58390@62833", "civitai:42903@232848"], [0.8, 0.6],
+    )  # fmt: skip
+    assert (lora["num_outputs"], lora["width"], lora["height"]) == (3, 768, 1024)
+    assert (lora["num_inference_steps"], lora["guidance_scale"]) == (35, 8.0)
+    # An AIR id of a ControlNet no pin lists: its kind cannot be told.
+    with pytest.raises(FieldError, match="cannot tell which kind of control") as raised:
+        runware.translate([SDK_CONTROLNET], SD)
+    assert raised.value.field == "controlNet.0.model"
+    # TeaCache is for transformer models (FLUX, which runware:100@1 is).
+    with pytest.raises(FieldError) as raised:
+        runware.translate([SDK_ACCELERATORS], SD)
+    assert raised.value.field in ("acceleratorOptions.teaCache", "model"), raised.value
+
+
+def test_the_sdks_refiner_example_runs_unchanged_on_the_sdxl_build(sdxl_server):
+    """civitai's SDXL base and refiner (VAE fix) AIR ids are the SDXL build's pins."""
+    (inputs,) = runware.translate([SDK_REFINER], SDXL)
+    assert "base_model" not in inputs
+    assert (inputs["refine"], inputs["high_noise_frac"]) == ("expert_ensemble_refiner", 0.625)
+    result = sdxl_server.predict(**inputs)
+    assert "refine: expert_ensemble_refiner" in result["logs"], result
+    assert "timings" in result["logs"]
+
+
+def test_the_sdks_cache_stop_step_is_the_references_cache_end_step():
+    """Runware's Python SDK writes the end of the cache window as cacheStopStep."""
+    deep = {"deepCache": True, "cacheStartStep": 4}
+    assert accelerated(**deep, cacheStopStep=16) == accelerated(**deep, cacheEndStep=16)
+    with pytest.raises(FieldError, match="give cacheEndStep or cacheStopStep, not both") as raised:
+        accelerated(**deep, cacheStopStep=16, cacheEndStep=16)
+    assert raised.value.field == "acceleratorOptions.cacheStopStep"
+    with pytest.raises(FieldError, match="at most steps") as raised:
+        accelerated(**deep, cacheStopStep=30)
+    assert raised.value.field == "acceleratorOptions.cacheStopStep"  # as the payload spells it
