@@ -283,7 +283,8 @@ class Predictor(BasePredictor):
         ),
         lora_weights: list[str] = Input(
             description="LoRAs for this prediction: https URLs of .safetensors files, or "
-            "Hugging Face owner/repo (diffusers, Kohya or civitai format).",
+            "Hugging Face owner/repo (diffusers, Kohya or civitai format). A Replicate "
+            "fine-tune's .tar goes in replicate_weights.",
             default=[],
         ),
         lora_scales: list[float] = Input(

@@ -3,6 +3,7 @@ reference forms, then the rules that span several inputs (ranges and choices are
 
 from dataclasses import fields
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from . import models
 from .inversions import parse_inversion
@@ -76,6 +77,11 @@ def _check_bounds(request: "Request") -> None:
             raise ValueError(f"{name}: {len(entries)} entries; at most {limit} per request")
     for reference in request.lora_weights:
         check_reference(reference, "lora_weights")
+        if urlsplit(reference).path.endswith(".tar"):  # cog-sdxl's and fofr's lora_weights
+            raise ValueError(
+                f"lora_weights: {reference} is a Replicate fine-tune's .tar; give it as "
+                "replicate_weights (lora_weights takes LoRA .safetensors files)"
+            )
     for item in request.textual_inversions:
         check_reference(parse_inversion(item)[1], "textual_inversions")
     if request.replicate_weights:

@@ -191,3 +191,13 @@ def test_deepcache_settings_without_deepcache_are_refused(given):
 def test_a_deepcache_window_must_not_be_empty(start, end):
     with pytest.raises(ValueError, match=r"^deepcache_end: must be above deepcache_start"):
         Request(prompt="x", deepcache_interval=3, deepcache_start=start, deepcache_end=end)
+
+
+def test_a_replicate_fine_tunes_tar_in_lora_weights_points_to_replicate_weights():
+    """replicate/cog-sdxl's and fofr's lora_weights take the .tar Replicate's trainer writes;
+    here that is replicate_weights, and the refusal says so before anything is fetched."""
+    tar = "https://replicate.delivery/pbxt/abc/trained_model.tar"
+    with pytest.raises(ValueError, match=r"^lora_weights: .*trained_model.tar is a Replicate "
+                       r"fine-tune's \.tar; give it as replicate_weights"):  # fmt: skip
+        Request(prompt="x", lora_weights=(tar,))
+    assert Request(prompt="x", replicate_weights=tar).replicate_weights == tar
