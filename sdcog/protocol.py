@@ -110,6 +110,11 @@ def error_message(error: str) -> str:
     return _COG_ERROR_PREFIX.sub("", error, count=1)
 
 
+def data_uri(data: bytes, media_type: str = "image/png") -> str:
+    """Bytes as a data: URI, as Cog's server takes and answers files."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
 def read_data_uri(uri: str) -> tuple[str, bytes]:
     """A data: URI (as Cog's server answers files) as its file extension and its bytes."""
     header, data = uri.split(",", 1)

@@ -59,3 +59,9 @@ def test_control_maps_come_after_the_images_and_save_by_slot(tmp_path):
     assert protocol.final_outputs(result) == ["image"]
     [path] = protocol.save_control_maps(result, tmp_path, "20261128-101010")
     assert path.name == "control-2-depth-20261128-101010.png" and path.read_bytes() == b"map"
+
+
+def test_data_uris_round_trip():
+    uri = protocol.data_uri(b"\x89PNG bytes", "image/jpeg")
+    assert uri.startswith("data:image/jpeg;base64,")
+    assert protocol.read_data_uri(uri) == ("jpg", b"\x89PNG bytes")

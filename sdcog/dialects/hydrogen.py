@@ -244,5 +244,4 @@ def _read_image(uri: str, field: str) -> Image.Image:
 
 
 def _data_uri(image: Image.Image) -> str:
-    png = base64.b64encode(images.encode_image(image, "png", 0)).decode()
-    return f"data:image/png;base64,{png}"
+    return protocol.data_uri(images.encode_image(image, "png", 0))

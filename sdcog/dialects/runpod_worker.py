@@ -11,7 +11,6 @@ answered as its URL, as RunPod's own workers do. init_image and mask are fetched
 same guard as every URL (netguard: public addresses only unless ALLOW_PRIVATE_URLS).
 """
 
-import base64
 import io
 import os
 import tempfile
@@ -59,7 +58,7 @@ class Worker:
     def _answer(self, job_id: str, path: Path) -> str:
         if self.upload:
             return rp_upload.upload_image(job_id, str(path))
-        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        return protocol.data_uri(path.read_bytes())
 
 
 @contextmanager

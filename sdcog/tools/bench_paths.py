@@ -4,7 +4,6 @@ documentation loads it in bench_diffusers.py. Each path answers `call(case)` wit
 makes one image and returns it as an Outcome, or None where the case is not the path's (DeepCache
 in diffusers)."""
 
-import base64
 import functools
 import http.server
 import io
@@ -244,8 +243,7 @@ class Served:
     def call(self, case: str) -> Call:
         inputs = self.setup.inputs(case)
         if "controlnet_1_image" in inputs:  # a file goes over the wire, as a client sends it
-            data = base64.b64encode(self.setup.control.read_bytes()).decode()
-            inputs["controlnet_1_image"] = f"data:image/png;base64,{data}"
+            inputs["controlnet_1_image"] = protocol.data_uri(self.setup.control.read_bytes())
 
         def call() -> Outcome:
             result = self.server.post(inputs).json()

@@ -7,7 +7,6 @@ its own (TMPDIR), removed afterwards, so a run leaves nothing in /tmp; its log i
 """
 
 import argparse
-import base64
 import difflib
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import jsonschema
 import requests
 
-from ..protocol import error_message, save, save_control_maps, save_previews
+from ..protocol import data_uri, error_message, save, save_control_maps, save_previews
 from .cog_server import ROOT, CogServer, RunningServer
 
 CACHE = ROOT / ".cache"
@@ -55,8 +54,7 @@ def typed(name: str, value: str, schemas: dict) -> object:
         path = Path(value[1:]).expanduser()
         if not path.is_file():
             raise SystemExit(f"-i {name}={value}: no file {path}")
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f"data:application/octet-stream;base64,{data}"
+        return data_uri(path.read_bytes(), "application/octet-stream")
     prop = properties[name]
     if "allOf" in prop:
         prop = schemas[prop["allOf"][0]["$ref"].rsplit("/", 1)[1]]

@@ -11,7 +11,6 @@ last they must stay flat.
 """
 
 import argparse
-import base64
 import io
 import os
 import pickle
@@ -33,7 +32,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
-from ..protocol import error_message
+from ..protocol import data_uri, error_message
 from .cli import Webhook
 from .cog_server import CogServer
 
@@ -48,7 +47,7 @@ TMP_SLACK = 1 << 20  # +1 MiB
 def _uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+    return data_uri(buffer.getvalue())
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -93,8 +92,8 @@ def _requests(files: str) -> dict[str, tuple[dict, str | None]]:
     mask.paste(255, (32, 32, 96, 96))
     big = io.BytesIO()
     Image.new("RGB", (6000, 6000), (40, 90, 200)).save(big, format="JPEG", quality=50)
-    big_photo = f"data:image/jpeg;base64,{base64.b64encode(big.getvalue()).decode()}"
-    bomb = f"data:image/png;base64,{base64.b64encode(png_bomb(13_376, 13_376)).decode()}"
+    big_photo = data_uri(big.getvalue(), "image/jpeg")
+    bomb = data_uri(png_bomb(13_376, 13_376))
     return {
         "txt2img": ({"prompt": "a lighthouse", **SMALL}, None),
         "img2img": ({"prompt": "a lighthouse", "image": photo, **SMALL}, None),
