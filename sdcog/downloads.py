@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -30,6 +31,7 @@ from .references import AIR, REPO, check_reference, origin
 from .settings import Settings
 
 CHUNK = 1 << 16
+MAX_LISTING_BYTES = 16 << 20  # a Hugging Face repository's file list (the API's JSON)
 PREFERRED = "pytorch_lora_weights.safetensors"
 # A diffusers model's weight files, in order of preference.
 MODEL_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
@@ -46,9 +48,12 @@ class AdapterCache:
         timeout_s: float | None = None,
         endpoint: str | None = None,
         civitai: str | None = None,
+        size_setting: str = "ADAPTER_MAX_BYTES",
+        timeout_setting: str = "ADAPTER_TIMEOUT_S",
     ) -> None:
         """The cache `settings` (default: the environment's) describe; an argument given
-        replaces its setting."""
+        replaces its setting. `size_setting` and `timeout_setting` are what the refusals call
+        the bounds (a model's single file is bounded by MODEL_CACHE_GB and MODEL_TIMEOUT_S)."""
         settings = settings or Settings.from_env()
         self.root = root or settings.adapter_cache_dir
         self.max_bytes = max_bytes or settings.adapter_cache_bytes
@@ -56,7 +61,8 @@ class AdapterCache:
         self.timeout_s = timeout_s or settings.adapter_timeout_s
         self.endpoint = (endpoint or settings.hf_endpoint).rstrip("/")
         self.civitai = (civitai or settings.civitai_endpoint).rstrip("/")
-        self.allowed = settings.private_networks
+        self.allowed, self.trusted = settings.private_networks, settings.trusted_origins
+        self.size_setting, self.timeout_setting = size_setting, timeout_setting
         self.tokens = settings.tokens
         self.root.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "index.json"
@@ -198,15 +204,20 @@ class AdapterCache:
         if not REPO.fullmatch(reference):  # an AIR id names a file, not a diffusers model
             raise ValueError(f"{input_name}: {reference[:200]!r} is not a Hugging Face owner/repo")
         api = f"{self.endpoint}/api/models/{reference}"
+        with self._get(api, input_name, stop) as response:
+            if response.status_code == 404:
+                raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
+            status = response.status_code
+            body = response.raw.read(MAX_LISTING_BYTES + 1, decode_content=True)
+        if len(body) > MAX_LISTING_BYTES:
+            raise ValueError(
+                f"{input_name}: {reference}'s file list is larger than {MAX_LISTING_BYTES} bytes"
+            )
         try:
-            get = transfer.get(api, input_name, self.timeout_s, stop, self._headers, self.allowed)
-            with get as response:
-                if response.status_code == 404:
-                    raise ValueError(f"{input_name}: no Hugging Face repository {reference}")
-                response.raise_for_status()
-                listing = response.json()
-            return [s["rfilename"] for s in listing.get("siblings", [])]
-        except (requests.RequestException, AttributeError, KeyError, TypeError) as e:
+            if status != 200:
+                raise ValueError(f"status {status}")
+            return [s["rfilename"] for s in json.loads(body).get("siblings", [])]
+        except (ValueError, AttributeError, KeyError, TypeError) as e:
             # An answer that is not a Hugging Face model listing.
             raise ValueError(f"{input_name}: could not look up {reference}: {e}") from None
 
@@ -216,10 +227,10 @@ class AdapterCache:
         print(f"{input_name}: downloading {reference}")
         digest = hashlib.sha256()
         too_big = ValueError(
-            f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit"
+            f"{input_name}: {reference} is larger than the {self.max_file_bytes} byte limit "
+            f"({self.size_setting})"
         )
-        get = transfer.get(url, input_name, self.timeout_s, stop, self._headers, self.allowed)
-        with get as response:
+        with self._get(url, input_name, stop) as response:
             self._check_response(response, input_name, reference)
             if _content_length(response) > self.max_file_bytes:
                 raise too_big
@@ -232,6 +243,14 @@ class AdapterCache:
                     digest.update(chunk)
                     f.write(chunk)
         return digest.hexdigest()
+
+    def _get(
+        self, url: str, input_name: str, stop: threading.Event | None
+    ) -> AbstractContextManager[requests.Response]:
+        return transfer.get(
+            url, input_name, self.timeout_s, stop, self._headers, self.allowed, self.trusted,
+            self.timeout_setting,
+        )  # fmt: skip
 
     def _token_variable(self, url: str) -> str | None:
         """The token a host gets, if it is one that takes one."""

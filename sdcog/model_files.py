@@ -1,47 +1,42 @@
 """The disk tier of per-request models (base_model, vae): each reference's files as a diffusers
-folder under MODEL_CACHE_DIR, at most MODEL_CACHE_GB in all, least recently used out first.
+folder under MODEL_CACHE_DIR, at most MODEL_CACHE_GB in all (model_cache.py: least recently used
+out first, one lock per model across processes, nothing left of a failed download).
 
-A Hugging Face repository comes through huggingface_hub (HF_ENDPOINT, HF_TOKEN, revisions,
-resumable downloads): its configs first, so that `check` can refuse a model that does not fit the
-request before its weights are fetched; then only the safetensors files the pipeline loads (fp16
-variants on CUDA when every component has one). A component with pickled weights only is refused.
-A single-file checkpoint (URL or civitai AIR id) comes through the adapter downloads (netguard,
-tokens, safetensors checks), is converted once (sdcog/checkpoints.py) and the download dropped.
-One lock per reference: two requests (or processes) for one model download it once. The build's
-pinned weights live in the weights folder, outside this cache, and are never evicted.
+A Hugging Face repository comes through huggingface_hub (HF_ENDPOINT, HF_TOKEN, revisions) as
+one guarded download (hub_http.py): every request and redirect hop checked by netguard, one
+deadline (MODEL_TIMEOUT_S), stopped at once by a cancel, MODEL_CACHE_GB at most. Its configs come
+first, so that `check` can refuse a model that does not fit the request before its weights are
+fetched; then only the safetensors files the pipeline loads (hub_files.py; fp16 variants on CUDA
+when every component has one). A single-file checkpoint (URL or civitai AIR id) comes through
+the adapter downloads (netguard, tokens, safetensors checks, the same two bounds), is converted
+once (sdcog/checkpoints.py) and the download dropped. The build's pinned weights live in the
+weights folder, outside this cache, and are never evicted.
 """
 
 import hashlib
 import json
-import re
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import torch
-from filelock import FileLock
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.utils import disable_progress_bars
 
-from . import checkpoints, families, runner
+from . import checkpoints, families, hub_files, hub_http, transfer
 from .downloads import AdapterCache
-from .filechecks import PICKLE_SUFFIXES
+from .model_cache import WORK_SUFFIX, ModelCache
 from .models import ModelReference
 from .pipelines import COMPONENTS
 from .settings import Settings
 
 disable_progress_bars()  # one line per file in the prediction's logs, not a bar per chunk
-# Weights and the index of sharded weights, with diffusers' fp16 variant marker or without.
-WEIGHTS = re.compile(
-    r".+?(?P<fp16>\.fp16)?\.safetensors|.+\.safetensors\.index(?P<fp16i>\.fp16)?\.json"
-)
-WORK_SUFFIX = ".part"
 MARKER = ".complete"  # a whole folder: {"reference", "variant"}
+CONFIG_LIMIT = hub_http.Limit(16 << 20, "16 MiB, the bound on a config or tokenizer file")
 
 
 class ModelFiles:
@@ -51,13 +46,18 @@ class ModelFiles:
         self.endpoint = settings.hf_endpoint.rstrip("/")
         self.token = settings.tokens.get("HF_TOKEN") or False  # False: never a stored login
         self.timeout_s = settings.model_timeout_s
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        self.allowed, self.trusted = settings.private_networks, settings.trusted_origins
+        self.total = hub_http.Limit(
+            self.max_bytes, f"MODEL_CACHE_GB, {self.max_bytes / 1024**3:.3g} GB"
+        )
+        self.cache = ModelCache(self.root, self.max_bytes)
         # Single files: one at a time, as large as the whole cache may be.
         self.downloads = AdapterCache(
             settings, root=self.root / "downloads", max_bytes=max(self.max_bytes, 1),
             max_file_bytes=max(self.max_bytes, 1), timeout_s=self.timeout_s,
+            size_setting="MODEL_CACHE_GB", timeout_setting="MODEL_TIMEOUT_S",
         )  # fmt: skip
-        self.index_path = self.root / "index.json"
+        hub_http.install()
 
     def folder(
         self,
@@ -73,14 +73,13 @@ class ModelFiles:
         if vae_of is not None and reference.kind != "hub":  # converted with that model's config
             key += f"#{hashlib.sha256(str(vae_of).encode()).hexdigest()[:12]}"
         name = hashlib.sha256(key.encode()).hexdigest()[:24]
-        target = self.root / "models" / name
-        with FileLock(self.root / "locks" / f"{name}.lock"):
+        with self.cache.locked(name, stop) as target:
             if (target / MARKER).exists():
                 print(f"{reference.input_name}: {reference.name} from the disk cache")
                 check(target)
             else:
                 self._fetch(reference, target, check, stop, vae_of)
-            self._record(key, target)
+            self.cache.record(key, target)
         return target
 
     def _fetch(
@@ -91,19 +90,24 @@ class ModelFiles:
         stop: threading.Event | None,
         vae_of: Path | None,
     ) -> None:
-        work = target.with_name(target.name + WORK_SUFFIX)  # a hub download resumes from here
-        variant = None
-        if reference.kind == "hub":
-            variant = self._hub(reference, work, check, stop)
-        else:
-            if work.exists():
-                shutil.rmtree(work)
-            self._single_file(reference, work, check, stop, vae_of)
-        shutil.rmtree(work / ".cache", ignore_errors=True)  # huggingface_hub's resume records
-        (work / MARKER).write_text(json.dumps({"reference": reference.text, "variant": variant}))
-        if target.exists():
-            shutil.rmtree(target)
-        work.rename(target)
+        """Into a work folder, renamed to `target` once whole; a download refused, failed or
+        cancelled leaves nothing behind."""
+        work = target.with_name(target.name + WORK_SUFFIX)
+        shutil.rmtree(work, ignore_errors=True)  # what a killed server left
+        try:
+            if reference.kind == "hub":
+                variant = self._hub(reference, work, check, stop)
+            else:
+                variant = None
+                self._single_file(reference, work, check, stop, vae_of)
+            shutil.rmtree(work / ".cache", ignore_errors=True)  # huggingface_hub's records
+            (work / MARKER).write_text(
+                json.dumps({"reference": reference.text, "variant": variant})
+            )
+            shutil.rmtree(target, ignore_errors=True)
+            work.rename(target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _hub(
         self,
@@ -112,76 +116,86 @@ class ModelFiles:
         check: Callable[[Path], None],
         stop: threading.Event | None,
     ) -> str | None:
-        """Configs, check, weights; the weights' variant ("fp16" or None)."""
+        """Configs, check, weights; the weights' variant ("fp16" or None). All of it is one
+        guarded download (hub_http): one deadline, every hop checked, MODEL_CACHE_GB at most."""
         what, name = reference.input_name, reference.name
-        info = self._hub_call(reference, stop, lambda api: api.model_info(
-            reference.repo, revision=reference.revision, timeout=self.timeout_s
-        ))  # fmt: skip
-        files = [s.rfilename for s in info.siblings or []]
-        vae_root = reference.input_name == "vae" and "config.json" in files
-        folders = [""] if vae_root else ["vae"] if what == "vae" else list(COMPONENTS)
-        configs = [f for f in files if _is_config(f, folders, what)]
-        print(f"{what}: {name} at {info.sha[:12]}: fetching its configs")
-        self._hub_files(reference, info.sha, configs, work, stop)
-        if vae_root:  # a VAE repository: laid out as a pipeline's vae/ folder
-            work_vae = work / "vae"
-            work_vae.mkdir(exist_ok=True)
-            (work / "config.json").replace(work_vae / "config.json")
-        check(work)
-        weights, variant = _weight_files(
-            files, work, folders, self.dtype == torch.float16, reference
+        download = transfer.Download(
+            what, self.timeout_s, stop, self.allowed, self.trusted, "MODEL_TIMEOUT_S", name
         )
-        print(f"{what}: {name}: downloading {len(weights)} weight files")
-        self._hub_files(reference, info.sha, weights, work, stop)
+        with download, hub_http.guarded(download, self.total, CONFIG_LIMIT) as guard:
+            info = self._hub_call(reference, lambda api: api.model_info(
+                reference.repo, revision=reference.revision, files_metadata=True
+            ))  # fmt: skip
+            sizes, commit = hub_files.listing(info, reference)
+            files = list(sizes)
+            vae_root = what == "vae" and "config.json" in files
+            folders = [""] if vae_root else ["vae"] if what == "vae" else list(COMPONENTS)
+            configs = [f for f in files if hub_files.is_config(f, folders, what)]
+            print(f"{what}: {name} at {commit[:12]}: fetching its configs")
+            self._hub_files(reference, commit, configs, work)
+            if vae_root:  # a VAE repository: laid out as a pipeline's vae/ folder
+                work_vae = work / "vae"
+                work_vae.mkdir(exist_ok=True)
+                (work / "config.json").replace(work_vae / "config.json")
+            check(work)
+            weights, variant = hub_files.weight_files(
+                files, work, folders, self.dtype == torch.float16, reference
+            )
+            hub_files.check_files(reference, configs + weights)
+            self._make_room(reference, guard.received, [sizes[f] for f in weights])
+            guard.per_file = self.total  # a weight file may take what the model may
+            print(f"{what}: {name}: downloading {len(weights)} weight files")
+            self._hub_files(reference, commit, weights, work)
         if vae_root:
             for path in weights:
                 (work / path).replace(work / "vae" / path)
         return variant
 
+    def _make_room(self, reference: ModelReference, received: int, sizes: list[int | None]) -> None:
+        """Before the weights: refuse a model larger than the whole cache, from the sizes the
+        hub lists (the download is bounded as it streams too, for a listing that says less),
+        and make room for it."""
+        if None in sizes:
+            return  # a listing without sizes: bounded while it streams, evicted after
+        incoming = received + sum(sizes)
+        if incoming > self.max_bytes:
+            raise ValueError(
+                f"{reference.input_name}: {reference.name} is {incoming / 1e9:.2f} GB, more "
+                f"than the model cache may hold ({self.total.name})"
+            )
+        self.cache.make_room(incoming)
+
     def _hub_files(
-        self, reference: ModelReference, commit: str, files: list[str], work: Path,
-        stop: threading.Event | None,
-    ) -> None:  # fmt: skip
+        self, reference: ModelReference, commit: str, files: list[str], work: Path
+    ) -> None:
+        hub_files.check_files(reference, files)
         for path in files:
-            self._hub_call(reference, stop, lambda api, path=path: hf_hub_download(
+            self._hub_call(reference, lambda api, path=path: hf_hub_download(
                 reference.repo, path, revision=commit, local_dir=work, endpoint=self.endpoint,
-                token=self.token, etag_timeout=self.timeout_s,
+                token=self.token,
             ))  # fmt: skip
 
-    def _hub_call(
-        self, reference: ModelReference, stop: threading.Event | None, call: Callable[[HfApi], Any]
-    ) -> Any:
-        """call(api) in a thread of its own, so that a cancelled prediction stops waiting at
-        once (the download goes on and resumes the next time); hub errors name the input."""
-        api = HfApi(endpoint=self.endpoint, token=self.token)
+    def _hub_call(self, reference: ModelReference, call: Callable[[HfApi], Any]) -> Any:
+        """call(api), inside the guarded download (which a cancel ends at once); what
+        huggingface_hub raises becomes a ValueError naming the input."""
         what, name = reference.input_name, reference.name
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                result["value"] = call(api)
-            except BaseException as e:  # handed to the prediction's thread below
-                result["error"] = e
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.1)
-            runner.raise_if_set(stop)
-        error = result.get("error")
-        if isinstance(error, hub_errors.GatedRepoError):
-            raise ValueError(f"{what}: {name} is gated; accept its terms and set HF_TOKEN")
-        if isinstance(error, hub_errors.RepositoryNotFoundError):
+        try:
+            return call(HfApi(endpoint=self.endpoint, token=self.token))
+        except transfer.DownloadError:
+            raise
+        except hub_errors.GatedRepoError:
+            raise ValueError(f"{what}: {name} is gated; accept its terms, set HF_TOKEN") from None
+        except hub_errors.RepositoryNotFoundError:
             raise ValueError(
                 f"{what}: no Hugging Face repository {name} (a private one needs HF_TOKEN)"
-            )
-        if isinstance(error, hub_errors.RevisionNotFoundError):
-            raise ValueError(f"{what}: {name} has no revision {reference.revision}")
-        if isinstance(error, hub_errors.HfHubHTTPError | httpx2.HTTPError | OSError):
-            raise ValueError(f"{what}: could not fetch {name} from {self.endpoint}: {error}")
-        if error is not None:
-            raise error
-        return result["value"]
+            ) from None
+        except hub_errors.RevisionNotFoundError:
+            raise ValueError(f"{what}: {name} has no revision {reference.revision}") from None
+        except (hub_errors.HfHubHTTPError, httpx2.HTTPError, httpx2.InvalidURL, OSError,
+                ValueError) as e:  # fmt: skip
+            raise ValueError(
+                f"{what}: could not fetch {name} from {self.endpoint}: {str(e)[:300]}"
+            ) from None
 
     def _single_file(
         self,
@@ -212,70 +226,7 @@ class ModelFiles:
             self.downloads.forget(reference.text)  # the converted folder is what is kept
         check(work)
 
-    def _record(self, key: str, target: Path) -> None:
-        """`key` used now; least recently used folders out until the cache fits (never this)."""
-        with FileLock(self.root / "locks" / "index.lock"):
-            index = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
-            size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-            index[key] = {"folder": target.name, "bytes": size, "used": time.time()}
-            total = sum(entry["bytes"] for entry in index.values())
-            for old, entry in sorted(index.items(), key=lambda item: item[1]["used"]):
-                if total <= self.max_bytes:
-                    break
-                if old == key:
-                    continue
-                print(f"model cache: evicting {old} ({entry['bytes'] / 1e9:.2f} GB)")
-                shutil.rmtree(self.root / "models" / entry["folder"], ignore_errors=True)
-                total -= entry.pop("bytes")
-                del index[old]
-            self.index_path.write_text(json.dumps(index, indent=1))
-
 
 def variant(folder: Path) -> str | None:
     """The weights' variant ("fp16") a complete folder was fetched with, or None."""
     return json.loads((folder / MARKER).read_text()).get("variant")
-
-
-def _is_config(path: str, folders: list[str], input_name: str) -> bool:
-    """model_index.json and each component's configs and tokenizer files (JSON and text)."""
-    if input_name == "vae":
-        return path in ("config.json", "vae/config.json")
-    folder, _, name = path.rpartition("/")
-    if not folder:
-        return name == "model_index.json"
-    return (
-        "/" not in folder
-        and ".index" not in name
-        and name.endswith((".json", ".txt"))
-        and (folder in folders or folder.startswith(("tokenizer", "scheduler")))
-    )
-
-
-def _weight_files(
-    files: list[str], work: Path, folders: list[str], fp16: bool, reference: ModelReference
-) -> tuple[list[str], str | None]:
-    """The safetensors weights of each component there is a config of, and their variant: fp16
-    when `fp16` and every component has it, else full precision. A component with pickled
-    weights only is refused, naming the input."""
-    chosen: list[dict[bool, list[str]]] = []
-    for component in folders:
-        if component and not (work / component / "config.json").exists():
-            continue  # a component the pipeline does not have
-        prefix = f"{component}/" if component else ""
-        own = [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
-        by_variant: dict[bool, list[str]] = {False: [], True: []}
-        for path in own:
-            if match := WEIGHTS.fullmatch(path[len(prefix) :]):
-                by_variant[bool(match["fp16"] or match["fp16i"])].append(path)
-        if not by_variant[False] and not by_variant[True]:
-            pickled = [f for f in own if f.lower().endswith(PICKLE_SUFFIXES)]
-            found = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
-            raise ValueError(
-                f"{reference.input_name}: {reference.name}: its {component or 'VAE'} has "
-                f"{found}; only .safetensors files are loaded"
-            )
-        chosen.append(by_variant)
-    has = {precision: all(v[precision] for v in chosen) for precision in (False, True)}
-    variant = has[True] and (fp16 or not has[False])
-    files = [f for v in chosen for f in (v[variant] or v[not variant])]
-    return files, "fp16" if variant else None

@@ -9,7 +9,9 @@ at every redirect hop. Addresses that embed an IPv4 address (::ffff:a.b.c.d, NAT
 64:ff9b::a.b.c.d, 6to4, Teredo) are judged by it; the deprecated IPv4-compatible (::a.b.c.d) and
 IPv4-translated (::ffff:0:a.b.c.d) forms are refused. Loopback, private, link-local,
 cloud-metadata (169.254.169.254) and reserved addresses are refused unless the allowed networks
-(settings: ALLOW_PRIVATE_URLS) hold them: None allows every address.
+(settings: ALLOW_PRIVATE_URLS) hold them: None allows every address. The endpoints the operator
+set (HF_ENDPOINT, CIVITAI_ENDPOINT) are trusted origins: their addresses are not checked (a
+private mirror works in strict mode), every hop they redirect to elsewhere is.
 
 File inputs: Cog downloads an http(s) URL or data URI given for a file input to a temporary file
 and hands predict() that file as a cog Path. A plain string is a path on the server's own disk;
@@ -25,11 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Networks = tuple[Network, ...] | None  # the non-public networks allowed; None: all of them
+Origin = tuple[str, str, int]  # scheme, host (lower case, IPv6 without brackets), port
 MAX_URL_LENGTH = 4096
 # Characters no valid URL holds unescaped, and that clients disagree on: WHATWG parsers (and
 # urllib3) read "\" as "/", Python's urlsplit as part of the host; whitespace and control
@@ -63,6 +67,10 @@ class Url:
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
 
+    @property
+    def origin(self) -> Origin:
+        return self.scheme, self.host, self.port
+
 
 def parse(url: str, input_name: str) -> Url:
     """The URL's parts, or a ValueError naming the input if it is not a plain http(s) URL."""
@@ -92,7 +100,10 @@ def parse(url: str, input_name: str) -> Url:
     port = port or (443 if parts.scheme == "https" else 80)
     parsed = Url(url, parts.scheme, host, port, _target(parts.path, parts.query))
     # The client library must read the same host and port: one parse, no second opinion.
-    theirs = parse_url(url)
+    try:
+        theirs = parse_url(url)
+    except LocationParseError:
+        raise ValueError(f"{input_name}: {shown!r} is not a valid URL (its host or port)") from None
     if ((theirs.host or "").strip("[]").rstrip(".").lower(), theirs.port or port) != (host, port):
         raise ValueError(f"{input_name}: {shown!r} is read differently by HTTP clients")
     return parsed
@@ -102,8 +113,11 @@ def _target(path: str, query: str) -> str:
     return (path or "/") + (f"?{query}" if query else "")
 
 
-def resolve(url: str, input_name: str, allowed: Networks = ()) -> tuple[Url, list[Address]]:
-    """The parsed URL and the addresses to connect to: each one resolved once and checked."""
+def resolve(
+    url: str, input_name: str, allowed: Networks = (), trusted: frozenset[Origin] = frozenset()
+) -> tuple[Url, list[Address]]:
+    """The parsed URL and the addresses to connect to: each one resolved once and checked,
+    unless the URL is on a `trusted` origin (an endpoint the operator set)."""
     parsed = parse(url, input_name)
     try:
         infos = socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
@@ -111,7 +125,8 @@ def resolve(url: str, input_name: str, allowed: Networks = ()) -> tuple[Url, lis
         raise ValueError(f"{input_name}: cannot resolve the host of {url[:200]}: {e}") from None
     addresses = list(dict.fromkeys(_address(sockaddr) for *_, sockaddr in infos))
     for address in addresses:
-        check_address(address, url, input_name, allowed)
+        if parsed.origin not in trusted:
+            check_address(address, url, input_name, allowed)
     return parsed, addresses
 
 
@@ -161,6 +176,12 @@ def networks(value: str | None) -> Networks:
     return tuple(
         ipaddress.ip_network(n.strip(), strict=False) for n in value.split(",") if n.strip()
     )
+
+
+def origins(endpoints: dict[str, str]) -> frozenset[Origin]:
+    """The origins of the operator's endpoints, by the variable that sets each (HF_ENDPOINT,
+    CIVITAI_ENDPOINT): trusted."""
+    return frozenset(parse(url, variable).origin for variable, url in endpoints.items())
 
 
 def input_file(value: Any, input_name: str, local_paths: bool = False) -> Path:

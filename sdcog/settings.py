@@ -20,7 +20,7 @@ a tool or a test that wants other settings builds its own.
 | MODEL_RAM_GB | model_ram_bytes | 16: base_model/vae pipelines kept in CPU RAM |
 | MODEL_TIMEOUT_S | model_timeout_s | 3600, per base_model/vae file |
 | ALLOWED_MODELS | allowed_models | any; or comma-separated patterns (owner/*, civitai:*, none) |
-| HF_ENDPOINT, CIVITAI_ENDPOINT | hf_endpoint, civitai_endpoint | the public sites |
+| HF_ENDPOINT, CIVITAI_ENDPOINT | hf_endpoint, civitai_endpoint | the public sites (trusted) |
 | HF_TOKEN, CIVITAI_TOKEN | tokens | none; each goes to its own host only |
 | SDCOG_STATUS_FILE | status_file | none (script/serve's supervisor sets it) |
 """
@@ -96,6 +96,14 @@ class Settings:
             civitai_endpoint=given("CIVITAI_ENDPOINT") or defaults.civitai_endpoint,
             tokens={name: token for name in TOKEN_VARIABLES if (token := given(name))},
             status_file=Path(status) if (status := given("SDCOG_STATUS_FILE")) else None,
+        )
+
+    @property
+    def trusted_origins(self) -> frozenset[netguard.Origin]:
+        """The operator's own endpoints: mirrors it trusts, whatever their address (a private
+        one included); what they redirect to is checked as any URL."""
+        return netguard.origins(
+            {"HF_ENDPOINT": self.hf_endpoint, "CIVITAI_ENDPOINT": self.civitai_endpoint}
         )
 
 

@@ -35,6 +35,10 @@ WATCH_INTERVAL_S = 0.05  # how often the watchdog looks at the cancel flag
 Headers = Callable[[str], dict[str, str]]
 
 
+class DownloadError(ValueError):
+    """A download refused or failed, its message naming the input."""
+
+
 @contextmanager
 def get(
     url: str,
@@ -43,82 +47,112 @@ def get(
     stop: threading.Event | None = None,
     headers: Headers = lambda url: {},
     allowed: netguard.Networks = (),
+    trusted: frozenset[netguard.Origin] = frozenset(),
+    setting: str = "ADAPTER_TIMEOUT_S",
 ) -> Iterator[requests.Response]:
     """The response to GET `url` (redirects followed, each hop checked against the `allowed`
-    non-public networks), its body not read yet; read it inside the with-block. `headers(url)`
-    gives each hop its headers, so a token goes to its own host and not to wherever that host
-    redirects. A refusal, a failure, the deadline or `stop` raise ValueError naming the input
-    (PredictionCancelledError for `stop`)."""
-    watch = Watchdog(timeout_s, stop)
-    token = _WATCHDOG.set(watch)
-    try:
-        with watch, requests.Session() as session:
-            with _follow(session, url, input_name, headers, watch, allowed) as response:
-                yield response
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-        watch.raise_if_fired(input_name, url)
-        raise ValueError(f"{input_name}: could not download {url[:200]}: {_reason(e)}") from None
-    except Exception:
-        watch.raise_if_fired(input_name, url)  # what a cut-off body made the caller raise
-        raise
-    finally:
-        _WATCHDOG.reset(token)
-    # A socket shut down mid-body can look like the body's end: never hand that on as complete.
-    watch.raise_if_fired(input_name, url)
+    non-public networks and the `trusted` origins), its body not read yet; read it inside the
+    with-block. `headers(url)` gives each hop its headers, so a token goes to its own host and
+    not to wherever that host redirects. A refusal, a failure, the deadline (`setting` names
+    it) or `stop` raise DownloadError naming the input (PredictionCancelledError for `stop`)."""
+    with Download(input_name, timeout_s, stop, allowed, trusted, setting, name=url) as download:
+        with download.guarded(url), _follow(download, url, headers) as response:
+            yield response
+        # A socket shut down mid-body can look like the body's end: never hand that on as
+        # complete.
+        download.watch.raise_if_fired()
 
 
-def _follow(
-    session: requests.Session,
-    url: str,
-    input_name: str,
-    headers: Headers,
-    watch: "Watchdog",
-    allowed: netguard.Networks,
-) -> requests.Response:
+class Download:
+    """One download, however many requests and redirects it takes: each hop is parsed, resolved
+    and checked (netguard) and sent to the checked address, and one deadline and the
+    prediction's cancel cover them all. `name` is what the messages call it."""
+
+    def __init__(
+        self,
+        input_name: str,
+        timeout_s: float,
+        stop: threading.Event | None = None,
+        allowed: netguard.Networks = (),
+        trusted: frozenset[netguard.Origin] = frozenset(),
+        setting: str = "ADAPTER_TIMEOUT_S",
+        name: str = "",
+    ) -> None:
+        self.input_name, self.name = input_name, name
+        self.allowed, self.trusted = allowed, trusted
+        self.watch = Watchdog(timeout_s, stop, f"{input_name}: {name[:200]}", setting)
+        self._session = requests.Session()
+
+    def __enter__(self) -> "Download":
+        self._token = _WATCHDOG.set(self.watch)
+        self.watch.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watch.__exit__()
+        self._session.close()
+        _WATCHDOG.reset(self._token)
+
+    def send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
+        """One hop, not followed if it redirects: to the first checked address that accepts the
+        connection. Its body is not read yet."""
+        parsed, addresses = netguard.resolve(url, self.input_name, self.allowed, self.trusted)
+        self._session.mount(f"{parsed.scheme}://", _PinnedAdapter(parsed.host))
+        # The environment's proxies for the URL as written (NO_PROXY judged on its host name):
+        # the explicit None keeps requests from choosing again for the address.
+        proxies = {"http": None, "https": None, **requests.utils.get_environ_proxies(url)}
+        error: Exception | None = None
+        for address in addresses:
+            literal = f"[{address}]" if address.version == 6 else str(address)
+            remaining = self.watch.remaining()
+            try:
+                return self._session.request(
+                    method,
+                    f"{parsed.scheme}://{literal}:{parsed.port}{parsed.target}",
+                    headers={**headers, "Host": parsed.netloc},
+                    proxies=proxies,
+                    allow_redirects=False,
+                    stream=True,
+                    timeout=(min(CONNECT_TIMEOUT_S, remaining), remaining),
+                )
+            except requests.ConnectionError as e:
+                self.watch.raise_if_fired()
+                error = e  # the next address, if the host has another
+        raise DownloadError(f"{self.input_name}: could not connect to {url[:200]}: {reason(error)}")
+
+    @contextmanager
+    def guarded(self, url: str) -> Iterator[None]:
+        """Failures inside as DownloadError naming the input (the deadline's and a cancel's
+        first, whatever they made the transfer raise)."""
+        try:
+            yield
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            self.watch.raise_if_fired()
+            raise DownloadError(
+                f"{self.input_name}: could not download {url[:200]}: {reason(e)}"
+            ) from None
+        except Exception:
+            self.watch.raise_if_fired()  # what a cut-off body made the caller raise
+            raise
+
+
+@contextmanager
+def _follow(download: Download, url: str, headers: Headers) -> Iterator[requests.Response]:
     for _ in range(MAX_REDIRECTS + 1):
-        response = _send(session, url, input_name, headers(url), watch, allowed)
+        response = download.send("GET", url, headers(url))
         if not response.is_redirect:
             response.url = url  # as written, not the address it was sent to
-            return response
+            with response:
+                yield response
+            return
         response.close()
         url = urljoin(url, response.headers["Location"])
-    raise ValueError(f"{input_name}: more than {MAX_REDIRECTS} redirects from {url[:200]}")
+    raise DownloadError(
+        f"{download.input_name}: more than {MAX_REDIRECTS} redirects from {url[:200]}"
+    )
 
 
-def _send(
-    session: requests.Session,
-    url: str,
-    input_name: str,
-    headers: dict[str, str],
-    watch: "Watchdog",
-    allowed: netguard.Networks,
-) -> requests.Response:
-    """One hop: to the first checked address that accepts the connection."""
-    parsed, addresses = netguard.resolve(url, input_name, allowed)
-    session.mount(f"{parsed.scheme}://", _PinnedAdapter(parsed.host))
-    # The environment's proxies for the URL as written (NO_PROXY judged on its host name): the
-    # explicit None keeps requests from choosing again for the address.
-    proxies = {"http": None, "https": None, **requests.utils.get_environ_proxies(url)}
-    error: Exception | None = None
-    for address in addresses:
-        literal = f"[{address}]" if address.version == 6 else str(address)
-        remaining = watch.remaining(input_name, url)
-        try:
-            return session.get(
-                f"{parsed.scheme}://{literal}:{parsed.port}{parsed.target}",
-                headers={**headers, "Host": parsed.netloc},
-                proxies=proxies,
-                allow_redirects=False,
-                stream=True,
-                timeout=(min(CONNECT_TIMEOUT_S, remaining), remaining),
-            )
-        except requests.ConnectionError as e:
-            watch.raise_if_fired(input_name, url)
-            error = e  # the next address, if the host has another
-    raise ValueError(f"{input_name}: could not connect to {url[:200]}: {_reason(error)}")
-
-
-def _reason(error: BaseException | None) -> str:
+def reason(error: BaseException | None) -> str:
     """The innermost cause of a failed transfer, without the wrappers' text (which names the
     address it was sent to, not the URL the user wrote)."""
     for _ in range(10):
@@ -136,8 +170,12 @@ def _reason(error: BaseException | None) -> str:
 class Watchdog:
     """Ends one transfer at its deadline or when `stop` is set, by shutting down its sockets."""
 
-    def __init__(self, timeout_s: float, stop: threading.Event | None) -> None:
-        self.timeout_s = timeout_s
+    def __init__(
+        self, timeout_s: float, stop: threading.Event | None, what: str, setting: str
+    ) -> None:
+        """`what` ("lora_weights: URL") and `setting` (the variable that sets `timeout_s`)
+        name the download in the deadline's message."""
+        self.timeout_s, self.what, self.setting = timeout_s, what, setting
         self.deadline = time.monotonic() + timeout_s
         self.stop = stop or threading.Event()
         self.fired: str | None = None  # "deadline" or "cancelled"
@@ -168,20 +206,19 @@ class Watchdog:
         if self.fired:  # fired between the two: the socket was not there to shut down yet
             self._shutdown(connection.sock)
 
-    def remaining(self, input_name: str, url: str) -> float:
+    def remaining(self) -> float:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0 or self.stop.is_set():
             self._fire("cancelled" if self.stop.is_set() else "deadline")
-            self.raise_if_fired(input_name, url)
+            self.raise_if_fired()
         return remaining
 
-    def raise_if_fired(self, input_name: str, url: str) -> None:
+    def raise_if_fired(self) -> None:
         if self.fired == "cancelled":
             raise PredictionCancelledError("cancelled")
         if self.fired == "deadline":
-            raise ValueError(
-                f"{input_name}: {url[:200]} took longer than {self.timeout_s:g} s "
-                "(ADAPTER_TIMEOUT_S)"
+            raise DownloadError(
+                f"{self.what} took longer than {self.timeout_s:g} s ({self.setting})"
             )
 
     def _watch(self) -> None:

@@ -186,15 +186,25 @@ class HubServer:
     from `root`/<owner>/<repo>/, as huggingface_hub reads the real one: the model API (with
     its commit and file list) and HEAD/GET of `resolve` URLs with the commit and ETag headers.
     Each repository has one commit; `main` and that commit resolve to it. Errors carry the
-    hub's X-Error-Code. `requests` records (method, path) of every request; `delays` maps a
-    path to seconds to wait before answering it; `authorizations` each request's path and
-    Authorization header (None without one)."""
+    hub's X-Error-Code. The listing gives each file's size when asked (`?blobs=true`), as the
+    hub does. `requests` records (method, path) of every request; `delays` maps a path to
+    seconds to wait before answering it; `authorizations` each request's path and Authorization
+    header (None without one). Hostile answers, by path: `redirects` a resolve path to the
+    Location its 302 gives (with the file's metadata headers, as the hub's redirects to its CDN
+    carry them); `endless` a resolve path to seconds between the 64 KiB chunks of a body that
+    never ends (no Content-Length); `headers` a path to headers added to its answer;
+    `listings` a repository to fields replacing those of its API answer."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[tuple[str, str]] = []
         self.delays: dict[str, float] = {}
         self.authorizations: list[tuple[str, str | None]] = []
+        self.redirects: dict[str, str] = {}
+        self.endless: dict[str, float] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+        self.listings: dict[str, dict] = {}
+        self.endless_bytes = 0  # sent by endless answers, in all
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -207,25 +217,33 @@ class HubServer:
                 self._answer(body=False)
 
             def _answer(self, body: bool) -> None:
-                path = urlsplit(self.path).path
+                parts = urlsplit(self.path)
+                path = parts.path
                 hub.requests.append((self.command, path))
                 hub.authorizations.append((path, self.headers.get("Authorization")))
                 time.sleep(hub.delays.get(path, 0))
                 if m := re.fullmatch(r"/api/models/([\w.-]+/[\w.-]+)(?:/revision/([^/]+))?", path):
-                    return self._api(m[1], m[2] or "main")
+                    return self._api(m[1], m[2] or "main", "blobs=true" in parts.query.lower())
                 if m := re.fullmatch(r"/([\w.-]+/[\w.-]+)/resolve/([^/]+)/(.+)", path):
                     return self._file(m[1], m[2], m[3], body)
                 self._error(404, "EntryNotFound")
 
-            def _api(self, repo: str, revision: str) -> None:
+            def _api(self, repo: str, revision: str, sizes: bool) -> None:
                 folder = hub.root / repo
                 if not folder.is_dir():
                     return self._error(404, "RepoNotFound")
                 if revision not in ("main", hub.commit(repo)):
                     return self._error(404, "RevisionNotFound")
-                files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+                files = sorted(p for p in folder.rglob("*") if p.is_file())
+                siblings = [
+                    {
+                        "rfilename": str(p.relative_to(folder)),
+                        **({"size": p.stat().st_size} if sizes else {}),
+                    }
+                    for p in files
+                ]
                 info = {"id": repo, "modelId": repo, "sha": hub.commit(repo),
-                        "siblings": [{"rfilename": f} for f in files]}  # fmt: skip
+                        "siblings": siblings, **hub.listings.get(repo, {})}  # fmt: skip
                 self._send(200, json.dumps(info).encode(), "application/json", {})
 
             def _file(self, repo: str, revision: str, name: str, body: bool) -> None:
@@ -235,10 +253,31 @@ class HubServer:
                 if not path.is_file():
                     return self._error(404, "EntryNotFound")
                 data = path.read_bytes()
-                headers = {"X-Repo-Commit": hub.commit(repo),
-                           "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}  # fmt: skip
+                etag = f'"{hashlib.sha256(data).hexdigest()}"'
+                headers = {"X-Repo-Commit": hub.commit(repo), "ETag": etag,
+                           **hub.headers.get(self.path, {})}  # fmt: skip
+                if location := hub.redirects.get(self.path):
+                    headers |= {"Location": location, "X-Linked-Etag": etag,
+                                "X-Linked-Size": str(len(data))}  # fmt: skip
+                    return self._send(302, b"", "text/plain", headers)
+                if self.path in hub.endless:
+                    return self._endless(hub.endless[self.path], headers, body)
                 self._send(200, data if body else b"", "application/octet-stream", headers,
                            length=len(data))  # fmt: skip
+
+            def _endless(self, pause: float, headers: dict[str, str], body: bool) -> None:
+                self.close_connection = True  # no length: the body ends when the socket does
+                self.send_response(200)
+                for key, value in {**headers, "Connection": "close"}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                while body:
+                    try:
+                        self.wfile.write(b"x" * 65536)
+                    except OSError:
+                        return  # the client has gone
+                    hub.endless_bytes += 65536
+                    time.sleep(pause)
 
             def _error(self, status: int, code: str) -> None:
                 body = json.dumps({"error": code}).encode()

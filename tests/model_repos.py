@@ -2,6 +2,7 @@
 repositories on a HubServer (HF_ENDPOINT) and single-file checkpoints in the original layout on a
 FileServer, also as civitai's download API (CIVITAI_ENDPOINT)."""
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from ldm_checkpoint import write_ldm_checkpoint
 from loopback import FileServer, HubServer
 from safetensors.torch import load_file, save_file
 
+from sdcog.model_files import ModelFiles
+from sdcog.settings import Settings
 from sdcog.tools.tiny_models import write_tiny_model
 
 # civitai version ids of the single files (api/download/models/<id>)
@@ -71,3 +74,16 @@ def make_model_repos(root: Path, pinned: Path, files: FileServer) -> ModelRepos:
 
 def index_of(repo: Path) -> dict:
     return json.loads((repo / "model_index.json").read_text())
+
+
+def files_tier(model_repos, weights, tmp_path, dtype=torch.float32, **settings) -> ModelFiles:
+    """The disk tier in-process, fetching from model_repos' servers (any address allowed unless
+    `private_networks` says otherwise)."""
+    base = Settings.from_env()
+    given = {
+        "model_cache_dir": tmp_path / "models",
+        "hf_endpoint": model_repos.hub.url,
+        "civitai_endpoint": model_repos.files.url,
+        "private_networks": None,
+    } | settings
+    return ModelFiles(dataclasses.replace(base, **given), weights, dtype)

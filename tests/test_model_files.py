@@ -1,29 +1,16 @@
 """The disk tier: repositories through huggingface_hub from a hub-shaped loopback endpoint,
 single files through the adapter downloads, one download per model, least recently used out."""
 
-import dataclasses
 import threading
 import time
 
 import pytest
 import torch
-from model_repos import CIVITAI_VERSIONS
+from model_repos import CIVITAI_VERSIONS, files_tier
 
-from sdcog.model_files import MARKER, ModelFiles
+from sdcog.model_files import MARKER
 from sdcog.models import parse
 from sdcog.runner import PredictionCancelledError
-from sdcog.settings import Settings
-
-
-def files_tier(model_repos, weights, tmp_path, dtype=torch.float32, **settings) -> ModelFiles:
-    base = Settings.from_env()
-    given = {
-        "model_cache_dir": tmp_path / "models",
-        "hf_endpoint": model_repos.hub.url,
-        "civitai_endpoint": model_repos.files.url,
-        "private_networks": None,
-    } | settings
-    return ModelFiles(dataclasses.replace(base, **given), weights, dtype)  # fmt: skip
 
 
 def weight_gets(model_repos, repo: str) -> int:

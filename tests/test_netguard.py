@@ -59,6 +59,8 @@ AMBIGUOUS = [
     "ftp://1.1.1.1/lora.safetensors",
     "file:///etc/passwd",
     "http://" + "a" * 5000 + "/x",
+    "http://[::1]x:18001/a.safetensors",  # urllib3 cannot parse it (LocationParseError)
+    "http://%5B::1%5D:18001/a.safetensors",  # nor urlsplit ("Port could not be cast")
 ]
 
 
