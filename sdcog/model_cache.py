@@ -4,7 +4,9 @@ least recently used out first. Everything under models/ counts: a download under
 held) by its bytes so far, and a folder nobody holds the lock of and the index does not know
 (what a killed server left) is removed. One lock per model, across processes too."""
 
+import contextlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -93,4 +95,11 @@ class ModelCache:
 
 
 def size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """The bytes of the files under `folder`, as it is now (another process may be renaming or
+    removing what is in it)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total

@@ -131,6 +131,7 @@ class ModelFiles:
             vae_root = what == "vae" and "config.json" in files
             folders = [""] if vae_root else ["vae"] if what == "vae" else list(COMPONENTS)
             configs = [f for f in files if hub_files.is_config(f, folders, what)]
+            self._make_room(reference, guard.received, [sizes[f] for f in configs])
             print(f"{what}: {name} at {commit[:12]}: fetching its configs")
             self._hub_files(reference, commit, configs, work)
             if vae_root:  # a VAE repository: laid out as a pipeline's vae/ folder
@@ -152,9 +153,9 @@ class ModelFiles:
         return variant
 
     def _make_room(self, reference: ModelReference, received: int, sizes: list[int | None]) -> None:
-        """Before the weights: refuse a model larger than the whole cache, from the sizes the
-        hub lists (the download is bounded as it streams too, for a listing that says less),
-        and make room for it."""
+        """Before the configs, and again before the weights: refuse a model larger than the
+        whole cache, from the sizes the hub lists (the download is bounded as it streams too,
+        for a listing that says less), and make room for what comes."""
         if None in sizes:
             return  # a listing without sizes: bounded while it streams, evicted after
         incoming = received + sum(sizes)
