@@ -147,12 +147,11 @@ class LoadedModels:
 
     def _place(self, in_use: list[Model | AutoencoderKL]) -> None:
         """What is in use on the device, every other requested model in CPU RAM: only what
-        changes place is copied."""
-        if self.device == "cpu":
-            return
+        changes place is copied (nothing on a CPU). `on_device` lets go of the rest, so that
+        what _make_room drops is freed."""
         for item in self.warm.values():
             wanted = any(item is used for used in in_use)
-            if wanted != any(item is placed for placed in self.on_device):
+            if self.device != "cpu" and wanted != any(item is on for on in self.on_device):
                 for module in _modules(item):
                     module.to(self.device if wanted else "cpu")
         self.on_device = list(in_use)

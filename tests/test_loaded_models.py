@@ -2,12 +2,16 @@
 model, a per-request VAE, and the build's own model untouched through all of it."""
 
 import dataclasses
+import gc
 import hashlib
+import os
+import weakref
 from pathlib import Path
 
 import pytest
 from helpers import shapes
 
+from sdcog import memory
 from sdcog.generate import Generator
 from sdcog.request import Request
 from sdcog.settings import Settings
@@ -153,3 +157,36 @@ def test_an_sdxl_model_on_an_sd_build(generator, model_repos):
     assert marked != plain
     with pytest.raises(ValueError, match=r"^refine: .* needs a refiner, and this build has none"):
         generator(Request(**SMALL, base_model="org/sdxl", refine="base_image_refiner"))
+
+
+SIX = ("org/sd1", "org/sd2", "org/sdxl", "org/pinned-copy", "org/sd1-fp16",
+       "emilianJR/chilloutmix_NiPrunedFp32Fix")  # fmt: skip
+
+
+def _rss() -> int:
+    gc.collect()
+    memory.give_back()
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_models_dropped_from_memory_are_released(generator):
+    """MODEL_RAM_GB holds on every device: a model dropped from the RAM tier is gone from the
+    process, and loading six models round after round leaves the RSS where the first round
+    did (on a CPU the device and RAM tiers are one)."""
+    models = generator.models
+    saved, models.ram_bytes = models.ram_bytes, 20_000_000  # about one tiny model
+    try:
+        models.warm.clear()
+        dropped: list[weakref.ref] = []
+        rounds = []
+        for _ in range(3):
+            for name in SIX:
+                digest(generator, base_model=name)
+                dropped += [weakref.ref(m) for m in models.warm.values()]
+            rounds.append(_rss())
+        alive = {id(m) for m in models.warm.values()}
+        assert [ref for ref in dropped if ref() is not None and id(ref()) not in alive] == []
+        assert rounds[-1] < rounds[0] * 1.1, [f"{r / 1e6:.0f} MB" for r in rounds]
+    finally:
+        models.ram_bytes = saved
