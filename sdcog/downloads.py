@@ -27,7 +27,7 @@ import requests
 
 from . import transfer
 from .filechecks import CHECKS, PICKLE_SUFFIXES
-from .references import AIR, REPO, check_reference, origin
+from .references import AIR, REPO, check_reference, check_repo, origin
 from .settings import Settings
 
 CHUNK = 1 << 16
@@ -203,6 +203,7 @@ class AdapterCache:
     ) -> list[str]:
         if not REPO.fullmatch(reference):  # an AIR id names a file, not a diffusers model
             raise ValueError(f"{input_name}: {reference[:200]!r} is not a Hugging Face owner/repo")
+        check_repo(reference, input_name)
         api = f"{self.endpoint}/api/models/{reference}"
         with self._get(api, input_name, stop) as response:
             if response.status_code == 404:

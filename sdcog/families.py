@@ -11,6 +11,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import FrozenDict
 from safetensors import safe_open
 
+from .limits import MAX_SIDE, MIN_SIDE
+
 LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 # The UNet's first convolution: 4 input channels for text-to-image models, 9 for inpainting ones.
 UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
@@ -69,10 +71,16 @@ def of_checkpoint(path: Path, input_name: str, reference: str) -> Family:
             f"{input_name}: {reference} holds no Stable Diffusion UNet "
             "(model.diffusion_model.*); give a full SD 1.x, 2.x or SDXL checkpoint"
         )
+    if channels == 9:
+        raise ValueError(
+            f"{input_name}: {reference} is an inpainting checkpoint (9 input channels); "
+            "single files convert with text-to-image configs: give its diffusers repository"
+        )
     if channels != 4:
         raise ValueError(
-            f"{input_name}: {reference} is an inpainting checkpoint ({channels} input channels); "
-            "single files convert with text-to-image configs: give its diffusers repository"
+            f"{input_name}: {reference}'s UNet takes {channels} input channels; a Stable "
+            "Diffusion checkpoint's takes 4 (9 for inpainting): not a checkpoint this package "
+            "converts"
         )
     if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
         return Family("sdxl")
@@ -93,11 +101,13 @@ def of_checkpoint(path: Path, input_name: str, reference: str) -> Family:
 @dataclass(frozen=True)
 class Facts:
     """What the request's other inputs must fit: the model's family, its UNet's config (with
-    diffusers' defaults filled in) and its VAE's latent scale."""
+    diffusers' defaults filled in), its VAE's latent scale and its native size (which must be a
+    size a request may ask for: a config cannot push a request past the limits)."""
 
     family: Family
     unet: FrozenDict
     vae_scaling: float
+    native_size: int  # the side it draws at when the request gives none
 
     @classmethod
     def of(cls, folder: Path, input_name: str, reference: str, vae: Path | None = None) -> "Facts":
@@ -111,6 +121,26 @@ class Facts:
             if p.default is not inspect.Parameter.empty
         }
         vae_config = json.loads(((vae or folder / "vae") / "config.json").read_text())
-        return cls(
-            family, FrozenDict({**defaults, **unet}), vae_config.get("scaling_factor", 0.18215)
+        unet = FrozenDict({**defaults, **unet})
+        if unet["in_channels"] != 4:
+            kind = " (an inpainting model)" if unet["in_channels"] == 9 else ""
+            raise ValueError(
+                f"{input_name}: {reference}'s UNet takes {unet['in_channels']!r} input channels"
+                f"{kind}; a base model is a text-to-image model (4)"
+            )
+        native = _native_size(unet, vae_config, input_name, reference)
+        return cls(family, unet, vae_config.get("scaling_factor", 0.18215), native)
+
+
+def _native_size(unet: FrozenDict, vae: dict, input_name: str, reference: str) -> int:
+    """The UNet's sample size in pixels (latents are the VAE's factor smaller), as diffusers'
+    pipelines derive their default size; refused outside what width and height allow."""
+    sample, factor = unet["sample_size"], 2 ** (len(vae.get("block_out_channels", [64])) - 1)
+    native = sample * factor if isinstance(sample, int) else None
+    if native is None or not MIN_SIDE <= native <= MAX_SIDE or native % 8:
+        raise ValueError(
+            f"{input_name}: {reference}'s native size ({sample!r} latents x {factor}) is not a "
+            f"size width and height allow ({MIN_SIDE} to {MAX_SIDE}, a multiple of 8); its UNet "
+            "config is not one this package serves"
         )
+    return native

@@ -7,12 +7,10 @@ from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .limits import MAX_ASPECT, MAX_INPUT_PIXELS
+from .limits import MAX_ASPECT, MAX_INPUT_PIXELS, MAX_SIDE, MIN_SIDE
 from .request import Request
 
 SIZE_STEP = 64
-MIN_SIZE = 128
-MAX_SIZE = 2048
 
 # output_format -> (file extension, PIL format, encoder settings). Speed over the last bytes,
 # measured at 1024x1024 on one core: PNG level 1 takes 100 ms instead of level 6's 355 ms for
@@ -67,7 +65,7 @@ def _reason(error: Exception) -> str:
 
 def snap(side: float) -> int:
     """The nearest allowed side length: a multiple of 64 from 128 to 2048."""
-    return min(MAX_SIZE, max(MIN_SIZE, round(side / SIZE_STEP) * SIZE_STEP))
+    return min(MAX_SIDE, max(MIN_SIDE, round(side / SIZE_STEP) * SIZE_STEP))
 
 
 def output_size(

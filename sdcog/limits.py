@@ -18,6 +18,11 @@ MAX_INVERSIONS = 16  # entries of textual_inversions
 MAX_EMBEDDING_ROWS = 75
 MAX_REQUEST_EMBEDDING_ROWS = 300
 
+# Output sides, given or derived (predict.py's width and height say the same; a model whose
+# native size is outside them is refused).
+MIN_SIDE = 128
+MAX_SIDE = 2048
+
 # Image inputs: decoded pixels (a 48-megapixel phone photo fits) and the long side over the
 # short one (outputs go from 128x2048 to 2048x128: 16).
 MAX_INPUT_PIXELS = 50_000_000

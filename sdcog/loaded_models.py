@@ -102,8 +102,9 @@ class LoadedModels:
         folder = self.files.folder(reference, check, stop)
         self._make_room(keep=[])
         self._place(in_use=[])  # the device's room goes to the one loading
-        variant = model_files.variant(folder)
-        pipelines = Pipelines.from_folder(folder, self.fast_path, variant=variant)
+        with _named_load_errors(reference):
+            variant = model_files.variant(folder)
+            pipelines = Pipelines.from_folder(folder, self.fast_path, variant=variant)
         if pipelines.family == "sdxl" and self.pinned.pipelines.refiner:
             pipelines.share_refiner(self.pinned.pipelines)
         self.ip_adapters.share_encoder(pipelines.base)
@@ -133,10 +134,11 @@ class LoadedModels:
         self._make_room(keep=[model])
         self._place(in_use=[model])
         _, dtype = device_and_dtype()
-        vae = AutoencoderKL.from_pretrained(
-            folder / "vae", dtype=dtype, local_files_only=True, variant=model_files.variant(folder),
-            device_map=self.device,
-        )  # fmt: skip
+        with _named_load_errors(reference):
+            vae = AutoencoderKL.from_pretrained(
+                folder / "vae", dtype=dtype, local_files_only=True,
+                variant=model_files.variant(folder), device_map=self.device,
+            )  # fmt: skip
         vae.requires_grad_(False)
         vae.set_attn_processor(AttnProcessor2_0())  # as the model's own (pipelines._prepare)
         vae.enable_slicing()
@@ -191,6 +193,19 @@ def _check_vae(folder: Path, reference: ModelReference, model: Model) -> None:
             f"vae: {reference.name} is a VAE for another family (scaling_factor {scaling}); "
             f"{model.name} is {model.facts.family} ({model.facts.vae_scaling})"
         )
+
+
+@contextmanager
+def _named_load_errors(reference: ModelReference) -> Iterator[None]:
+    """What diffusers raises for files that passed every check and still do not load (weights
+    of other shapes than their configs say, a module it does not know), naming the input."""
+    try:
+        yield
+    except Exception as e:
+        raise ValueError(
+            f"{reference.input_name}: {reference.name}'s files do not load as its configs "
+            f"describe them: {type(e).__name__}: {str(e)[:300]}"
+        ) from None
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .pins import names, read_pins
-from .references import AIR, check_url
+from .references import AIR, check_repo, check_url
 
 HUB = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w.\-/]+))?")
 # The pin entries a request's model inputs replace.
@@ -50,6 +50,7 @@ def parse(text: str, input_name: str) -> ModelReference:
     if AIR.fullmatch(text):
         return ModelReference(input_name, text, "air")
     if hub := HUB.fullmatch(text):
+        check_repo(hub["repo"], input_name)
         return ModelReference(input_name, text, "hub", hub["repo"], hub["revision"] or "main")
     raise ValueError(
         f"{input_name}: {text[:200]!r} is neither a Hugging Face owner/repo[@revision], the URL "

@@ -5,6 +5,9 @@ short as Runware writes it or as a URN), or a Hugging Face repository `owner/rep
 import re
 from urllib.parse import urlsplit
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from . import netguard
 from .filechecks import PICKLE_SUFFIXES
 
@@ -17,11 +20,25 @@ def check_reference(reference: str, input_name: str) -> None:
     parses cleanly (netguard) and names no pickle, an AIR id, or a Hugging Face owner/repo."""
     if reference.startswith(("https://", "http://")):
         check_url(reference, input_name)
-    elif not (AIR.fullmatch(reference) or REPO.fullmatch(reference)):
+    elif REPO.fullmatch(reference):
+        check_repo(reference, input_name)
+    elif not AIR.fullmatch(reference):
         raise ValueError(
             f"{input_name}: {reference[:200]!r} is neither an http(s) URL, a civitai AIR id "
             "(civitai:<model>@<version>) nor a Hugging Face owner/repo"
         )
+
+
+def check_repo(repo: str, input_name: str) -> None:
+    """A Hugging Face owner/repo as the hub allows it (huggingface_hub's own rule)."""
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ValueError(
+            f"{input_name}: {repo[:200]!r} is not a Hugging Face owner/repo the hub allows: "
+            "letters, digits, '-', '_' and '.', neither part starting or ending with '-' or '.', "
+            "no '--' or '..', at most 96 characters a part"
+        ) from None
 
 
 def check_url(url: str, input_name: str) -> None:

@@ -118,6 +118,10 @@ class Download:
             except requests.ConnectionError as e:
                 self.watch.raise_if_fired()
                 error = e  # the next address, if the host has another
+            except ValueError as e:  # requests reads a redirect's Location even when not asked
+                raise DownloadError(
+                    f"{self.input_name}: could not download {url[:200]}: {reason(e)}"
+                ) from None
         raise DownloadError(f"{self.input_name}: could not connect to {url[:200]}: {reason(error)}")
 
     @contextmanager

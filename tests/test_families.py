@@ -2,8 +2,10 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from sdcog.families import Facts, of_checkpoint, of_folder
@@ -54,3 +56,45 @@ def test_an_sd2_base_folder_is_epsilon(model_repos, tmp_path):
     config = folder / "scheduler/scheduler_config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"prediction_type": "epsilon"}))
     assert str(of_folder(folder, "base_model", "x")) == "SD 2.x"
+
+
+def test_a_checkpoint_of_another_shape_is_not_called_inpainting(model_repos, tmp_path):
+    """Every shape one larger (the probe's file): its UNet takes 5 channels, which is said."""
+    tensors = {k: torch.zeros([s + 1 for s in v.shape])
+               for k, v in load_file(model_repos.root / "sd1.safetensors").items()}  # fmt: skip
+    save_file(tensors, tmp_path / "wide.safetensors")
+    with pytest.raises(ValueError, match=r"^base_model: w's UNet takes 5 input channels; a "
+                                         r"Stable Diffusion checkpoint's takes 4 \(9 for "
+                                         r"inpainting\)"):  # fmt: skip
+        of_checkpoint(tmp_path / "wide.safetensors", "base_model", "w")
+
+
+def edited(model_repos, tmp_path, file: str, **changes) -> Path:
+    """org/sd1's configs with `file`'s fields changed."""
+    folder = tmp_path / "edited"
+    shutil.copytree(
+        model_repos.hub.root / "org/sd1", folder, ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    config = folder / file
+    config.write_text(json.dumps(json.loads(config.read_text()) | changes))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("changes", "refusal"),
+    [
+        ({"sample_size": 320}, r"native size \(320 latents x 8\) is not a size width and height "
+                               r"allow \(128 to 2048, a multiple of 8\)"),
+        ({"sample_size": 12}, r"native size \(12 latents x 8\) is not a size"),
+        ({"sample_size": None}, r"native size \(None latents x 8\) is not a size"),
+        ({"in_channels": 9}, r"UNet takes 9 input channels \(an inpainting model\); a base "
+                             r"model is a text-to-image model \(4\)"),
+    ],
+    ids=["too-large", "too-small", "none", "inpainting"],
+)  # fmt: skip
+def test_a_unet_config_that_would_push_a_request_past_the_limits_is_refused(
+    model_repos, tmp_path, changes, refusal
+):
+    folder = edited(model_repos, tmp_path, "unet/config.json", **changes)
+    with pytest.raises(ValueError, match=rf"^base_model: org/x's {refusal}"):
+        Facts.of(folder, "base_model", "org/x")

@@ -208,3 +208,15 @@ def test_what_a_download_leaves_is_within_the_cache_bound(model_repos, hub, tiny
             fetch(tier, repo, check=refuse)
     assert leftovers(tmp_path) == []
     assert size(tmp_path / "models") < 10_000  # the index and the locks
+
+
+@pytest.mark.parametrize(
+    "location", ["http://%5B::1%5D:18001/x.safetensors", "http://[::1]x:18001/x.safetensors"]
+)
+def test_a_redirect_no_client_can_parse_is_refused_naming_the_input(
+    model_repos, hub, tiny_weights, tmp_path, location
+):
+    hub.redirects[resolve(model_repos, "org/sd2", UNET)] = location
+    with pytest.raises(ValueError, match=r"^base_model: "):
+        fetch(strict(model_repos, tiny_weights, tmp_path), "org/sd2")
+    assert leftovers(tmp_path) == []

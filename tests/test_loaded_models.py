@@ -4,7 +4,9 @@ model, a per-request VAE, and the build's own model untouched through all of it.
 import dataclasses
 import gc
 import hashlib
+import json
 import os
+import shutil
 import weakref
 from pathlib import Path
 
@@ -190,3 +192,33 @@ def test_models_dropped_from_memory_are_released(generator):
         assert rounds[-1] < rounds[0] * 1.1, [f"{r / 1e6:.0f} MB" for r in rounds]
     finally:
         models.ram_bytes = saved
+
+
+def _hub_copy(model_repos, name: str, file: str, **changes) -> str:
+    """org/sd1 served again as `name`, `file`'s fields changed."""
+    folder = model_repos.hub.root / name
+    shutil.copytree(model_repos.hub.root / "org/sd1", folder, dirs_exist_ok=True)
+    config = folder / file
+    config.write_text(json.dumps(json.loads(config.read_text()) | changes))
+    return name
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "changes", "refusal"),
+    [
+        ("org/wider", "unet/config.json", {"block_out_channels": [32, 64, 64]},
+         r"files do not load as its configs describe them: .*shape"),
+        ("org/unknown-module", "model_index.json", {"unet": ["diffusers", "NoSuchUNet"]},
+         r"files do not load as its configs describe them"),
+        ("org/huge", "unet/config.json", {"sample_size": 320},
+         r"native size \(320 latents x 8\) is not a size"),
+        ("org/inpainting", "unet/config.json", {"in_channels": 9},
+         r"UNet takes 9 input channels \(an inpainting model\)"),
+    ],
+)  # fmt: skip
+def test_a_model_whose_files_do_not_serve_is_refused_naming_the_input(
+    generator, model_repos, name, file, changes, refusal
+):
+    _hub_copy(model_repos, name, file, **changes)
+    with pytest.raises(ValueError, match=rf"^base_model: {name}'s {refusal}"):
+        generator(Request(**SMALL, base_model=name))

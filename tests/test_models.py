@@ -3,6 +3,7 @@
 import pytest
 
 from sdcog.models import ModelChoice, parse
+from sdcog.references import check_reference
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,18 @@ def test_pickled_urls_are_refused_naming_the_input(text):
 def test_other_strings_are_refused_with_the_forms(text):
     with pytest.raises(ValueError, match=r"^base_model: .*owner/repo\[@revision\]"):
         parse(text, "base_model")
+
+
+@pytest.mark.parametrize("text", ["../..", "org/..", "-x/y", "x./y", "a--b/c", "o" * 97 + "/y"])
+@pytest.mark.parametrize("input_name", ["base_model", "vae", "lora_weights"])
+def test_repository_ids_the_hub_refuses_are_refused_naming_the_input(text, input_name):
+    """Before anything is fetched (huggingface_hub's own rule, said in our words)."""
+    refusal = rf"^{input_name}: .* is not a Hugging Face owner/repo the hub allows"
+    with pytest.raises(ValueError, match=refusal):
+        if input_name == "lora_weights":
+            check_reference(text, input_name)
+        else:
+            parse(text, input_name)
 
 
 def test_the_allow_list_takes_shell_patterns_and_names_the_input():

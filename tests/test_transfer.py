@@ -231,3 +231,26 @@ def test_ipv6_literals_connect_as_written(twins, monkeypatch):
     _, v6 = twins
     assert fetch(f"{v6.url}/x.safetensors", allowed=netguard.networks("::1")) == b"from ::1"
     assert ipaddress.ip_address("::1").version == 6
+
+
+@pytest.mark.parametrize(
+    "location", ["http://%5B::1%5D:18001/x.safetensors", "http://[::1]x:18001/x.safetensors"]
+)
+def test_a_redirect_no_client_can_parse_is_refused_naming_the_input(tmp_path, location):
+    server = FileServer(tmp_path)
+    server.redirects["/hop"] = location
+    with pytest.raises(ValueError, match=r"^lora_weights: "):
+        fetch(f"{server.url}/hop")
+    server.httpd.shutdown()
+
+
+def test_the_deadline_is_named_by_the_setting_that_sets_it(tmp_path):
+    server = FileServer(tmp_path)
+    server.put("slow.safetensors", b"x" * 100)
+    server.trickles["/slow.safetensors"] = 0.05
+    with pytest.raises(ValueError, match=r"^base_model: .* took longer than 0.5 s "
+                                         r"\(MODEL_TIMEOUT_S\)$"):  # fmt: skip
+        with transfer.get(f"{server.url}/slow.safetensors", "base_model", 0.5, allowed=V4,
+                          setting="MODEL_TIMEOUT_S") as response:  # fmt: skip
+            assert response.content
+    server.httpd.shutdown()
