@@ -80,6 +80,7 @@ class OneAtATime:
         job = asyncio.ensure_future(
             self.run(lambda cancelled: work(cancelled, emit), watch=asyncio.current_task())
         )
+        item: asyncio.Task | None = None
         try:
             while not job.done() or not items.empty():
                 item = asyncio.ensure_future(items.get())
@@ -91,6 +92,10 @@ class OneAtATime:
             for result in job.result():
                 yield result
         finally:
+            # A cancel while waiting for the next item: the wait for it goes too (left pending,
+            # asyncio would log it destroyed, paths and all, into a later prediction's logs).
+            if item is not None and not item.done():
+                item.cancel()
             if not job.done():  # cancelled: the model is free once the thread has stopped
                 job.cancel()
                 await asyncio.wait([job])

@@ -134,3 +134,33 @@ def test_a_prediction_no_one_waits_for_is_stopped(cogs_loop):
     assert follower.result(timeout=10) == "next"  # waited for: it runs
     assert time.monotonic() - started < 4
     assert len(steps) < 400
+
+
+def test_a_cancelled_stream_leaves_no_task_pending():
+    """A prediction cancelled while its stream waits for the next item leaves no task behind:
+    in Cog's loop, which runs forever, the garbage collector would find it pending later, and
+    asyncio would log "Task was destroyed but it is pending!", with its own file paths, into
+    whatever prediction runs then."""
+    model = OneAtATime()
+
+    def work(cancelled: threading.Event, emit: Callable[[str], None]) -> list[str]:
+        check = stop_if_set(cancelled)
+        emit("first preview")
+        for step in range(1000):
+            check(None, step, None, {})
+            time.sleep(0.01)
+        return ["image"]
+
+    async def main() -> set[asyncio.Task]:
+        async def consume() -> list[str]:
+            return [item async for item in model.stream(work)]
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.2)  # the first preview is out; the stream waits for the next
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert asyncio.run(main()) == set()
