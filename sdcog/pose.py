@@ -7,13 +7,20 @@ ControlNets were trained; `face=True` adds the 68 face points as white dots (no 
 """
 
 import math
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
+
+# Once a session is open, onnxruntime sends telemetry to mobile.events.data.microsoft.com on a
+# timer (through the environment's HTTPS proxy, if one is set). A model server does not phone
+# home: this variable, read when onnxruntime is imported, stops it (disable_telemetry_events()
+# does not). Here rather than in each way of starting the server: none can then forget it.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+import onnxruntime as ort  # noqa: E402
 
 DETECTOR = "yolox_l.onnx"
 POSE_MODEL = "dw-ll_ucoco_384.onnx"

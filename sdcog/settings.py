@@ -1,6 +1,7 @@
 """The runtime's settings: read from the environment once, at setup (Settings.from_env), and
-handed to what uses them. No other runtime module reads the environment, and no code writes it:
-a tool or a test that wants other settings builds its own.
+handed to what uses them. No other runtime module reads the environment, and no code writes it
+(but for pose.py, which turns onnxruntime's telemetry off before importing it): a tool or a test
+that wants other settings builds its own.
 
 | variable | setting | default |
 |---|---|---|

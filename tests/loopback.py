@@ -21,10 +21,12 @@ from sdcog.tools.cli import Webhook
 class DeadProxy:
     """A listener on 127.0.0.1 that counts and drops every connection: the HTTP(S) proxy of every
     server under test, so a URL that slips past netguard fails here, on this machine, and shows
-    in `connections`. Loopback addresses bypass it (NO_PROXY)."""
+    in `connections` (`requests` holds the first line of each: `CONNECT host:443 HTTP/1.1`).
+    Loopback addresses bypass it (NO_PROXY)."""
 
     def __init__(self) -> None:
         self.connections = 0
+        self.requests: list[str] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
 
@@ -35,6 +37,11 @@ class DeadProxy:
                 except OSError:
                     return
                 self.connections += 1
+                connection.settimeout(1)
+                try:
+                    self.requests.append(connection.recv(4096).split(b"\r\n")[0].decode("latin-1"))
+                except OSError:
+                    self.requests.append("")
                 connection.close()
 
         threading.Thread(target=accept, daemon=True).start()

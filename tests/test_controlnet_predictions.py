@@ -3,10 +3,12 @@ kind, scales and windows, three at once, with LoRAs and embeddings, every mode a
 refiner, models by URL and repository, and bad input."""
 
 import json
+import time
 
 import numpy as np
 import pytest
 from helpers import data_uri, output_images, shapes
+from loopback import DEAD_PROXY
 from PIL import Image
 
 from predict import CONTROLNETS, SCHEDULERS
@@ -245,3 +247,16 @@ def test_out_of_range_values_are_rejected_by_the_schema(server):
         response = server.post({**SMALL, **canny(), field: value})
         assert response.status_code == 422, response.text
         assert field in response.text
+
+
+@pytest.mark.slow
+def test_nothing_phones_home(sd_server):
+    """Every server under test has the dead proxy as its HTTPS proxy: a plain request and an
+    openpose one (DWPose through onnxruntime, whose telemetry once tried to CONNECT to
+    mobile.events.data.microsoft.com about 9 s after a session opened) reach it not once,
+    during or for 25 s after."""
+    before = len(DEAD_PROXY.requests)
+    run(sd_server)
+    run(sd_server, controlnet_1="openpose", controlnet_1_image=PHOTO)
+    time.sleep(25)
+    assert DEAD_PROXY.requests[before:] == []
