@@ -27,6 +27,7 @@ from .ip_adapters import IPAdapters
 from .loras import WarmLoras
 from .model_files import ModelFiles
 from .models import ModelChoice, ModelReference
+from .pins import pin_file_of
 from .pipelines import Pipelines, device_and_dtype
 from .request import Request
 from .settings import Settings
@@ -52,8 +53,7 @@ class LoadedModels:
         self.fast_path, self.ram_bytes = settings.fast_path, settings.model_ram_bytes
         self.device, dtype = device_and_dtype()
         self.files = ModelFiles(settings, weights_dir, dtype)
-        pin_file = weights_dir / "pins.toml"
-        self.choice = ModelChoice(pin_file, settings.allowed_models)
+        self.choice = ModelChoice(pin_file_of(weights_dir), settings.allowed_models)
         # key -> a requested Model or VAE, least recently used first; the one in use is on
         # the device, the others in CPU RAM.
         self.warm: OrderedDict[str, Model | AutoencoderKL] = OrderedDict()

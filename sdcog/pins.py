@@ -4,12 +4,15 @@ configs describe it. Entry NAME is served from weights/NAME/ in diffusers' layou
 (sdcog/tools/download_weights.py fetches and converts it).
 """
 
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PIN_FILE = DEFAULT_WEIGHTS_DIR / "pins.toml"
+# Each family's pin file, as shipped; a build copies its family's over pins.toml.
+FAMILY_PIN_FILES = {"sd": PIN_FILE, "sdxl": PIN_FILE.with_name("pins-sdxl.toml")}
 
 # Only these may hold tensors: pickles (.ckpt, .bin, .pt, .pth) are never loaded. ONNX (the pose
 # annotator) is a protobuf graph that onnxruntime reads as data.
@@ -111,6 +114,23 @@ def names(pin: Pin | SingleFilePin) -> tuple[str, ...]:
     aliases and the AIR ids the pin lists."""
     source = pin.repo if isinstance(pin, Pin) else pin.url
     return (source, *sorted(ALIASES.get(source, ())), *pin.air)
+
+
+def pin_file_of(weights_dir: Path) -> Path:
+    """The pin file that describes a weights folder: its own pins.toml (download-weights and
+    tiny-weights write one into any folder they fill), else the build's. The names a request
+    may give the build's model by come from it, wherever the weights are."""
+    own = weights_dir / "pins.toml"
+    return own if own.exists() else PIN_FILE
+
+
+def describe(weights_dir: Path, pin_file: Path) -> None:
+    """Write the pin file a weights folder was filled from into it, as its pins.toml (unless
+    it is that file already: the build's weights/)."""
+    own = weights_dir / "pins.toml"
+    if not own.exists() or own.resolve() != pin_file.resolve():
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pin_file, own)
 
 
 def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin]:

@@ -11,7 +11,7 @@ from model_repos import CIVITAI_VERSIONS
 
 from sdcog.dialects import ModelNames
 from sdcog.dialects.tasks import run as run_task
-from sdcog.pins import PIN_FILE
+from sdcog.pins import FAMILY_PIN_FILES, PIN_FILE, names, read_pins
 
 SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
          "height": 256, "seed": 11}  # fmt: skip
@@ -128,3 +128,16 @@ def test_the_seed_documents_examples_run_on_a_stock_build(
         run_task(cli_predict(models_server), "runware", task, stock, tmp_path / "r")
     )
     assert len(answer["data"]) == 1 and answer["data"][0]["imageBase64Data"]
+
+
+def test_the_builds_own_names_are_its_model_in_any_weights_folder(server):
+    """The test servers' weights are tiny-weights' folders in temporary folders: each name the
+    family's pin gives its base model (repository, aliases, AIR ids) is that model, fetched
+    from nowhere, whatever the allow-list says."""
+    pins = read_pins(FAMILY_PIN_FILES[server.family])
+    base = next(pin for pin in pins if pin.name == "base")
+    plain = run(server)
+    for name in names(base):
+        result = server.predict(**SMALL, base_model=name)
+        assert result["output"] == plain, (name, result.get("logs"))
+        assert "downloading" not in result["logs"] and "fetching" not in result["logs"]

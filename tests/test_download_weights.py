@@ -111,6 +111,8 @@ def test_download_fetches_exactly_the_pins_and_the_model_loads(hub, tmp_path, ti
     sums = json.loads((weights / "SHA256SUMS.json").read_text())
     assert len(sums) == len(files) + 3
     assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in sums.values())
+    # The folder says what it holds, wherever WEIGHTS_DIR puts it.
+    assert (weights / "pins.toml").read_text() == (tmp_path / "pins.toml").read_text()
 
     # Everything present and recorded: a second run downloads nothing.
     served = len(hub.requests)

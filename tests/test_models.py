@@ -3,6 +3,7 @@
 import pytest
 
 from sdcog.models import ModelChoice, parse
+from sdcog.pins import FAMILY_PIN_FILES, PIN_FILE, describe, pin_file_of
 from sdcog.references import check_reference
 
 
@@ -82,3 +83,9 @@ def test_none_allows_only_the_builds_own(tmp_path):
     # The base's names are not the VAE's.
     with pytest.raises(ValueError, match="^vae: "):
         choice.reference("runwayml/stable-diffusion-v1-5", "vae")
+
+
+def test_a_weights_folder_is_described_by_its_own_pin_file_else_the_builds(tmp_path):
+    assert pin_file_of(tmp_path) == PIN_FILE  # downloaded elsewhere, say, and moved
+    describe(tmp_path, FAMILY_PIN_FILES["sdxl"])
+    assert pin_file_of(tmp_path).read_bytes() == FAMILY_PIN_FILES["sdxl"].read_bytes()

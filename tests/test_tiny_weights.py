@@ -19,10 +19,12 @@ def test_tiny_weights_have_exactly_the_pinned_layout(make_weights, family):
         files = pin.files or component_files(json.loads(index.read_text()), names - {pin.name})
         expected |= {f"{pin.name}/{path}" for path in files}
     written = {str(p.relative_to(weights)) for p in weights.rglob("*") if p.is_file()}
-    # Besides the pins: the configs tiny single-file checkpoints convert with (base_model).
+    # Besides the pins: the configs tiny single-file checkpoints convert with (base_model),
+    # and the pin file itself, which says what the folder holds wherever it is.
     extra = {path for path in written if path.startswith("single-file-configs/")}
     assert {path.split("/")[1] for path in extra} == {"sd1", "sd2", "sdxl"}
-    assert written - extra == expected
+    assert written - extra == expected | {"pins.toml"}
+    assert (weights / "pins.toml").read_bytes() == PIN_FILES[family].read_bytes()
 
 
 def test_tiny_weights_are_deterministic(tiny_weights, tmp_path):

@@ -23,6 +23,7 @@ from ..pins import (
     Pin,
     SingleFilePin,
     component_files,
+    describe,
     read_pins,
 )
 
@@ -193,6 +194,7 @@ def download_weights(
     weights_dir.mkdir(parents=True, exist_ok=True)
     sums = Sums(weights_dir)
     pins = read_pins(pin_file)
+    describe(weights_dir, pin_file)  # wherever the folder is, it says what it holds
     names = {pin.name for pin in pins}
     for pin in pins:
         if isinstance(pin, SingleFilePin):

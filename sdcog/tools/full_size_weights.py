@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from ..controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..pins import FAMILY_PIN_FILES, describe
 from .clip_tokenizer import TOKEN_IDS as TOKENS
 from .clip_tokenizer import write_tokenizer
 from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, save_taesd
@@ -176,3 +177,4 @@ def write_full_weights(directory: Path, family: str = "sd", refiner: bool = True
     write_safety(directory / "safety")
     # TAESD and TAESDXL share one architecture: AutoencoderTiny's defaults are theirs.
     save_taesd(AutoencoderTiny(), directory / "taesd")
+    describe(directory, FAMILY_PIN_FILES[family])

@@ -29,6 +29,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from ..pins import FAMILY_PIN_FILES, describe
 from .clip_tokenizer import TOKEN_IDS, write_tokenizer
 
 SEED = 0
@@ -188,6 +189,7 @@ def write_tiny_weights(
         write_sdxl(directory)
     else:
         write_base(directory / "base")
+    describe(directory, FAMILY_PIN_FILES[family])  # the names its base model answers to
     write_safety(directory / "safety", threshold=safety_threshold)
     write_preview_decoder(directory)
     write_single_file_configs(directory)
