@@ -184,6 +184,16 @@ def models_server(make_weights, tmp_path_factory, file_server, model_repos):
 
 
 @pytest.fixture(scope="session")
+def hub_strict_server(make_weights, tmp_path_factory, file_server, model_repos):
+    """An SD server with the default, strict policy whose HF_ENDPOINT (the operator's mirror,
+    trusted) is the hub-shaped server on 127.0.0.1; civitai is the public one."""
+    tmp = tmp_path_factory.mktemp("server")
+    env = {"ALLOW_PRIVATE_URLS": "0", "HF_ENDPOINT": model_repos.hub.url,
+           "CIVITAI_ENDPOINT": "https://civitai.com", "ALLOWED_MODELS": "org/*"}  # fmt: skip
+    yield from _serve("sd", make_weights("sd"), tmp, file_server, **env)
+
+
+@pytest.fixture(scope="session")
 def model_repos(tiny_weights, file_server, tmp_path_factory):
     """Models of every family to name as base_model or vae (tests/model_repos.py)."""
     from model_repos import make_model_repos
@@ -194,7 +204,7 @@ def model_repos(tiny_weights, file_server, tmp_path_factory):
 
 
 SERVER_FIXTURES = {"server", "sd_server", "sdxl_server", "flagging_server", "strict_server",
-                   "loopback_only_server", "models_server"}  # fmt: skip
+                   "loopback_only_server", "models_server", "hub_strict_server"}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
