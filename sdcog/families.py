@@ -108,6 +108,12 @@ class Facts:
     unet: FrozenDict
     vae_scaling: float
     native_size: int  # the side it draws at when the request gives none
+    name: str  # what refusals call it: "the build's model", or the reference
+
+    @property
+    def inpainting(self) -> bool:
+        """An inpainting fine-tune's UNet (9 input channels: latents, mask, masked image)."""
+        return self.unet["in_channels"] == 9
 
     @classmethod
     def of(cls, folder: Path, input_name: str, reference: str, vae: Path | None = None) -> "Facts":
@@ -122,14 +128,13 @@ class Facts:
         }
         vae_config = json.loads(((vae or folder / "vae") / "config.json").read_text())
         unet = FrozenDict({**defaults, **unet})
-        if unet["in_channels"] != 4:
-            kind = " (an inpainting model)" if unet["in_channels"] == 9 else ""
+        if unet["in_channels"] not in (4, 9):
             raise ValueError(
-                f"{input_name}: {reference}'s UNet takes {unet['in_channels']!r} input channels"
-                f"{kind}; a base model is a text-to-image model (4)"
+                f"{input_name}: {reference}'s UNet takes {unet['in_channels']!r} input channels; "
+                "a Stable Diffusion UNet takes 4 (9 for inpainting)"
             )
         native = _native_size(unet, vae_config, input_name, reference)
-        return cls(family, unet, vae_config.get("scaling_factor", 0.18215), native)
+        return cls(family, unet, vae_config.get("scaling_factor", 0.18215), native, reference)
 
 
 def _native_size(unet: FrozenDict, vae: dict, input_name: str, reference: str) -> int:

@@ -130,6 +130,11 @@ class Generator:
         """The request against its model, from the model's configs: what only the build's
         SDXL refiner does, the build's ControlNets and IP-Adapters."""
         request.check_supported(model.family.pipeline, self.pipelines.refiner is not None)
+        if model.inpainting and request.mode != "inpaint":
+            raise ValueError(
+                f"base_model: {model.name} is an inpainting model (9 input channels): it serves "
+                "inpainting only (give image and mask, or outpaint_*)"
+            )
         self.controlnets.check(request.controlnets, model.unet)
         if request.ip_adapter_image:
             self.ip_adapters.check_fits(model.unet)

@@ -50,7 +50,7 @@ class Guard:
     per_file: Limit
     received: int = 0
 
-    def count(self, n: int, url: str) -> None:
+    def count(self, n: int) -> None:
         self.received += n
         if self.received > self.total.bytes:
             raise transfer.DownloadError(
@@ -154,7 +154,7 @@ class _Body(httpx2.SyncByteStream):
                 read += len(chunk)
                 if read > self.guard.per_file.bytes:
                     raise _too_big(self.guard, self.url)
-                self.guard.count(len(chunk), self.url)
+                self.guard.count(len(chunk))
                 yield chunk
         except (urllib3.exceptions.HTTPError, OSError) as e:
             self.guard.download.watch.raise_if_fired()

@@ -1,11 +1,13 @@
 """HTTP GETs on a user's behalf: to the address netguard checked, within one wall-clock
 deadline, stopped at once when the prediction is cancelled.
 
-requests does the HTTP. Each hop is sent to an IP literal that netguard resolved and checked,
-with the Host header, TLS SNI and certificate check of the host as written, so nothing resolves
-the name a second time between check and connect. Redirects are followed one hop at a time,
-each parsed and checked again. A proxy from the environment (HTTPS_PROXY, NO_PROXY) applies as
-it would to the URL as written, and is handed the checked address.
+requests does the HTTP. A Download is one download however many requests it takes: each hop
+is sent to an IP literal that netguard resolved and checked, with the Host header, TLS SNI and
+certificate check of the host as written, so nothing resolves the name a second time between
+check and connect. `get` follows redirects one hop at a time, each parsed and checked again;
+hub_http sends huggingface_hub's requests as hops of a Download the same way. A proxy from the
+environment (HTTPS_PROXY, NO_PROXY) applies as it would to the URL as written, and is handed
+the checked address.
 
 A watchdog thread shuts a hop's socket down when the deadline passes or the prediction is
 cancelled, whatever the transfer is doing then (connecting, the TLS handshake, headers, body):

@@ -87,10 +87,10 @@ def edited(model_repos, tmp_path, file: str, **changes) -> Path:
                                r"allow \(128 to 2048, a multiple of 8\)"),
         ({"sample_size": 12}, r"native size \(12 latents x 8\) is not a size"),
         ({"sample_size": None}, r"native size \(None latents x 8\) is not a size"),
-        ({"in_channels": 9}, r"UNet takes 9 input channels \(an inpainting model\); a base "
-                             r"model is a text-to-image model \(4\)"),
+        ({"in_channels": 5}, r"UNet takes 5 input channels; a Stable Diffusion UNet takes 4 "
+                             r"\(9 for inpainting\)"),
     ],
-    ids=["too-large", "too-small", "none", "inpainting"],
+    ids=["too-large", "too-small", "none", "channels"],
 )  # fmt: skip
 def test_a_unet_config_that_would_push_a_request_past_the_limits_is_refused(
     model_repos, tmp_path, changes, refusal

@@ -177,3 +177,6 @@ def test_outpainting_with_an_inpainting_fine_tune(inpainting_weights, tmp_path):
     out = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
     assert out.shape == (128, 192, 3)
     assert np.array_equal(out[:, :128], np.asarray(image))
+    # Text to image on it is refused by name, not failed inside the UNet.
+    with pytest.raises(ValueError, match=r"^base_model: the build's model is an inpainting model"):
+        generator(Request(prompt="x", num_inference_steps=2, width=128, height=128))
