@@ -76,6 +76,13 @@ def index_of(repo: Path) -> dict:
     return json.loads((repo / "model_index.json").read_text())
 
 
+def hub_copy(repos: ModelRepos, name: str) -> Path:
+    """org/sd1 served again as `name`, to edit: its folder on the hub."""
+    folder = repos.hub.root / name
+    shutil.copytree(repos.hub.root / "org/sd1", folder, dirs_exist_ok=True)
+    return folder
+
+
 def files_tier(model_repos, weights, tmp_path, dtype=torch.float32, **settings) -> ModelFiles:
     """The disk tier in-process, fetching from model_repos' servers (any address allowed unless
     `private_networks` says otherwise)."""

@@ -4,14 +4,13 @@ endpoint), one deadline, a cancel that stops the transfer, bounds on bytes and f
 refusals that name the input. A hub-shaped server on 127.0.0.1 answers as the hub does, then
 as a hostile one would."""
 
-import shutil
 import threading
 import time
 
 import pytest
 from huggingface_hub import HfApi
 from loopback import FileServer
-from model_repos import files_tier
+from model_repos import files_tier, hub_copy
 
 from sdcog.model_cache import size
 from sdcog.models import parse
@@ -168,8 +167,7 @@ def test_bounds_on_the_files_of_a_repository(model_repos, hub, tiny_weights, tmp
     with pytest.raises(ValueError, match=r"^base_model: org/sd1 lists 1001 files; a model "
                                          r"repository may list at most 1000$"):  # fmt: skip
         fetch(tier, "org/sd1")
-    many = model_repos.root / "hub/org/many-configs"
-    shutil.copytree(model_repos.root / "hub/org/sd1", many, dirs_exist_ok=True)
+    many = hub_copy(model_repos, "org/many-configs")
     for n in range(70):
         (many / f"unet/extra-{n}.json").write_text("{}")
     with pytest.raises(ValueError, match=r"^base_model: org/many-configs would take 80 files "
@@ -186,8 +184,7 @@ def test_answers_no_hub_gives_are_refused_naming_the_input(
     with pytest.raises(ValueError, match=r"^base_model: org/sd1: the hub's answer names no "
                                          r"commit"):  # fmt: skip
         fetch(tier, "org/sd1")
-    odd = model_repos.root / "hub/org/odd-names"
-    shutil.copytree(model_repos.root / "hub/org/sd1", odd, dirs_exist_ok=True)
+    odd = hub_copy(model_repos, "org/odd-names")
     (odd / "unet/..\\..\\x.json").write_text("{}")
     with pytest.raises(ValueError, match=r"^base_model: org/odd-names lists a file named "
                                          r"'unet/\.\.\\\\\.\.\\\\x\.json', which is not a plain "

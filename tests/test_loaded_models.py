@@ -6,12 +6,12 @@ import gc
 import hashlib
 import json
 import os
-import shutil
 import weakref
 from pathlib import Path
 
 import pytest
 from helpers import shapes
+from model_repos import hub_copy
 
 from sdcog import memory
 from sdcog.generate import Generator
@@ -194,15 +194,6 @@ def test_models_dropped_from_memory_are_released(generator):
         models.ram_bytes = saved
 
 
-def _hub_copy(model_repos, name: str, file: str, **changes) -> str:
-    """org/sd1 served again as `name`, `file`'s fields changed."""
-    folder = model_repos.hub.root / name
-    shutil.copytree(model_repos.hub.root / "org/sd1", folder, dirs_exist_ok=True)
-    config = folder / file
-    config.write_text(json.dumps(json.loads(config.read_text()) | changes))
-    return name
-
-
 @pytest.mark.parametrize(
     ("name", "file", "changes", "refusal"),
     [
@@ -219,6 +210,7 @@ def _hub_copy(model_repos, name: str, file: str, **changes) -> str:
 def test_a_model_whose_files_do_not_serve_is_refused_naming_the_input(
     generator, model_repos, name, file, changes, refusal
 ):
-    _hub_copy(model_repos, name, file, **changes)
+    config = hub_copy(model_repos, name) / file
+    config.write_text(json.dumps(json.loads(config.read_text()) | changes))
     with pytest.raises(ValueError, match=rf"^base_model: {name}{refusal}"):
         generator(Request(**SMALL, base_model=name))
