@@ -22,6 +22,19 @@ def arguments(request: Request, batch: list[int], stop: Callable) -> dict[str, A
     }
 
 
+REFINER_STRENGTH = 0.3  # base_image_refiner reworks the base's image this much
+
+
+def check_refine_steps(request: Request) -> None:
+    """base_image_refiner must run at least one step at its strength."""
+    if int(request.refine_steps_run * REFINER_STRENGTH) < 1:
+        raise ValueError(
+            f"refine_steps: base_image_refiner refines at strength {REFINER_STRENGTH}, so "
+            f"refine_steps (by default num_inference_steps) x {REFINER_STRENGTH} must be at "
+            f"least 1 (got {request.refine_steps_run})"
+        )
+
+
 def check_split(scheduler: Any, request: Request) -> None:
     """Both models must get at least one step at high_noise_frac: the base of its
     num_inference_steps, the refiner of its own schedule (refine_steps, by default the same)."""
@@ -63,4 +76,4 @@ def run(
         return refiner(**refining, image=latents, denoising_start=request.high_noise_frac).images
     # base_image_refiner: the refiner runs image-to-image over the decoded base image.
     base_images = pipe(**common, **embeds.base, **inputs).images
-    return refiner(**refining, image=base_images, strength=0.3).images
+    return refiner(**refining, image=base_images, strength=REFINER_STRENGTH).images

@@ -125,6 +125,8 @@ class Generator:
             denoise.check_split(
                 self.pipelines.refiner_scheduler(request.scheduler, spacing), request
             )
+        if request.refine == "base_image_refiner" and self.pipelines.refiner:
+            denoise.check_refine_steps(request)
 
     def fits(self, request: Request, model: Facts) -> None:
         """The request against its model, from the model's configs: what only the build's

@@ -205,3 +205,13 @@ def test_sdxl_checks_run_before_any_download(
     with pytest.raises(ValueError, match=message):
         sdxl_generator(request)
     assert file_server.count(lora.rsplit("/", 1)[1]) == 0
+
+
+@pytest.mark.parametrize("steps", [{"num_inference_steps": 3}, {"refine_steps": 2}])
+def test_the_base_image_refiner_needs_one_step_at_its_strength(sdxl_generator, steps):
+    """It reworks the base's image at strength 0.3: 3 steps of it are none (diffusers then
+    failed inside the refiner: "cannot reshape tensor of 0 elements")."""
+    request = Request(prompt="x", width=128, height=128, refine="base_image_refiner", **steps)
+    with pytest.raises(ValueError, match=r"^refine_steps: base_image_refiner refines at strength "
+                                         r"0.3, .* must be at least 1 \(got [23]\)$"):  # fmt: skip
+        sdxl_generator(request)
