@@ -56,7 +56,7 @@ def requests_for(family: str, refs: dict[str, str]) -> list[dict]:
         {"num_outputs": 2, "prompt_weighting": "a1111", "prompt": "a (lighthouse:1.3), sea"},
         {"image": PHOTO, "prompt_strength": 0.6},
         {"image": PHOTO, "mask": MASK},
-        {"image": PHOTO, "outpaint_right": 64, "outpaint_blur": 4, "width": None},
+        {"image": PHOTO, "outpaint_right": 64, "outpaint_blur": 4, "width": None, "height": None},
         {"image": PHOTO, "mask": MASK, "mask_margin": 16, "width": None, "height": None},
         {"controlnet_1": "canny", "controlnet_1_image": PHOTO, "return_control_maps": True},
         {
@@ -100,7 +100,7 @@ def requests_for(family: str, refs: dict[str, str]) -> list[dict]:
             {"refine": "base_image_refiner", "refine_steps": 4},
             {"refine": "base_image_refiner", "refine_steps": 2},
             {"apply_watermark": False},
-            {"preview_every": 2, "refine": "expert_ensemble_refiner", "num_inference_steps": 4},
+            {"preview_every": 2, "refine": "expert_ensemble_refiner", "num_inference_steps": 8},
         ]
     return [{k: v for k, v in (SMALL | case).items() if v is not None} for case in cases]
 
