@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args
 
-from .references import check_reference
+from .references import Reference
 
 # The control kinds predict() offers, and its numbered ControlNet slots (controlnet_1_* ...).
 CONTROL_KINDS = (
@@ -31,11 +31,11 @@ class ControlSlot:
     start: float = 0.0
     end: float = 1.0
     preprocess: bool = True
-    model: str | None = None
+    model: Reference | None = None  # given as text, parsed when the slot is built
 
     def __post_init__(self) -> None:
-        if self.model is not None:
-            check_reference(self.model, f"{self.name}_model")
+        if isinstance(self.model, str):
+            object.__setattr__(self, "model", Reference.parse(self.model, f"{self.name}_model"))
         if self.kind not in CONTROL_KINDS:
             raise ValueError(f"{self.name}: {self.kind!r} is not one of {', '.join(CONTROL_KINDS)}")
         if not 0 <= self.start < self.end <= 1:

@@ -173,8 +173,8 @@ class ControlNets:
     ) -> tuple[ModelMixin, int | None]:
         if not slot.model:
             return self._pinned(slot)
-        folder = self.cache.fetch_model(slot.model, f"{slot.name}_model", stop)
-        what = f"{slot.name}_model: {slot.model}"
+        folder = self.cache.fetch_model(slot.model, stop)
+        what = f"{slot.name}_model: {slot.model.text}"
         model = load_controlnet(folder, unet_config, self.dtype, self.device, what)
         return model, self._union_mode(slot, model)
 

@@ -14,7 +14,7 @@ counts from the window's first call. A pipeline call's length is known once its 
 ends (`step_end`); that first call runs in full whatever the window.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +23,10 @@ import torch
 from diffusers import UNet2DConditionModel
 
 
-def branches(unet: UNet2DConditionModel) -> int:
-    return 3 * len(unet.down_blocks)
+def branches(unet: UNet2DConditionModel | Mapping[str, Any]) -> int:
+    """A UNet's branches (three per down block), from the UNet or its config."""
+    config = unet if isinstance(unet, Mapping) else unet.config
+    return 3 * len(config["down_block_types"])
 
 
 @dataclass
@@ -115,8 +117,8 @@ def _reusing(module: torch.nn.Module, state: _State) -> Iterator[None]:
             module.forward = own
 
 
-def check(unets: Iterable[UNet2DConditionModel], interval: int, branch: int) -> None:
-    """The branch must be one the UNets have (when DeepCache is on at all)."""
+def check(unets: Iterable[Mapping[str, Any]], interval: int, branch: int) -> None:
+    """The branch must be one the UNets (their configs) have, when DeepCache is on at all."""
     for unet in unets if interval > 1 else ():
         if not 0 <= branch < branches(unet):
             raise ValueError(
@@ -152,7 +154,6 @@ def cached(
     if interval == 1:
         yield {}
         return
-    check(unets.values(), interval, branch)
     states = {}
     with ExitStack() as stack:
         for name, unet in unets.items():

@@ -18,10 +18,10 @@ from . import (
     protocol,
     request_images,
     runner,
-    schedulers,
     seeds,
     torch_compile,
 )
+from .checks import Checks
 from .controlnets import ControlNets
 from .downloads import AdapterCache
 from .families import Facts
@@ -81,6 +81,9 @@ class Generator:
         facts = Facts.of(weights_dir / "base", "base_model", "the build's model", vae)
         pinned = Model("the build's model", self.pipelines, self.loras, facts, weights_dir / "base")
         self.models = LoadedModels(pinned, self.ip_adapters, self.settings, weights_dir)
+        self.checks = Checks(
+            self.pipelines, self.previews, self.ip_adapters, self.controlnets, self.models.choice
+        )
         print(setup.line())
         self.outputs = OutputFolders()
 
@@ -107,46 +110,12 @@ class Generator:
             raise failure
         return generation
 
-    def check(self, request: Request) -> None:
-        """Every check a request can fail that needs no download, decoding or annotator, as
-        diffusers' check_inputs: so none fails after work has been spent on it. What depends
-        on a requested base_model runs in `fits`, before that model's weights are fetched."""
-        self.models.check(request)
-        seeds.check_device(request.seed_device)
-        schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps)
-        self.previews.check(request.preview_every)
-        text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
-        for name in ("prompt", "negative_prompt"):
-            prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)
-        if request.ip_adapter_image:
-            self.ip_adapters.check(request.ip_adapter)
-        if request.refine == "expert_ensemble_refiner" and self.pipelines.refiner:
-            spacing = request.timestep_spacing
-            denoise.check_split(
-                self.pipelines.refiner_scheduler(request.scheduler, spacing), request
-            )
-        if request.refine == "base_image_refiner" and self.pipelines.refiner:
-            denoise.check_refine_steps(request)
-
-    def fits(self, request: Request, model: Facts) -> None:
-        """The request against its model, from the model's configs: what only the build's
-        SDXL refiner does, the build's ControlNets and IP-Adapters."""
-        request.check_supported(model.family.pipeline, self.pipelines.refiner is not None)
-        if model.inpainting and request.mode != "inpaint":
-            raise ValueError(
-                f"base_model: {model.name} is an inpainting model (9 input channels): it serves "
-                "inpainting only (give image and mask, or outpaint_*)"
-            )
-        self.controlnets.check(request.controlnets, model.unet)
-        if request.ip_adapter_image:
-            self.ip_adapters.check_fits(model.unet)
-
     def _generate(
         self, request: Request, cancelled: threading.Event | None, emit: Callable[[Path], None]
     ) -> Generation:
-        self.check(request)
-        fits = functools.partial(self.fits, request)
-        with self.models.chosen(request, fits, cancelled) as model:
+        choice = self.checks.request(request)
+        fits = functools.partial(self.checks.model, request)
+        with self.models.chosen(choice, fits, cancelled) as model:
             return self._run(request, model, cancelled, emit)
 
     def _run(
@@ -158,12 +127,6 @@ class Generator:
     ) -> Generation:
         pipelines = model.pipelines
         unet = pipelines.base["txt2img"].unet
-        if request.ip_adapter_image:
-            self.ip_adapters.check(request.ip_adapter, unet)
-        unets = [unet] + (
-            [pipelines.refiner["txt2img"].unet] if request.refine != "no_refiner" else []
-        )
-        deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
         timings = Timings()
         with timings.stage("read"):
             picture, image, mask, control_images, ip_image = request_images.read(request)

@@ -28,14 +28,6 @@ class Inversion:
     input_name: str = "textual_inversions"
 
 
-def parse_inversion(item: str) -> tuple[str | None, str]:
-    """`TOKEN=REFERENCE` or `REFERENCE` -> (token or None, reference)."""
-    token, sep, reference = item.partition("=")
-    if sep and token and "/" not in token and ":" not in token:
-        return token, reference
-    return None, item
-
-
 # Embedding-file key -> the suffix of the tokenizer and text encoder it belongs to.
 ENCODER_KEYS = {"sd": {"": ""}, "sdxl": {"clip_l": "", "clip_g": "_2"}}
 

@@ -25,6 +25,11 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 ENTRY = "ip_adapter"
 ENCODER = "models/image_encoder"
+# The UNet config keys that decide its attention layers (and so the adapter's processors).
+LAYOUT = (
+    "down_block_types", "up_block_types", "mid_block_type", "layers_per_block",
+    "transformer_layers_per_block", "only_cross_attention",
+)  # fmt: skip
 # ip_adapter input -> the pinned file, per family (SDXL: the adapters for the ViT-H encoder).
 FILES = {
     "sd": {
@@ -101,9 +106,8 @@ class IPAdapters:
         self.adapters[kind] = _Adapter(processors, self.unet.encoder_hid_proj)
         _restore(self.unet, own)
 
-    def check(self, kind: str, unet: UNet2DConditionModel | None = None) -> None:
-        """The kind is pinned and fits `unet` (default: the build's): a request's base_model
-        of another family, or of another architecture, cannot take the build's adapters."""
+    def check(self, kind: str) -> None:
+        """The kind is pinned in this build."""
         if not self.adapters:
             raise ValueError(
                 f"ip_adapter_image: this build has no IP-Adapter (pin [{ENTRY}] in "
@@ -115,19 +119,16 @@ class IPAdapters:
                 f"ip_adapter: {kind} is not pinned in this build (pinned: {pinned}; pin "
                 f"[{ENTRY}] with its file in weights/pins.toml)"
             )
-        if unet is not None and unet is not self.unet:
-            self.check_fits(
-                unet.config, set(unet.attn_processors) == set(self.adapters[kind].processors)
-            )
 
-    def check_fits(self, unet_config: Any, same_layers: bool = True) -> None:
-        """A request's model of another family (or of another architecture: `same_layers`
-        False) cannot take the build's adapters; from its UNet's config, before it loads."""
-        key = "cross_attention_dim"
-        if unet_config[key] != self.unet.config[key] or not same_layers:
+    def check_fits(self, unet_config: Any) -> None:
+        """A request's model of another family, or of another architecture (other attention
+        layers), cannot take the build's adapters; from its UNet's config, before it loads."""
+        key, own = "cross_attention_dim", self.unet.config
+        same_layers = all(unet_config[k] == own[k] for k in LAYOUT)
+        if unet_config[key] != own[key] or not same_layers:
             raise ValueError(
                 "ip_adapter_image: the build's IP-Adapters are for its own model's family "
-                f"({key} {self.unet.config[key]}); base_model's UNet differs ({key} "
+                f"({key} {own[key]}); base_model's UNet differs ({key} "
                 f"{unet_config[key]}{'' if same_layers else ', other attention layers'}); leave "
                 "ip_adapter_image out"
             )
@@ -143,7 +144,6 @@ class IPAdapters:
             yield
             return
         unet = unet or self.unet
-        self.check(kind, unet)
         print(f"ip_adapter: {kind} at scale {scale}")
         adapter, own = self.adapters[kind], _own(unet)
         # The projection first: a resampler's own attention layers count among the processors.

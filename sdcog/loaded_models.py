@@ -26,10 +26,9 @@ from .families import Facts
 from .ip_adapters import IPAdapters
 from .loras import WarmLoras
 from .model_files import ModelFiles
-from .models import ModelChoice, ModelReference
+from .models import Choice, ModelChoice, ModelReference
 from .pins import pin_file_of
 from .pipelines import Pipelines, device_and_dtype
-from .request import Request
 from .settings import Settings
 
 
@@ -59,20 +58,14 @@ class LoadedModels:
         self.warm: OrderedDict[str, Model | AutoencoderKL] = OrderedDict()
         self.on_device: list[Model | AutoencoderKL] = []  # of those, the ones on the device
 
-    def check(self, request: Request) -> None:
-        """The forms and the allow-list: refused before anything is fetched."""
-        self.choice.reference(request.base_model, "base_model")
-        self.choice.reference(request.vae, "vae")
-
     @contextmanager
     def chosen(
-        self, request: Request, fits: Callable[[Facts], None], stop: threading.Event | None
+        self, choice: Choice, fits: Callable[[Facts], None], stop: threading.Event | None
     ) -> Iterator[Model]:
-        """The request's model on the device for a with-block, its vae in place; `fits(facts)`
+        """The chosen model on the device for a with-block, its vae in place; `fits(facts)`
         refuses a model the rest of the request does not fit, before its weights are fetched
         when they are not on disk yet."""
-        base = self.choice.reference(request.base_model, "base_model")
-        vae_reference = self.choice.reference(request.vae, "vae")
+        base, vae_reference = choice.base_model, choice.vae
         model = self.pinned if base is None else self._model(base, fits, stop)
         if base is None:
             fits(model.facts)

@@ -32,6 +32,7 @@ from .downloads import AdapterCache
 from .model_cache import WORK_SUFFIX, ModelCache
 from .models import ModelReference
 from .pipelines import COMPONENTS
+from .references import Reference
 from .settings import Settings
 
 disable_progress_bars()  # one line per file in the prediction's logs, not a bar per chunk
@@ -207,7 +208,7 @@ class ModelFiles:
         vae_of: Path | None,
     ) -> None:
         what = reference.input_name
-        path = self.downloads.fetch(reference.text, what, ".safetensors", stop)
+        path = self.downloads.fetch(Reference(reference.text, what, reference.kind), stop=stop)
         try:
             if vae_of is not None:
                 print(f"{what}: converting {reference.name} with {vae_of.name}'s config")

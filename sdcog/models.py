@@ -58,6 +58,14 @@ def parse(text: str, input_name: str) -> ModelReference:
     )
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The models a request runs on, allowed: None for the build's own."""
+
+    base_model: ModelReference | None
+    vae: ModelReference | None
+
+
 class ModelChoice:
     """The names the build's pins answer to, and what else the operator allows."""
 
@@ -66,17 +74,18 @@ class ModelChoice:
         self.pinned = {pin.name: set(names(pin)) for pin in pins}
         self.allowed = allowed
 
-    def reference(self, text: str | None, input_name: str) -> ModelReference | None:
-        """The reference to fetch; None for the build's own (empty, or a name of its pin)."""
-        if not text or text in self.pinned.get(ENTRIES[input_name], ()):
+    def resolve(self, reference: ModelReference | None) -> ModelReference | None:
+        """The reference to fetch; None for the build's own (none given, or a name of its
+        pin). Anything else must be allowed by ALLOWED_MODELS."""
+        if reference is None:
             return None
-        reference = parse(text, input_name)
-        if reference.name in self.pinned.get(ENTRIES[input_name], ()):
+        own = self.pinned.get(ENTRIES[reference.input_name], ())
+        if reference.text in own or reference.name in own:
             return None
         if not any(fnmatch.fnmatchcase(reference.name, p) for p in self.allowed):
             allowed = ", ".join(self.allowed) or "none but the build's own"
             raise ValueError(
-                f"{input_name}: {reference.name} is not allowed on this server (its operator "
-                f"allows: {allowed}; ALLOWED_MODELS)"
+                f"{reference.input_name}: {reference.name} is not allowed on this server (its "
+                f"operator allows: {allowed}; ALLOWED_MODELS)"
             )
         return reference

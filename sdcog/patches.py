@@ -70,20 +70,21 @@ class Patches:
         """Every adapter file, from the cache or downloaded, before any is loaded; and the
         prompt (a Replicate fine-tune's placeholder replaced by its tokens)."""
         fetch = functools.partial(self.cache.fetch, stop=cancelled)
+        refs = request.refs
         loras = [
-            Lora(ref, fetch(ref, "lora_weights"), scale)
-            for ref, scale in zip(request.lora_weights, request.scales, strict=True)
+            Lora(ref.text, fetch(ref), scale)
+            for ref, scale in zip(refs.loras, request.scales, strict=True)
         ]
         inversions, rows = [], 0
-        for item in request.textual_inversions:
-            token, ref = textual_inversions.parse_inversion(item)
-            path = fetch(ref, "textual_inversions")
+        for item in refs.inversions:
+            ref = item.reference.text
+            path = fetch(item.reference)
             rows += embedding_rows(path, "textual_inversions", ref)
-            inversions.append(textual_inversions.Inversion(ref, path, token))
+            inversions.append(textual_inversions.Inversion(ref, path, item.token))
         prompt = request.prompt
-        if request.replicate_weights:
+        if refs.replicate_weights:
             tuned = replicate_weights.fetch(
-                self.cache, request.replicate_weights, request.replicate_scale, cancelled
+                self.cache, refs.replicate_weights, request.replicate_scale, cancelled
             )
             loras.append(tuned.lora)
             inversions += tuned.inversions

@@ -29,6 +29,7 @@ from .filechecks import check_safetensors_header, read_json_object, tar_members
 from .inversions import Inversion
 from .limits import MAX_EMBEDDING_ROWS, MAX_TAR_MEMBER_BYTES
 from .loras import Lora
+from .references import Reference
 
 INPUT = "replicate_weights"
 # down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight
@@ -51,10 +52,11 @@ class FineTune:
 
 
 def fetch(
-    cache: AdapterCache, reference: str, scale: float, stop: threading.Event | None = None
+    cache: AdapterCache, tuned: Reference, scale: float, stop: threading.Event | None = None
 ) -> FineTune:
-    """The fine-tune at `reference`: downloaded once, its parts converted once, all cached."""
-    archive = _Archive(cache.fetch(reference, INPUT, suffix=".tar", stop=stop), reference)
+    """The fine-tune `tuned` names: downloaded once, its parts converted once, all cached."""
+    reference = tuned.text
+    archive = _Archive(cache.fetch(tuned, suffix=".tar", stop=stop), reference)
 
     def lora() -> bytes:
         return save(convert_lora(archive.tensors("lora.safetensors"), reference))

@@ -1,12 +1,16 @@
-"""A validated generation request: what predict() hands to the package."""
+"""A generation request: what predict() hands to the package, its references to weights parsed
+once as it is built (a reference of no known form is refused there, naming its input). The rules
+it must pass come later, in one checking step (checks.py)."""
 
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import netguard, request_checks, schedulers
+from . import models, netguard, schedulers
 from .control_slots import CONTROL_SLOTS, ControlSlot, typed
+from .models import ModelReference
+from .references import EmbeddingReference, Reference
 
 # An SD 1.x/2.x build rejects any value of these but their defaults.
 SDXL_ONLY = ("refine", "high_noise_frac", "refine_steps", "apply_watermark", "replicate_weights")
@@ -18,6 +22,32 @@ FILE_INPUTS = (
     "image", "mask", "ip_adapter_image",
     *(f"controlnet_{n}_image" for n in range(1, CONTROL_SLOTS + 1)),
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class References:
+    """A request's references to weights, typed (a ControlNet slot holds its own model's)."""
+
+    loras: tuple[Reference, ...]
+    inversions: tuple[EmbeddingReference, ...]
+    replicate_weights: Reference | None
+    base_model: ModelReference | None
+    vae: ModelReference | None
+
+    @classmethod
+    def parse(cls, request: "Request") -> "References":
+        def model(name: str) -> ModelReference | None:
+            text = getattr(request, name)
+            return models.parse(text, name) if text else None
+
+        tuned = request.replicate_weights
+        return cls(
+            loras=tuple(Reference.parse(text, "lora_weights") for text in request.lora_weights),
+            inversions=tuple(map(EmbeddingReference.parse, request.textual_inversions)),
+            replicate_weights=Reference.parse(tuned, "replicate_weights") if tuned else None,
+            base_model=model("base_model"),
+            vae=model("vae"),
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,8 @@ class Request:
     # The model (sdcog/models.py); None: the build's
     base_model: str | None = None
     vae: str | None = None
+    # Parsed as the request is built, from the references above: not an input.
+    refs: References = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, Any], local_paths: bool = False) -> "Request":
@@ -97,7 +129,7 @@ class Request:
         }
         if "scheduler" in inputs:  # AUTOMATIC1111's sampler names are aliases of ours
             inputs["scheduler"] = schedulers.canonical(inputs["scheduler"])
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls) if f.init}
         controlnets = (ControlSlot.from_inputs(n, inputs) for n in range(1, CONTROL_SLOTS + 1))
         return cls(
             **typed(cls, {k: v for k, v in inputs.items() if k in names}),
@@ -105,7 +137,7 @@ class Request:
         )
 
     def __post_init__(self) -> None:
-        request_checks.check(self)
+        object.__setattr__(self, "refs", References.parse(self))
 
     @property
     def outpaint_sides(self) -> tuple[int, int, int, int]:
@@ -159,7 +191,7 @@ class Request:
 
 # predict()'s input names: the request's fields, and each ControlNet slot's (controlnet_N_*).
 INPUT_NAMES = frozenset(
-    {f.name for f in fields(Request)} - {"controlnets"}
+    {f.name for f in fields(Request) if f.init} - {"controlnets"}
     | {
         name
         for n in range(1, CONTROL_SLOTS + 1)

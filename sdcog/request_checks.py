@@ -1,24 +1,19 @@
-"""The rules a request must pass, all before anything is fetched: bounds (sdcog.limits) and
-reference forms, then the rules that span several inputs (ranges and choices are the schema's)."""
+"""The rules a request must pass on its own, all before anything is fetched: bounds
+(sdcog.limits), then the rules that span several inputs (ranges and choices are the schema's;
+reference forms were parsed as the request was built). checks.py runs them first."""
 
 from dataclasses import fields
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from . import models
-from .inversions import parse_inversion
 from .limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
-from .references import check_reference
-
-if TYPE_CHECKING:
-    from .request import Request
+from .request import Request
 
 # Requested sides: any multiple of the VAE's 8 (a latent with odd sides is fine: diffusers' UNets
 # take it). Sides derived from an image are multiples of 64 (images.snap).
 SIDE_STEP = 8
 
 
-def check(request: "Request") -> None:
+def check(request: Request) -> None:
     """Every rule below, in order: bounds first (nothing is fetched or tokenised before them)."""
     _check_bounds(request)
     # Ranges and choices are the schema's job; these rules span several inputs.
@@ -58,9 +53,8 @@ def check(request: "Request") -> None:
         )
 
 
-def _check_bounds(request: "Request") -> None:
-    """What a request may ask for (sdcog.limits), and references of a form that can be
-    fetched: refused before any download or tokenising."""
+def _check_bounds(request: Request) -> None:
+    """What a request may ask for (sdcog.limits): refused before any download or tokenising."""
     for name in ("width", "height"):  # the range is the schema's
         if (side := getattr(request, name)) is not None and side % SIDE_STEP:
             low = side - side % SIDE_STEP
@@ -75,23 +69,15 @@ def _check_bounds(request: "Request") -> None:
     for name, entries, limit in counts:
         if len(entries) > limit:
             raise ValueError(f"{name}: {len(entries)} entries; at most {limit} per request")
-    for reference in request.lora_weights:
-        check_reference(reference, "lora_weights")
-        if urlsplit(reference).path.endswith(".tar"):  # cog-sdxl's and fofr's lora_weights
+    for reference in request.refs.loras:
+        if urlsplit(reference.text).path.endswith(".tar"):  # cog-sdxl's and fofr's lora_weights
             raise ValueError(
-                f"lora_weights: {reference} is a Replicate fine-tune's .tar; give it as "
+                f"lora_weights: {reference.text} is a Replicate fine-tune's .tar; give it as "
                 "replicate_weights (lora_weights takes LoRA .safetensors files)"
             )
-    for item in request.textual_inversions:
-        check_reference(parse_inversion(item)[1], "textual_inversions")
-    if request.replicate_weights:
-        check_reference(request.replicate_weights, "replicate_weights")
-    for name in ("base_model", "vae"):
-        if reference := getattr(request, name):
-            models.parse(reference, name)
 
 
-def _check_dependents(request: "Request") -> None:
+def _check_dependents(request: Request) -> None:
     """Settings that only mean something with another input are refused without it."""
     defaults = {f.name: f.default for f in fields(request)}
     dependents = []
@@ -111,7 +97,7 @@ def _check_dependents(request: "Request") -> None:
         )
 
 
-def _check_image_recipes(request: "Request") -> None:
+def _check_image_recipes(request: Request) -> None:
     sized = request.width is not None or request.height is not None
     if request.outpainting:
         if request.image is None:
@@ -156,7 +142,7 @@ def check_prompt_length(text: str, input_name: str) -> None:
         )
 
 
-def _check_sizing(request: "Request") -> None:
+def _check_sizing(request: Request) -> None:
     """sizing_strategy (fofr's) must name an image the request gives, and no recipe that sets
     the size itself."""
     strategy = request.sizing_strategy

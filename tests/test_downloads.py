@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from sdcog.downloads import AdapterCache
 from sdcog.filechecks import PICKLE_SUFFIXES, check_safetensors_header
+from sdcog.references import Reference
 
 
 def safetensors_bytes(tmp_path, n: int, seed: int = 0) -> bytes:
@@ -28,8 +29,10 @@ def cache(tmp_path, file_server, **kwargs) -> AdapterCache:
 
 def test_hit_downloads_nothing_and_survives_a_restart(tmp_path, file_server):
     url = file_server.put("dl/a.safetensors", safetensors_bytes(tmp_path, 100))
-    first = cache(tmp_path, file_server).fetch(url, "lora_weights")
-    again = cache(tmp_path, file_server).fetch(url, "lora_weights")  # a new process, same folder
+    first = cache(tmp_path, file_server).fetch(Reference.parse(url, "lora_weights"))
+    again = cache(tmp_path, file_server).fetch(
+        Reference.parse(url, "lora_weights")
+    )  # a new process, same folder
     assert first == again and first.name.endswith(".safetensors")
     assert file_server.count("dl/a.safetensors") == 1
 
@@ -37,8 +40,8 @@ def test_hit_downloads_nothing_and_survives_a_restart(tmp_path, file_server):
 def test_same_content_under_two_references_is_stored_once(tmp_path, file_server):
     data = safetensors_bytes(tmp_path, 100)
     c = cache(tmp_path, file_server)
-    one = c.fetch(file_server.put("dl/x.safetensors", data), "lora_weights")
-    two = c.fetch(file_server.put("dl/y.safetensors", data), "lora_weights")
+    one = c.fetch(Reference.parse(file_server.put("dl/x.safetensors", data), "lora_weights"))
+    two = c.fetch(Reference.parse(file_server.put("dl/y.safetensors", data), "lora_weights"))
     assert one == two
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
 
@@ -49,18 +52,22 @@ def test_least_recently_used_files_are_evicted(tmp_path, file_server):
     c = cache(tmp_path, file_server, max_bytes=2 * len(sizes["a"]) + 10)
     paths = {}
     for name in "ab":
-        paths[name] = c.fetch(urls[name], "lora_weights")
+        paths[name] = c.fetch(Reference.parse(urls[name], "lora_weights"))
         time.sleep(0.01)
-    c.fetch(urls["a"], "lora_weights")  # a is now the most recently used
+    c.fetch(Reference.parse(urls["a"], "lora_weights"))  # a is now the most recently used
     time.sleep(0.01)
-    paths["c"] = c.fetch(urls["c"], "lora_weights")
+    paths["c"] = c.fetch(Reference.parse(urls["c"], "lora_weights"))
     assert paths["a"].exists() and paths["c"].exists() and not paths["b"].exists()
     assert set(json.loads((tmp_path / "cache/index.json").read_text())) == {urls["a"], urls["c"]}
 
 
 def test_a_file_larger_than_the_cache_is_still_served(tmp_path, file_server):
     url = file_server.put("dl/huge.safetensors", safetensors_bytes(tmp_path, 5000))
-    assert cache(tmp_path, file_server, max_bytes=10).fetch(url, "lora_weights").exists()
+    assert (
+        cache(tmp_path, file_server, max_bytes=10)
+        .fetch(Reference.parse(url, "lora_weights"))
+        .exists()
+    )
 
 
 def test_pickle_is_refused_from_its_bytes(tmp_path):
@@ -76,7 +83,9 @@ def test_pickle_is_refused_from_its_bytes(tmp_path):
 def test_size_limit(tmp_path, file_server):
     url = file_server.put("dl/big.safetensors", safetensors_bytes(tmp_path, 10_000))
     with pytest.raises(ValueError, match="larger than the 1000 byte limit"):
-        cache(tmp_path, file_server, max_file_bytes=1000).fetch(url, "lora_weights")
+        cache(tmp_path, file_server, max_file_bytes=1000).fetch(
+            Reference.parse(url, "lora_weights")
+        )
     assert list((tmp_path / "cache").glob("*.part")) == []
 
 
@@ -101,7 +110,7 @@ def test_timeout(tmp_path):
         url = f"http://127.0.0.1:{server.server_port}/slow.safetensors"
         started = time.monotonic()
         with pytest.raises(ValueError, match="took longer than 1"):
-            c.fetch(url, "lora_weights")
+            c.fetch(Reference.parse(url, "lora_weights"))
         assert time.monotonic() - started < 4
     finally:
         server.shutdown()
@@ -117,13 +126,13 @@ def test_hugging_face_repo_resolution(tmp_path, file_server):
     file_server.put("o/one/resolve/main/m.safetensors", data)
     file_server.put("api/models/o/two", siblings("a.safetensors", "b.safetensors"))
     c = cache(tmp_path, file_server)
-    assert c.fetch("o/one", "lora_weights").read_bytes() == data
+    assert c.fetch(Reference.parse("o/one", "lora_weights")).read_bytes() == data
     with pytest.raises(ValueError, match=r"o/two holds 2 safetensors files \(a.safetensors, b"):
-        c.fetch("o/two", "lora_weights")
+        c.fetch(Reference.parse("o/two", "lora_weights"))
     with pytest.raises(ValueError, match="no Hugging Face repository o/none"):
-        c.fetch("o/none", "lora_weights")
+        c.fetch(Reference.parse("o/none", "lora_weights"))
     with pytest.raises(ValueError, match="neither an http"):
-        c.fetch("ftp://x/y.safetensors", "textual_inversions")
+        c.fetch(Reference.parse("ftp://x/y.safetensors", "textual_inversions"))
 
 
 @pytest.fixture
@@ -150,20 +159,27 @@ def test_civitai_urls_without_a_suffix_are_read_by_their_bytes(
     data = safetensors_bytes(tmp_path, 50)
     url = civitai_download(tmp_path, file_server, storage, "34562", data, "add_detail.safetensors")
     c = cache(tmp_path, file_server, civitai=file_server.url)
-    assert c.fetch(url, "lora_weights").read_bytes() == data
+    assert c.fetch(Reference.parse(url, "lora_weights")).read_bytes() == data
     assert "lora_weights: " + url + " is add_detail.safetensors" in capsys.readouterr().out
     # The token goes to civitai and not to the storage it redirects to.
     assert file_server.authorizations[-1] == ("/api/download/models/34562", "Bearer secret")
     assert storage.authorizations == [("/files/34562?X-Amz-Signature=abc", None)]
     # Runware's AIR id for the same version reaches the same download.
-    assert c.fetch("civitai:58390@34562", "lora_weights").read_bytes() == data
-    assert c.fetch("urn:air:sd1:lora:civitai:58390@34562", "lora_weights").read_bytes() == data
+    assert c.fetch(Reference.parse("civitai:58390@34562", "lora_weights")).read_bytes() == data
+    assert (
+        c.fetch(
+            Reference.parse("urn:air:sd1:lora:civitai:58390@34562", "lora_weights")
+        ).read_bytes()
+        == data
+    )
 
 
 def test_no_token_is_sent_unless_set(tmp_path, file_server, storage, monkeypatch):
     monkeypatch.delenv("CIVITAI_TOKEN", raising=False)
     url = civitai_download(tmp_path, file_server, storage, "1", safetensors_bytes(tmp_path, 5), "a")
-    cache(tmp_path, file_server, civitai=file_server.url).fetch(url, "lora_weights")
+    cache(tmp_path, file_server, civitai=file_server.url).fetch(
+        Reference.parse(url, "lora_weights")
+    )
     assert file_server.authorizations[-1] == ("/api/download/models/1", None)
 
 
@@ -173,12 +189,13 @@ def test_hf_token_goes_to_hugging_face_only(tmp_path, file_server, storage, monk
     file_server.put("api/models/o/tok", siblings)
     file_server.put("o/tok/resolve/main/l.safetensors", safetensors_bytes(tmp_path, 7))
     c = cache(tmp_path, file_server, civitai=storage.url)
-    c.fetch("o/tok", "lora_weights")
+    c.fetch(Reference.parse("o/tok", "lora_weights"))
     assert file_server.authorizations[-2:] == [
         ("/api/models/o/tok", "Bearer hf_x"),
         ("/o/tok/resolve/main/l.safetensors", "Bearer hf_x"),
     ]
-    c.fetch(storage.put("other.safetensors", safetensors_bytes(tmp_path, 8)), "lora_weights")
+    other = storage.put("other.safetensors", safetensors_bytes(tmp_path, 8))
+    c.fetch(Reference.parse(other, "lora_weights"))
     assert storage.authorizations[-1] == ("/other.safetensors", None)
 
 
@@ -187,7 +204,7 @@ def test_pickle_suffixes_are_refused_before_any_request(tmp_path, file_server, s
     before = len(file_server.requests)
     url = f"{file_server.url}/models/x{suffix.upper()}?download=1"
     with pytest.raises(ValueError, match=r"lora_weights: .* is pickled weights"):
-        cache(tmp_path, file_server).fetch(url, "lora_weights")
+        cache(tmp_path, file_server).fetch(Reference.parse(url, "lora_weights"))
     assert len(file_server.requests) == before
 
 
@@ -195,10 +212,10 @@ def test_pickled_files_behind_civitai_urls_are_refused(tmp_path, file_server, st
     c = cache(tmp_path, file_server, civitai=file_server.url)
     named = civitai_download(tmp_path, file_server, storage, "7", b"x" * 100, "model.ckpt")
     with pytest.raises(ValueError, match=r"lora_weights: .*/7 serves model.ckpt, pickled weights"):
-        c.fetch(named, "lora_weights")
+        c.fetch(Reference.parse(named, "lora_weights"))
     unnamed = file_server.put("api/download/models/8", pickle.dumps({"a": 1}))
     with pytest.raises(ValueError, match=r"/8 is not a safetensors file"):
-        c.fetch(unnamed, "lora_weights")
+        c.fetch(Reference.parse(unnamed, "lora_weights"))
     assert list((tmp_path / "cache").glob("*.safetensors")) == []
 
 
@@ -206,7 +223,9 @@ def test_a_login_wall_says_which_token_to_set(tmp_path, file_server):
     file_server.statuses["/api/download/models/9"] = 401
     url = f"{file_server.url}/api/download/models/9"
     with pytest.raises(ValueError, match=r"needs a login \(401\); set CIVITAI_TOKEN"):
-        cache(tmp_path, file_server, civitai=file_server.url).fetch(url, "lora_weights")
+        cache(tmp_path, file_server, civitai=file_server.url).fetch(
+            Reference.parse(url, "lora_weights")
+        )
 
 
 def test_civitai_com_urls_are_fetched_from_the_civitai_endpoint(tmp_path, file_server):
@@ -215,6 +234,9 @@ def test_civitai_com_urls_are_fetched_from_the_civitai_endpoint(tmp_path, file_s
     file_server.put("api/download/models/777", data)
     c = cache(tmp_path, file_server, civitai=file_server.url)
     assert (
-        c.fetch("https://civitai.com/api/download/models/777", "lora_weights").read_bytes() == data
+        c.fetch(
+            Reference.parse("https://civitai.com/api/download/models/777", "lora_weights")
+        ).read_bytes()
+        == data
     )
     assert file_server.requests[-1] == "/api/download/models/777"

@@ -4,7 +4,7 @@ import pytest
 
 from sdcog.models import ModelChoice, parse
 from sdcog.pins import FAMILY_PIN_FILES, PIN_FILE, describe, pin_file_of
-from sdcog.references import check_reference
+from sdcog.references import Reference
 
 
 @pytest.mark.parametrize(
@@ -53,19 +53,23 @@ def test_repository_ids_the_hub_refuses_are_refused_naming_the_input(text, input
     refusal = rf"^{input_name}: .* is not a Hugging Face owner/repo the hub allows"
     with pytest.raises(ValueError, match=refusal):
         if input_name == "lora_weights":
-            check_reference(text, input_name)
+            Reference.parse(text, input_name)
         else:
             parse(text, input_name)
 
 
+def resolve(choice: ModelChoice, text: str | None, input_name: str = "base_model"):
+    return choice.resolve(parse(text, input_name) if text else None)
+
+
 def test_the_allow_list_takes_shell_patterns_and_names_the_input():
     choice = ModelChoice(None, ("org/*", "civitai:*"))
-    assert choice.reference("org/a", "base_model").repo == "org/a"
-    assert choice.reference("urn:air:sd1:checkpoint:civitai:1@2", "base_model").kind == "air"
+    assert resolve(choice, "org/a", "base_model").repo == "org/a"
+    assert resolve(choice, "urn:air:sd1:checkpoint:civitai:1@2", "base_model").kind == "air"
     with pytest.raises(ValueError, match=r"^vae: other/v is not allowed .*org/\*, civitai:\*"):
-        choice.reference("other/v@main", "vae")
+        resolve(choice, "other/v@main", "vae")
     with pytest.raises(ValueError, match=r"^base_model: https://.* is not allowed"):
-        choice.reference("https://example.com/m.safetensors", "base_model")
+        resolve(choice, "https://example.com/m.safetensors", "base_model")
 
 
 def test_none_allows_only_the_builds_own(tmp_path):
@@ -77,12 +81,12 @@ def test_none_allows_only_the_builds_own(tmp_path):
     choice = ModelChoice(pins, ())
     for own in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
                 "civitai:1@2", "urn:air:sd1:checkpoint:civitai:1@2", "", None):  # fmt: skip
-        assert choice.reference(own, "base_model") is None
+        assert resolve(choice, own, "base_model") is None
     with pytest.raises(ValueError, match="none but the build's own"):
-        choice.reference("org/other", "base_model")
+        resolve(choice, "org/other", "base_model")
     # The base's names are not the VAE's.
     with pytest.raises(ValueError, match="^vae: "):
-        choice.reference("runwayml/stable-diffusion-v1-5", "vae")
+        resolve(choice, "runwayml/stable-diffusion-v1-5", "vae")
 
 
 def test_a_weights_folder_is_described_by_its_own_pin_file_else_the_builds(tmp_path):

@@ -16,6 +16,7 @@ from sdcog import replicate_weights
 from sdcog.downloads import AdapterCache
 from sdcog.limits import MAX_EMBEDDING_ROWS
 from sdcog.pipelines import Pipelines
+from sdcog.references import Reference
 from sdcog.replicate_weights import convert_lora
 
 SMALL = {"num_inference_steps": 3, "width": 256, "height": 256, "seed": 5}
@@ -163,7 +164,9 @@ def parts(make_weights, tmp_path_factory) -> dict[str, bytes]:
 def test_broken_members_fail_naming_the_input(tmp_path, file_server, parts, change, error):
     url = file_server.put(f"replicate/broken-{abs(hash(error))}.tar", tar_of(parts | change))
     with pytest.raises(ValueError, match=f"^replicate_weights: {url}: {error}"):
-        replicate_weights.fetch(AdapterCache(root=tmp_path), url, 0.6)
+        replicate_weights.fetch(
+            AdapterCache(root=tmp_path), Reference.parse(url, "replicate_weights"), 0.6
+        )
 
 
 def test_members_are_bounded_by_their_tar_headers(tmp_path, file_server, parts, monkeypatch):
@@ -174,12 +177,16 @@ def test_members_are_bounded_by_their_tar_headers(tmp_path, file_server, parts, 
         with pytest.raises(
             ValueError, match=f"lora.safetensors is {size} bytes; at most {size - 1}"
         ):
-            replicate_weights.fetch(AdapterCache(root=tmp_path), url, 0.6)
+            replicate_weights.fetch(
+                AdapterCache(root=tmp_path), Reference.parse(url, "replicate_weights"), 0.6
+            )
     rows = torch.zeros(MAX_EMBEDDING_ROWS + 1, 8)
     many = save({"text_encoders_0": rows, "text_encoders_1": rows.clone()})
     url = file_server.put("replicate/many.tar", tar_of(parts | {"embeddings.pti": many}))
     with pytest.raises(ValueError, match=f"embeddings.pti holds {MAX_EMBEDDING_ROWS + 1} tokens"):
-        replicate_weights.fetch(AdapterCache(root=tmp_path), url, 0.6)
+        replicate_weights.fetch(
+            AdapterCache(root=tmp_path), Reference.parse(url, "replicate_weights"), 0.6
+        )
 
 
 def test_a_placeholder_cannot_blow_the_prompt_up(server, file_server, parts):

@@ -4,8 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from sdcog import request_checks
 from sdcog.limits import MAX_PROMPT_CHARS
 from sdcog.request import INPUT_NAMES, ControlSlot, Request
+
+
+def checked(request: Request) -> Request:
+    """The request through the rules it must pass on its own (the first of checks.py)."""
+    request_checks.check(request)
+    return request
 
 
 def test_modes():
@@ -16,13 +23,13 @@ def test_modes():
 
 def test_mask_needs_an_image():
     with pytest.raises(ValueError, match="mask: a mask needs an image"):
-        Request(prompt="x", mask=Path("m"))
+        checked(Request(prompt="x", mask=Path("m")))
 
 
 def test_image_needs_at_least_one_denoising_step():
     with pytest.raises(ValueError, match=r"prompt_strength: .* at least 1 \(got 0.01 x 50\)"):
-        Request(prompt="x", image=Path("i"), prompt_strength=0.01)
-    Request(prompt="x", image=Path("i"), prompt_strength=0.02)
+        checked(Request(prompt="x", image=Path("i"), prompt_strength=0.01))
+    checked(Request(prompt="x", image=Path("i"), prompt_strength=0.02))
 
 
 def test_controlnet_slots_from_predict_inputs_by_name():
@@ -70,7 +77,7 @@ def test_controlnet_slots_from_predict_inputs_by_name():
 )  # fmt: skip
 def test_controlnet_inputs_that_cannot_work_name_the_input(inputs, message):
     with pytest.raises(ValueError, match=message):
-        Request.from_inputs({"prompt": "x", **inputs}, local_paths=True)
+        checked(Request.from_inputs({"prompt": "x", **inputs}, local_paths=True))
 
 
 def test_integral_floats_become_ints_and_others_are_refused_by_name():
@@ -108,7 +115,7 @@ def test_integral_floats_become_ints_and_others_are_refused_by_name():
 )  # fmt: skip
 def test_bounds_and_reference_forms_are_checked_before_anything_is_fetched(inputs, message):
     with pytest.raises(ValueError, match=message):
-        Request.from_inputs({"prompt": "x", **inputs}, local_paths=True)
+        checked(Request.from_inputs({"prompt": "x", **inputs}, local_paths=True))
 
 
 def test_the_prompt_limit_is_the_schemas():
@@ -116,7 +123,7 @@ def test_the_prompt_limit_is_the_schemas():
     import predict
 
     assert predict.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS
-    Request.from_inputs({"prompt": "x" * MAX_PROMPT_CHARS, "lora_weights": ["o/a"] * 8})
+    checked(Request.from_inputs({"prompt": "x" * MAX_PROMPT_CHARS, "lora_weights": ["o/a"] * 8}))
 
 
 def test_unknown_names_are_refused_with_the_closest_one():
@@ -156,12 +163,12 @@ def test_predict_inputs_are_the_request_and_their_defaults_its_own():
 def test_ip_adapter_settings_without_its_image_are_refused(given):
     (name,) = given
     with pytest.raises(ValueError, match=rf"^{name}: the IP-Adapter steers with ip_adapter_image"):
-        Request(prompt="x", **given)
+        checked(Request(prompt="x", **given))
 
 
 def test_control_maps_need_a_controlnet():
     with pytest.raises(ValueError, match=r"^return_control_maps: no ControlNet in this request"):
-        Request.from_inputs({"prompt": "x", "return_control_maps": True})
+        checked(Request.from_inputs({"prompt": "x", "return_control_maps": True}))
 
 
 def test_fofrs_controlnet_names_are_aliases_and_none_ignores_its_image(capsys):
@@ -183,14 +190,14 @@ def test_fofrs_controlnet_names_are_aliases_and_none_ignores_its_image(capsys):
 def test_deepcache_settings_without_deepcache_are_refused(given):
     (name,) = given
     with pytest.raises(ValueError, match=rf"^{name}: DeepCache is off \(deepcache_interval 1\)"):
-        Request(prompt="x", **given)
-    Request(prompt="x", deepcache_interval=3, **given)  # with it, fine
+        checked(Request(prompt="x", **given))
+    checked(Request(prompt="x", deepcache_interval=3, **given))  # with it, fine
 
 
 @pytest.mark.parametrize("start, end", [(0.5, 0.5), (0.8, 0.2)])
 def test_a_deepcache_window_must_not_be_empty(start, end):
     with pytest.raises(ValueError, match=r"^deepcache_end: must be above deepcache_start"):
-        Request(prompt="x", deepcache_interval=3, deepcache_start=start, deepcache_end=end)
+        checked(Request(prompt="x", deepcache_interval=3, deepcache_start=start, deepcache_end=end))
 
 
 def test_a_replicate_fine_tunes_tar_in_lora_weights_points_to_replicate_weights():
@@ -199,5 +206,5 @@ def test_a_replicate_fine_tunes_tar_in_lora_weights_points_to_replicate_weights(
     tar = "https://replicate.delivery/pbxt/abc/trained_model.tar"
     with pytest.raises(ValueError, match=r"^lora_weights: .*trained_model.tar is a Replicate "
                        r"fine-tune's \.tar; give it as replicate_weights"):  # fmt: skip
-        Request(prompt="x", lora_weights=(tar,))
+        checked(Request(prompt="x", lora_weights=(tar,)))
     assert Request(prompt="x", replicate_weights=tar).replicate_weights == tar

@@ -1,0 +1,68 @@
+"""Every check a request can fail without a download, decoding or annotator, in one place and
+each once (as diffusers' check_inputs): what the request asks on its own and of this build, then
+what it asks of its model, from the model's configs (a requested base_model's come before its
+weights). Nothing is fetched, decoded or loaded before the first part has passed."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import deepcache, denoise, prompts, request_checks, schedulers, seeds
+from .controlnets import ControlNets
+from .families import Facts
+from .ip_adapters import IPAdapters
+from .models import Choice, ModelChoice
+from .pipelines import Pipelines
+from .previews import PreviewDecoder
+from .request import Request
+
+
+@dataclass
+class Checks:
+    """What the build serves, to check requests against."""
+
+    pipelines: Pipelines
+    previews: PreviewDecoder
+    ip_adapters: IPAdapters
+    controlnets: ControlNets
+    choice: ModelChoice
+
+    def request(self, request: Request) -> Choice:
+        """The request on its own and against this build; the models it names, allowed."""
+        request_checks.check(request)
+        choice = Choice(self.choice.resolve(request.refs.base_model),
+                        self.choice.resolve(request.refs.vae))  # fmt: skip
+        seeds.check_device(request.seed_device)
+        schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps)
+        self.previews.check(request.preview_every)
+        text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
+        for name in ("prompt", "negative_prompt"):
+            prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)
+        if request.ip_adapter_image:
+            self.ip_adapters.check(request.ip_adapter)
+        if self.pipelines.refiner and request.refine == "expert_ensemble_refiner":
+            spacing = request.timestep_spacing
+            denoise.check_split(
+                self.pipelines.refiner_scheduler(request.scheduler, spacing), request
+            )
+        if self.pipelines.refiner and request.refine == "base_image_refiner":
+            denoise.check_refine_steps(request)
+        return choice
+
+    def model(self, request: Request, facts: Facts) -> None:
+        """The request against its model, from the model's configs: what only the build's SDXL
+        refiner does, the build's ControlNets and IP-Adapters, an inpainting model's one mode,
+        DeepCache's branch."""
+        refiner = self.pipelines.refiner
+        request.check_supported(facts.family.pipeline, refiner is not None)
+        if facts.inpainting and request.mode != "inpaint":
+            raise ValueError(
+                f"base_model: {facts.name} is an inpainting model (9 input channels): it serves "
+                "inpainting only (give image and mask, or outpaint_*)"
+            )
+        self.controlnets.check(request.controlnets, facts.unet)
+        if request.ip_adapter_image:
+            self.ip_adapters.check_fits(facts.unet)
+        unets: list[Any] = [facts.unet]
+        if refiner and request.refine != "no_refiner":
+            unets.append(refiner["txt2img"].unet.config)
+        deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
