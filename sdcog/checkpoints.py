@@ -12,12 +12,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL
 
 from .families import Family
 
 SHIPPED = Path(__file__).parent / "model_configs"
-PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
 
 def configs(family: Family, weights_dir: Path) -> Path:
@@ -36,12 +35,12 @@ def convert(
         for name in ("tokenizer", "tokenizer_2"):
             if (config / name).exists():
                 _complete(config / name, weights_dir / "base/tokenizer")
-        pipe = PIPELINES[family.pipeline].from_single_file(
+        pipe = family.traits.text_to_image.from_single_file(
             str(checkpoint),
             config=str(config),
             local_files_only=True,
             torch_dtype=dtype,
-            **({} if family.pipeline == "sdxl" else {"safety_checker": None}),
+            **family.traits.single_file_options,
         )
         pipe.save_pretrained(target, safe_serialization=True)
 

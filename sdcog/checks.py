@@ -50,16 +50,17 @@ class Checks:
 
     def model(self, request: Request, facts: Facts) -> None:
         """The request against its model, from the model's configs: what only the build's SDXL
-        refiner does, the build's ControlNets and IP-Adapters, an inpainting model's one mode,
-        DeepCache's branch."""
+        refiner does, the build's ControlNets, IP-Adapters and preview decoder, an inpainting
+        model's one mode, DeepCache's branch."""
         refiner = self.pipelines.refiner
-        request.check_supported(facts.family.pipeline, refiner is not None)
+        request.check_supported(facts.family, refiner is not None)
         if facts.inpainting and request.mode != "inpaint":
             raise ValueError(
                 f"base_model: {facts.name} is an inpainting model (9 input channels): it serves "
                 "inpainting only (give image and mask, or outpaint_*)"
             )
         self.controlnets.check(request.controlnets, facts.unet)
+        self.previews.check_fits(request.preview_every, facts.family, facts.name)
         if request.ip_adapter_image:
             self.ip_adapters.check_fits(facts.unet)
         unets: list[Any] = [facts.unet]

@@ -21,6 +21,7 @@ from PIL import Image
 from .annotators import Annotators
 from .control_slots import ControlSlot
 from .downloads import AdapterCache
+from .families import Family
 
 # kind -> the pin entry of a ControlNet trained for it (openpose's serves openpose_face too).
 KIND_ENTRIES = {
@@ -112,8 +113,8 @@ class Steering:
 
 
 class ControlNets:
-    def __init__(self, weights_dir: Path, unet: Any, cache: AdapterCache) -> None:
-        self.family = "sdxl" if unet.config.addition_embed_type == "text_time" else "sd"
+    def __init__(self, weights_dir: Path, family: Family, unet: Any, cache: AdapterCache) -> None:
+        self.family = family  # the build's
         self.dtype, self.device = unet.dtype, unet.device
         self.cache = cache
         entries = sorted({*KIND_ENTRIES.values(), UNION_ENTRY})
@@ -186,8 +187,8 @@ class ControlNets:
             model = self.pinned[UNION_ENTRY]
         else:
             entries = f"[{entry}]"
-            if self.family == "sdxl" and slot.kind in UNION_MODES:
-                entries = f"[{UNION_ENTRY}] (or {entries})"  # SDXL
+            if self.family.traits.union_controlnet and slot.kind in UNION_MODES:
+                entries = f"[{UNION_ENTRY}] (or {entries})"
             raise ValueError(
                 f"{slot.name}: this build has no {slot.kind} ControlNet; pin {entries} in "
                 "weights/pins.toml and run script/download-weights"

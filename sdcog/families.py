@@ -1,21 +1,126 @@
-"""Which Stable Diffusion family a model is, read from its files: SD 1.x, SD 2.x (epsilon or
-v-prediction) or SDXL base. A diffusers folder says it in its configs; a single-file checkpoint
-in the keys of its tensors (the original layout names each text encoder by where it sits)."""
+"""Model families, the one place the runtime asks what a family is and has: SD 1.x, SD 2.x
+(epsilon or v-prediction) or SDXL base, each with its traits (its pipelines, text encoders,
+latent space, watermark, refiner, the build's adapters and ControlNets it takes). Which family a
+model is comes from its files: a diffusers folder says it in its configs; a single-file
+checkpoint in the keys of its tensors (the original layout names each text encoder by where it
+sits)."""
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from diffusers import UNet2DConditionModel
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLControlNetUnionImg2ImgPipeline,
+    StableDiffusionXLControlNetUnionInpaintPipeline,
+    StableDiffusionXLControlNetUnionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.configuration_utils import FrozenDict
 from safetensors import safe_open
 
 from .limits import MAX_SIDE, MIN_SIDE
 
-LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 # The UNet's first convolution: 4 input channels for text-to-image models, 9 for inpainting ones.
 UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What every model of a family is and has."""
+
+    label: str
+    pipelines: str  # diffusers' pipeline kind, and a build's: "sd" (1.x and 2.x) or "sdxl"
+    latents: str  # the latent space (what a preview decoder decodes): "sd" or "sdxl"
+    text_encoders: int  # SDXL: two, the second with a pooled embedding
+    embedding_keys: dict[str, str]  # an embedding file's keys -> its text encoder ("", "_2")
+    sdxl_inputs: bool  # refine, high_noise_frac, refine_steps, apply_watermark, ...
+    watermark: bool  # SDXL's invisible watermark (applied here, not by its pipelines)
+    refiner: bool  # the SDXL refiner can follow it
+    union_controlnet: bool  # xinsir's union ControlNet serves it
+    text_to_image: type[DiffusionPipeline] = DiffusionPipeline  # its single files convert to it
+    # What its pipelines are loaded with: the checker runs separately (so that flagged images
+    # can be left out alone); the watermark is applied after the refiner, when asked for. What
+    # its single files convert with (the build's checker serves them).
+    load_options: dict[str, Any] = field(default_factory=dict)
+    single_file_options: dict[str, Any] = field(default_factory=dict)
+    # mode -> the ControlNet pipeline over its components, per kind (union: True)
+    control_pipelines: dict[bool, dict[str, type[DiffusionPipeline]]] = field(default_factory=dict)
+    # ip_adapter input -> the file in h94/IP-Adapter (SDXL: the adapters for the ViT-H encoder)
+    ip_adapters: dict[str, str] = field(default_factory=dict)
+
+
+SD_CONTROL = {
+    "txt2img": StableDiffusionControlNetPipeline,
+    "img2img": StableDiffusionControlNetImg2ImgPipeline,
+    "inpaint": StableDiffusionControlNetInpaintPipeline,
+}
+SD_IP_ADAPTERS = {
+    "standard": "models/ip-adapter_sd15.safetensors",
+    "plus": "models/ip-adapter-plus_sd15.safetensors",
+    "plus_face": "models/ip-adapter-plus-face_sd15.safetensors",
+}
+SD_OPTIONS = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+def _sd(label: str) -> Traits:
+    return Traits(
+        label, "sd", "sd", 1, {"": ""}, sdxl_inputs=False, watermark=False, refiner=False,
+        union_controlnet=False, text_to_image=StableDiffusionPipeline, load_options=SD_OPTIONS,
+        single_file_options={"safety_checker": None}, control_pipelines={False: SD_CONTROL},
+        ip_adapters=SD_IP_ADAPTERS,
+    )  # fmt: skip
+
+
+TRAITS = {
+    "sd1": _sd("SD 1.x"),
+    "sd2": _sd("SD 2.x"),
+    "sdxl": Traits(
+        "SDXL",
+        "sdxl",
+        "sdxl",
+        2,
+        {"clip_l": "", "clip_g": "_2"},
+        sdxl_inputs=True,
+        watermark=True,
+        refiner=True,
+        union_controlnet=True,
+        text_to_image=StableDiffusionXLPipeline,
+        load_options={"add_watermarker": False},
+        control_pipelines={
+            False: {
+                "txt2img": StableDiffusionXLControlNetPipeline,
+                "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
+                "inpaint": StableDiffusionXLControlNetInpaintPipeline,
+            },
+            True: {
+                "txt2img": StableDiffusionXLControlNetUnionPipeline,
+                "img2img": StableDiffusionXLControlNetUnionImg2ImgPipeline,
+                "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline,
+            },
+        },
+        ip_adapters={
+            "standard": "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+            "plus": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+            "plus_face": "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors",
+        },
+    ),  # fmt: skip
+}
+
+
+# The kinds of pipeline (and of build: a pin file, tiny weights) and their traits: SD 1.x and
+# 2.x share diffusers' pipelines.
+PIPELINE_KINDS = {"sd": TRAITS["sd1"], "sdxl": TRAITS["sdxl"]}
 
 
 @dataclass(frozen=True)
@@ -24,13 +129,17 @@ class Family:
     prediction: str = "epsilon"  # or v_prediction
 
     @property
+    def traits(self) -> Traits:
+        return TRAITS[self.name]
+
+    @property
     def pipeline(self) -> str:
         """The pipelines' family: "sd" (1.x and 2.x share them) or "sdxl"."""
-        return "sdxl" if self.name == "sdxl" else "sd"
+        return self.traits.pipelines
 
     def __str__(self) -> str:
         v = ", v-prediction" if self.prediction == "v_prediction" else ""
-        return LABELS[self.name] + v
+        return self.traits.label + v
 
 
 def of_folder(folder: Path, input_name: str, reference: str) -> Family:

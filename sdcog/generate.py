@@ -61,13 +61,17 @@ class Generator:
         self.cache = AdapterCache(self.settings)
         self.loras = WarmLoras(base)
         with setup.stage("controlnets"):
-            self.controlnets = ControlNets(weights_dir, base.unet, self.cache)
+            self.controlnets = ControlNets(
+                weights_dir, self.pipelines.family, base.unet, self.cache
+            )
         with setup.stage("ip_adapters"):
             self.ip_adapters = IPAdapters.load(
                 weights_dir, self.pipelines.family, self.pipelines.base
             )
         with setup.stage("previews"):
-            self.previews = PreviewDecoder.load(weights_dir, self.pipelines.device, dtype)
+            self.previews = PreviewDecoder.load(
+                weights_dir, self.pipelines.family, self.pipelines.device, dtype
+            )
         with setup.stage("compile"):  # on CUDA unless SDCOG_COMPILE=0
             refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
             mode = self.settings.compile_mode
@@ -205,7 +209,7 @@ class Generator:
         for index, (output_seed, _) in enumerate(results):
             print(protocol.seed_line(index, output_seed))
 
-        if request.apply_watermark and pipelines.family == "sdxl":
+        if request.apply_watermark and pipelines.family.traits.watermark:
             with timings.stage("watermark"):
                 marked = apply_watermark([image for _, image in results])
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]

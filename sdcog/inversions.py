@@ -18,6 +18,7 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
 from . import runner
+from .families import Family
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,12 @@ class Inversion:
 
 
 # Embedding-file key -> the suffix of the tokenizer and text encoder it belongs to.
-ENCODER_KEYS = {"sd": {"": ""}, "sdxl": {"clip_l": "", "clip_g": "_2"}}
 
 
-def _inversion_parts(family: str, inversion: Inversion) -> tuple[str, dict]:
+def _inversion_parts(family: Family, inversion: Inversion) -> tuple[str, dict]:
     """The token and, per encoder key, what to load into it."""
     state = load_file(inversion.path)
-    if family == "sdxl":
+    if family.traits.text_encoders == 2:
         if set(state) != {"clip_l", "clip_g"} or inversion.token is None:
             raise ValueError(
                 f"{inversion.input_name}: {inversion.reference} must be an SDXL embedding (clip_l "
@@ -71,14 +71,14 @@ def _check_shape(inversion: Inversion, embedding: Any, width: int) -> None:
 @contextmanager
 def applied(
     pipe: DiffusionPipeline,
-    family: str,
+    family: Family,
     inversions: list[Inversion],
     stop: threading.Event | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The embeddings on `pipe`'s text encoders, for a with-block that gets the tokenizers to
     encode prompts with (suffix "" or "_2" -> tokenizer). `stop`, once set, ends the loading
     between two embeddings."""
-    keys = ENCODER_KEYS[family]
+    keys = family.traits.embedding_keys
     encoders = {which: getattr(pipe, f"text_encoder{which}") for which in keys.values()}
     tokenizers = {which: getattr(pipe, f"tokenizer{which}") for which in keys.values()}
     sizes = {which: e.get_input_embeddings().num_embeddings for which, e in encoders.items()}

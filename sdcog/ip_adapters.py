@@ -23,6 +23,8 @@ from diffusers.loaders import IPAdapterMixin
 from safetensors import safe_open
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from .families import Family
+
 ENTRY = "ip_adapter"
 ENCODER = "models/image_encoder"
 # The UNet config keys that decide its attention layers (and so the adapter's processors).
@@ -30,19 +32,6 @@ LAYOUT = (
     "down_block_types", "up_block_types", "mid_block_type", "layers_per_block",
     "transformer_layers_per_block", "only_cross_attention",
 )  # fmt: skip
-# ip_adapter input -> the pinned file, per family (SDXL: the adapters for the ViT-H encoder).
-FILES = {
-    "sd": {
-        "standard": "models/ip-adapter_sd15.safetensors",
-        "plus": "models/ip-adapter-plus_sd15.safetensors",
-        "plus_face": "models/ip-adapter-plus-face_sd15.safetensors",
-    },
-    "sdxl": {
-        "standard": "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
-        "plus": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
-        "plus_face": "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors",
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -69,7 +58,7 @@ class IPAdapters:
 
     @classmethod
     def load(
-        cls, weights_dir: Path, family: str, pipes: dict[str, DiffusionPipeline]
+        cls, weights_dir: Path, family: Family, pipes: dict[str, DiffusionPipeline]
     ) -> "IPAdapters":
         """Every pinned kind, loaded into (and taken out of) the pipelines' shared UNet; the image
         encoder registered on each pipeline. Without the pin: no kinds."""
@@ -85,7 +74,7 @@ class IPAdapters:
         ip_adapters = cls(unet, {})
         ip_adapters.encoder = (encoder, extractor)
         ip_adapters.share_encoder(pipes)
-        for kind, name in FILES[family].items():
+        for kind, name in family.traits.ip_adapters.items():
             if (folder / name).exists():
                 ip_adapters.add(kind, read_adapter(folder / name))
         print(f"IP-Adapters: {', '.join(ip_adapters.adapters) or 'none'}")

@@ -97,8 +97,8 @@ class LoadedModels:
         self._place(in_use=[])  # the device's room goes to the one loading
         with _named_load_errors(reference):
             variant = model_files.variant(folder)
-            pipelines = Pipelines.from_folder(folder, self.fast_path, variant=variant)
-        if pipelines.family == "sdxl" and self.pinned.pipelines.refiner:
+            pipelines = Pipelines.from_folder(folder, read[-1].family, self.fast_path, variant)
+        if pipelines.family.traits.refiner and self.pinned.pipelines.refiner:
             pipelines.share_refiner(self.pinned.pipelines)
         self.ip_adapters.share_encoder(pipelines.base)
         facts = read[-1]

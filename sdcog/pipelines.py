@@ -1,12 +1,11 @@
 """Loading the pinned model once and sharing its components between modes and the refiner.
 
-The family follows from the pinned weights: base/model_index.json names an SD 1.x/2.x or an SDXL
-pipeline. weights/vae/ (SDXL's fp16-fix VAE), if present, replaces the base model's VAE;
-weights/refiner/ (SDXL only) adds a refiner UNet that shares the base's VAE and second text
-encoder.
+The family follows from the pinned weights' configs (families.py), and what the pipelines are
+loaded with from its traits. weights/vae/ (SDXL's fp16-fix VAE), if present, replaces the base
+model's VAE; weights/refiner/ (a family that takes one: SDXL) adds a refiner UNet that shares
+the base's VAE and second text encoder.
 """
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,41 +21,15 @@ from diffusers import (
     ControlNetUnionModel,
     DiffusionPipeline,
     ModelMixin,
-    StableDiffusionControlNetImg2ImgPipeline,
-    StableDiffusionControlNetInpaintPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionXLControlNetImg2ImgPipeline,
-    StableDiffusionXLControlNetInpaintPipeline,
-    StableDiffusionXLControlNetPipeline,
-    StableDiffusionXLControlNetUnionImg2ImgPipeline,
-    StableDiffusionXLControlNetUnionInpaintPipeline,
-    StableDiffusionXLControlNetUnionPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 
+from . import families
 from . import fast_path as fast
+from .families import Family
 from .schedulers import make_scheduler
-
-# (family, union ControlNet?) -> mode -> the ControlNet pipeline over the base's components.
-CONTROL_PIPELINES = {
-    ("sd", False): {
-        "txt2img": StableDiffusionControlNetPipeline,
-        "img2img": StableDiffusionControlNetImg2ImgPipeline,
-        "inpaint": StableDiffusionControlNetInpaintPipeline,
-    },
-    ("sdxl", False): {
-        "txt2img": StableDiffusionXLControlNetPipeline,
-        "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
-        "inpaint": StableDiffusionXLControlNetInpaintPipeline,
-    },
-    ("sdxl", True): {
-        "txt2img": StableDiffusionXLControlNetUnionPipeline,
-        "img2img": StableDiffusionXLControlNetUnionImg2ImgPipeline,
-        "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline,
-    },
-}
 
 
 def device_and_dtype() -> tuple[str, torch.dtype]:
@@ -66,20 +39,8 @@ def device_and_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
-FAMILIES = ("sd", "sdxl")  # SD 1.x/2.x, SDXL
 # A model's own weighted components (the safety checker and image encoder are the build's).
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-
-
-def family_of(model_dir: Path) -> str:
-    """'sdxl' or 'sd' (1.x/2.x), from the pipeline class the model's index names."""
-    index = model_dir / "model_index.json"
-    if not index.exists():
-        raise FileNotFoundError(
-            f"no model at {model_dir}: run script/download-weights (real weights) "
-            "or script/tiny-weights (tiny random ones), or set WEIGHTS_DIR"
-        )
-    return "sdxl" if "XL" in json.loads(index.read_text())["_class_name"] else "sd"
 
 
 def _modes(txt2img: DiffusionPipeline) -> dict[str, DiffusionPipeline]:
@@ -93,7 +54,7 @@ def _modes(txt2img: DiffusionPipeline) -> dict[str, DiffusionPipeline]:
 
 @dataclass
 class Pipelines:
-    family: str
+    family: Family
     base: dict[str, DiffusionPipeline]
     refiner: dict[str, DiffusionPipeline] | None
     scheduler_configs: dict[str, dict[str, Any]] = field(repr=False)
@@ -103,9 +64,16 @@ class Pipelines:
     def load(cls, weights_dir: Path, fast_path: tuple[str, ...] = ()) -> "Pipelines":
         """The build's model at weights_dir (its vae/ and refiner/ pins too), with the fast
         path's optimisations (fast_path.py) applied."""
+        base = weights_dir / "base"
+        if not (base / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"no model at {base}: run script/download-weights (real weights) "
+                "or script/tiny-weights (tiny random ones), or set WEIGHTS_DIR"
+            )
+        family = families.of_folder(base, "base_model", "the build's model")
         vae = weights_dir / "vae" if (weights_dir / "vae/config.json").exists() else None
-        pipelines = cls.from_folder(weights_dir / "base", fast_path, vae=vae)
-        if pipelines.family == "sdxl" and (weights_dir / "refiner/model_index.json").exists():
+        pipelines = cls.from_folder(base, family, fast_path, vae=vae)
+        if family.traits.refiner and (weights_dir / "refiner/model_index.json").exists():
             pipelines._add_refiner(weights_dir / "refiner", fast_path)
         return pipelines
 
@@ -113,26 +81,19 @@ class Pipelines:
     def from_folder(
         cls,
         folder: Path,
+        family: Family,
         fast_path: tuple[str, ...] = (),
         vae: Path | None = None,
         variant: str | None = None,
     ) -> "Pipelines":
         """A diffusers pipeline folder's three modes, without a refiner. `vae`: a folder whose
         VAE replaces the pipeline's own; `variant`: the weights' ("fp16"), if not the plain."""
-        family = family_of(folder)
         device, dtype = device_and_dtype()
         # Straight to the device: no CPU copy of the weights on the way.
         local = {"dtype": dtype, "local_files_only": True, "device_map": device}
-        if family == "sdxl":
-            # The watermark is applied after the refiner, and only when asked for.
-            extra: dict[str, Any] = {"add_watermarker": False}
-        else:
-            # The checker runs separately, so that flagged images can be left out alone.
-            extra = {"safety_checker": None, "feature_extractor": None,
-                     "requires_safety_checker": False}  # fmt: skip
         # The IP-Adapter's image encoder is the build's (ip_adapters.py), whatever the folder
         # names (a requested model's repository may list one it did not ship).
-        extra["image_encoder"] = None
+        extra: dict[str, Any] = {**family.traits.load_options, "image_encoder": None}
         if vae is not None:
             extra["vae"] = AutoencoderKL.from_pretrained(vae, **local)
         txt2img = AutoPipelineForText2Image.from_pretrained(
@@ -189,9 +150,10 @@ class Pipelines:
             union = isinstance(first, ControlNetUnionModel)
             # dtype: without it from_pipe casts the shared UNet to fp32. The watermark is ours
             # to apply (from_pipe does not carry add_watermarker=False over).
-            extra = {"add_watermarker": False} if self.family == "sdxl" else {}
+            traits = self.family.traits
+            extra = {"add_watermarker": False} if traits.watermark else {}
             with _quiet():  # from_pipe's cast to the same dtype warns about every model
-                pipe = CONTROL_PIPELINES[self.family, union][mode].from_pipe(
+                pipe = traits.control_pipelines[union][mode].from_pipe(
                     pipe, controlnet=controlnet, dtype=pipe.unet.dtype, **extra
                 )
         pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"], spacing)

@@ -16,32 +16,45 @@ from diffusers import AutoencoderTiny
 from PIL import Image
 
 from . import protocol
+from .families import Family
 
 ENTRY = "taesd"
 QUALITY = 70  # small files: a preview is looked at once
 
 
 class PreviewDecoder:
-    def __init__(self, decoder: AutoencoderTiny | None) -> None:
-        self.decoder = decoder
+    def __init__(self, decoder: AutoencoderTiny | None, family: Family) -> None:
+        """`family`: the build's, whose latents the pinned decoder decodes."""
+        self.decoder, self.family = decoder, family
 
     @classmethod
-    def load(cls, weights_dir: Path, device: torch.device, dtype: torch.dtype) -> "PreviewDecoder":
+    def load(
+        cls, weights_dir: Path, family: Family, device: torch.device, dtype: torch.dtype
+    ) -> "PreviewDecoder":
         """The pinned decoder, loaded once; without the pin, none (previews are refused)."""
         folder = weights_dir / ENTRY
         if not (folder / "config.json").exists():
-            return cls(None)
+            return cls(None, family)
         decoder = AutoencoderTiny.from_pretrained(
             folder, dtype=dtype, local_files_only=True, device_map=str(device)
         )
         decoder.requires_grad_(False)
-        return cls(decoder)
+        return cls(decoder, family)
 
     def check(self, preview_every: int) -> None:
         if preview_every and self.decoder is None:
             raise ValueError(
                 f"preview_every: this build has no preview decoder (pin [{ENTRY}] in "
                 "weights/pins.toml); set preview_every to 0"
+            )
+
+    def check_fits(self, preview_every: int, model: Family, name: str) -> None:
+        """The decoder decodes one latent space: a requested model of another family's is not
+        its to preview."""
+        if preview_every and model.traits.latents != self.family.traits.latents:
+            raise ValueError(
+                f"preview_every: this build's preview decoder is for {self.family.traits.label} "
+                f"latents, and {name} is {model.traits.label}; set preview_every to 0"
             )
 
     @torch.no_grad()

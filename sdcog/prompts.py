@@ -18,6 +18,7 @@ from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 from diffusers import DiffusionPipeline
 
 from . import a1111
+from .families import Family
 
 MAX_CHUNKS = 8  # 8 x 75 tokens: beyond that a prompt is refused, never cut
 
@@ -149,7 +150,7 @@ def _zero_negative(embeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**embeds, **negatives}
 
 
-def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: str,
+def encode(pipe: DiffusionPipeline, family: Family, prompt: str, negative_prompt: str,
            weighting: str, clip_skip: int, tokenizers: dict[str, Any] | None = None,
            refiner_zeros: bool = False) -> Embeddings:  # fmt: skip
     """Embeddings for a prompt and negative prompt; clip_skip as diffusers means it.
@@ -163,7 +164,7 @@ def encode(pipe: DiffusionPipeline, family: str, prompt: str, negative_prompt: s
     for name, text in texts.items():
         check_length(pipe, text, name)
     conjunctions = [_conjunction(text, weighting, name) for name, text in texts.items()]
-    if family != "sdxl":
+    if family.traits.text_encoders == 1:
         if clip_skip:  # layer -(clip_skip + 1), through the final layer norm
             kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED
             compel = _compel(pipe, tokenizers, "", kind, skip=clip_skip - 1)

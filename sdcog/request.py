@@ -9,6 +9,7 @@ from typing import Any
 
 from . import models, netguard, schedulers
 from .control_slots import CONTROL_SLOTS, ControlSlot, typed
+from .families import Family
 from .models import ModelReference
 from .references import EmbeddingReference, Reference
 
@@ -166,9 +167,9 @@ class Request:
     def replicate_scale(self) -> float:
         return REPLICATE_SCALE if self.lora_scale is None else self.lora_scale
 
-    def check_supported(self, family: str, has_refiner: bool) -> None:
+    def check_supported(self, family: Family, has_refiner: bool) -> None:
         """Reject what this build cannot do, naming the input."""
-        if family != "sdxl":
+        if not family.traits.sdxl_inputs:
             defaults = {f.name: f.default for f in fields(self)}
             for name in SDXL_ONLY:
                 if getattr(self, name) != defaults[name]:

@@ -12,7 +12,7 @@ import pytest
 from helpers import ADAPTER_MAX_BYTES, ServerUnderTest, shapes
 from loopback import FileServer, WebhookReceiver, dead_proxy_env
 
-from sdcog.pipelines import FAMILIES
+from sdcog.families import PIPELINE_KINDS
 from sdcog.tools.tiny_weights import write_tiny_weights
 
 
@@ -70,13 +70,13 @@ def sdxl_server(make_weights, tmp_path_factory, file_server):
     yield from _serve("sdxl", make_weights("sdxl"), tmp_path_factory.mktemp("server"), file_server)
 
 
-@pytest.fixture(scope="session", params=FAMILIES)
+@pytest.fixture(scope="session", params=list(PIPELINE_KINDS))
 def server(request):
     """Cog's server over tiny weights, for each model family: that family's one server."""
     return request.getfixturevalue(f"{request.param}_server")
 
 
-@pytest.fixture(scope="session", params=FAMILIES)
+@pytest.fixture(scope="session", params=list(PIPELINE_KINDS))
 def flagging_server(request, make_weights, tmp_path_factory, file_server):
     """A server whose safety checker flags every image."""
     weights = make_weights(request.param, safety_threshold=-2.0)

@@ -16,8 +16,8 @@ from diffusers import (
 from PIL import Image
 
 from sdcog import generate, pipelines
+from sdcog.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.pipelines import FAMILIES
 from sdcog.request import ControlSlot, Request
 from sdcog.schedulers import make_scheduler
 from sdcog.tools.tiny_weights import write_tiny_weights
@@ -29,7 +29,7 @@ def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float64)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(PIPELINE_KINDS))
 def test_one_unet_in_its_dtype_after_every_modes_controlnet_pipeline(
     make_weights, monkeypatch, control_image, family
 ):
@@ -87,7 +87,7 @@ def diffusers_own(weights: Path, family: str, control: Image.Image, seed: int) -
     return np.asarray(image, dtype=np.float64)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(PIPELINE_KINDS))
 def test_equals_diffusers_own_controlnet_pipeline(make_weights, control_image, family):
     weights = make_weights(family)
     generator = Generator(weights)
@@ -102,7 +102,7 @@ def test_equals_diffusers_own_controlnet_pipeline(make_weights, control_image, f
     assert np.abs(pixels(generator(request).paths[0]) - theirs).mean() > 4
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(PIPELINE_KINDS))
 def test_builds_with_and_without_controlnet_pins(make_weights, tmp_path, control_image, family):
     """A plain request is bit-identical whether ControlNets are pinned or not; a kind whose
     weights are missing fails naming the input and the pin entry."""

@@ -13,14 +13,14 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
 from sdcog import deepcache
+from sdcog.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.pipelines import FAMILIES
 from sdcog.request import ControlSlot, Request
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 7, "seed": 3}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(PIPELINE_KINDS))
 def generator(request, make_weights) -> Generator:
     return Generator(make_weights(request.param))
 
@@ -49,7 +49,7 @@ def denoise(unet: UNet2DConditionModel, scheduler: DDIMScheduler) -> list[torch.
     return outputs
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(PIPELINE_KINDS))
 def test_same_reuse_as_the_deepcache_package_on_every_branch(family):
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -132,7 +132,7 @@ def test_every_recipe_reuses_deep_features_and_leaves_nothing(
     from sdcog import generate
 
     monkeypatch.setattr(generate, "MAX_BATCH_PIXELS", 128 * 128)  # one image per batch
-    family = generator.pipelines.family
+    family = generator.pipelines.family.pipeline
     calls = deep_calls(generator.pipelines.base["txt2img"].unet)
     for name, extra in recipes(family, control_image, adapter_refs[family]["a"]).items():
         calls.clear()
@@ -193,7 +193,7 @@ def test_a_window_runs_the_steps_outside_it_in_full(generator, control_image, ex
 
 
 def test_the_window_counts_each_pass_apart_the_refiners_too(generator):
-    if generator.pipelines.family != "sdxl":
+    if generator.pipelines.family.pipeline != "sdxl":
         pytest.skip("the refiner is SDXL's")
     # The base runs the first half of 10 steps, the refiner the second: five calls each,
     # windowed as [F, F, F, R, F].

@@ -272,7 +272,7 @@ def test_sdxl_pins_download_and_serve(make_weights, tmp_path):
         hub.httpd.shutdown()
     assert not (tmp_path / "weights/base/vae").exists()  # [vae] replaces it
     generator = Generator(tmp_path / "weights")
-    assert generator.pipelines.family == "sdxl" and generator.pipelines.refiner is not None
+    assert generator.pipelines.family.pipeline == "sdxl" and generator.pipelines.refiner is not None
     request = Request(prompt="x", num_inference_steps=10, width=256, height=256,
                       refine="expert_ensemble_refiner")  # fmt: skip
     assert generator(request).paths[0].exists()

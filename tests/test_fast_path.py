@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from sdcog import fast_path
+from sdcog.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.pipelines import FAMILIES
 from sdcog.request import Request
 from sdcog.settings import Settings
 
@@ -22,7 +22,7 @@ def build(weights, chosen: str) -> Generator:
     return Generator(weights, Settings.from_env({**os.environ, "SDCOG_FAST_PATH": chosen}))
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(PIPELINE_KINDS))
 def pair(request, make_weights) -> tuple[Path, Generator, Generator]:
     """The weights, and fast and plain generators over them."""
     weights = make_weights(request.param)
@@ -71,7 +71,7 @@ def test_fused_projections_cost_no_memory(pair):
 
 def test_loras_work_with_fused_attention_and_it_comes_back(pair, adapter_refs):
     weights, fast, plain = pair
-    family = fast.pipelines.family
+    family = fast.pipelines.family.pipeline
     fused = build(weights, "fused_qkv")
     lora = {"lora_weights": (adapter_refs[family]["a"],), "lora_scales": (1.0,)}
     before = pixels(fused)

@@ -10,8 +10,8 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from helpers import data_uri, output_images
 from PIL import Image
 
+from sdcog.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.ip_adapters import FILES
 from sdcog.request import Request
 from sdcog.seeds import generators
 
@@ -61,7 +61,7 @@ def test_matches_diffusers_own_ip_adapter_pipeline(family_weights, tmp_path):
         extra["vae"] = generator.pipelines.base["txt2img"].vae  # the separately pinned VAE
         extra["add_watermarker"] = False  # as ours with apply_watermark=False
     pipe = pipeline.from_pretrained(weights / "base", **extra)
-    subfolder, name = FILES[family]["plus"].split("/")
+    subfolder, name = PIPELINE_KINDS[family].ip_adapters["plus"].split("/")
     # SDXL's _vit-h adapters take SD 1.5's encoder, in models/.
     encoder = "models/image_encoder" if family == "sdxl" else "image_encoder"
     pipe.load_ip_adapter(weights / "ip_adapter", subfolder=subfolder, weight_name=name,

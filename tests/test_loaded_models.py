@@ -214,3 +214,12 @@ def test_a_model_whose_files_do_not_serve_is_refused_naming_the_input(
     config.write_text(json.dumps(json.loads(config.read_text()) | changes))
     with pytest.raises(ValueError, match=rf"^base_model: {name}{refusal}"):
         generator(Request(**SMALL, base_model=name))
+
+
+def test_previews_of_a_model_of_another_family_are_refused(generator):
+    """The build's preview decoder (TAESD on an SD build) decodes its own family's latents: an
+    SDXL base_model's would be noise. SD 2.x shares SD 1.x's latent space."""
+    refusal = r"^preview_every: this build's preview decoder is for SD 1.x latents, and org/sdxl "
+    with pytest.raises(ValueError, match=refusal + r"is SDXL; set preview_every to 0$"):
+        generator(Request(**SMALL, base_model="org/sdxl", preview_every=1))
+    assert digest(generator, base_model="org/sd2", preview_every=1)

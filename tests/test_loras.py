@@ -12,15 +12,15 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from sdcog import loras
+from sdcog.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.pipelines import FAMILIES
 from sdcog.request import Request
 from sdcog.runner import PredictionCancelledError
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 3, "seed": 4}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(PIPELINE_KINDS))
 def family(request) -> str:
     return request.param
 

@@ -18,7 +18,7 @@ def loaded(request, make_weights):
 
 
 def diffusers_embeds(pipe, family, prompt, negative="", clip_skip=None):
-    if family == "sdxl":
+    if family.pipeline == "sdxl":
         out = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
                                  do_classifier_free_guidance=True, negative_prompt=negative,
                                  clip_skip=clip_skip)  # fmt: skip
@@ -72,10 +72,11 @@ def test_long_prompts_are_chunked_not_cut(loaded, weighting):
 def test_long_prompts_are_not_reported_as_indexing_errors(make_weights, weighting):
     """transformers warns (once per tokenizer) that a text over 77 tokens "will result in
     indexing errors": not so here, where every weighting chunks it."""
-    pipe = Pipelines.load(make_weights("sd")).base["txt2img"]  # a tokenizer that has not warned
+    pipelines = Pipelines.load(make_weights("sd"))  # a tokenizer that has not warned
+    pipe = pipelines.base["txt2img"]
     with logged("transformers.tokenization_utils_base") as messages:
         check_length(pipe, "cat " * 300, "prompt")
-        encode(pipe, "sd", "cat " * 300, "", weighting, 0)
+        encode(pipe, pipelines.family, "cat " * 300, "", weighting, 0)
     assert not [m for m in messages if "indexing errors" in m]
 
 
@@ -108,7 +109,7 @@ def test_each_text_runs_each_encoder_once_as_in_diffusers(loaded, prompt):
 
 def test_pooled_embedding_is_of_the_text_without_its_weighting_syntax(loaded):
     pipe, family = loaded
-    if family != "sdxl":
+    if family.pipeline != "sdxl":
         pytest.skip("SD 1.x has no pooled embedding")
     weighted = encode(pipe, family, "a (red)1.3 cube+", "", "compel", 0).base
     plain = encode(pipe, family, "a red cube", "", "compel", 0).base
@@ -127,7 +128,7 @@ def test_clip_skip_means_what_diffusers_means(loaded, clip_skip):
     pipe, family = loaded
     ours = encode(pipe, family, "a cat", "", "none", clip_skip).base["prompt_embeds"]
     ids = pipe.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt")
-    if family == "sdxl":  # diffusers' SDXL path: layer -(clip_skip + 2) of both encoders
+    if family.pipeline == "sdxl":  # diffusers' SDXL path: layer -(clip_skip + 2) of both encoders
         expected = diffusers_embeds(pipe, family, "a cat", clip_skip=clip_skip)["prompt_embeds"]
     else:  # layer -(clip_skip + 1) through the final layer norm
         states = pipe.text_encoder(ids.input_ids, output_hidden_states=True).hidden_states
@@ -163,12 +164,14 @@ def test_empty_negative_prompt_follows_the_models_config(loaded):
     # SDXL base ships force_zeros_for_empty_prompt: true; diffusers' pipe(prompt) then
     # conditions on zeros (negative_prompt=None). SD 1.x encodes "".
     pipe, family = loaded
-    expected = diffusers_embeds(pipe, family, "a red cube", None if family == "sdxl" else "")
+    expected = diffusers_embeds(
+        pipe, family, "a red cube", None if family.pipeline == "sdxl" else ""
+    )
     for weighting in ("compel", "none"):
         ours = encode(pipe, family, "a red cube", "", weighting, 0)
         for name, tensor in expected.items():
             torch.testing.assert_close(ours.base[name], tensor, msg=name)
-        if family == "sdxl":
+        if family.pipeline == "sdxl":
             assert not ours.base["negative_prompt_embeds"].any()
             # The refiner ships force_zeros_for_empty_prompt: false.
             assert ours.refiner["negative_pooled_prompt_embeds"].any()

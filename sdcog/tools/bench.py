@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..pipelines import device_and_dtype, family_of
+from ..families import of_folder
+from ..pipelines import device_and_dtype
 from ..timings import STAGES
 from . import bench_paths as paths
 from .bench_diffusers import Diffusers
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.set_defaults(**PRESETS[args.preset])
     args = parser.parse_args(argv)
 
-    family = family_of(args.weights / "base")
+    family = of_folder(args.weights / "base", "--weights", str(args.weights)).pipeline
     size = args.size or (1024 if family == "sdxl" else 512)
     steps = args.steps or (30 if family == "sdxl" else 50)
     workdir = Path(tempfile.mkdtemp(prefix="sdcog-bench-"))

@@ -15,7 +15,8 @@ from diffusers import (
 from PIL import Image
 
 from ..controlnets import CLASSES, UNION_ENTRY, UNION_MODES
-from ..pipelines import CONTROL_PIPELINES, device_and_dtype
+from ..families import PIPELINE_KINDS
+from ..pipelines import device_and_dtype
 from ..seeds import generators
 from .bench_paths import NEGATIVE, PROMPT, Call, Outcome, Setup
 
@@ -89,8 +90,10 @@ class Diffusers:
         variant = "fp16" if any(folder.glob("*.fp16.safetensors")) else None
         model = kind.from_pretrained(folder, variant=variant, **self.local).to(self.device)
         union = s.controlnet_entry == UNION_ENTRY
-        pipe = CONTROL_PIPELINES[s.family, union]["txt2img"].from_pipe(
-            self.pipe, controlnet=model, dtype=self.dtype
+        pipe = (
+            PIPELINE_KINDS[s.family]
+            .control_pipelines[union]["txt2img"]
+            .from_pipe(self.pipe, controlnet=model, dtype=self.dtype)
         )
         image = Image.open(s.control)
         control = (

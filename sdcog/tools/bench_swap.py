@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import families
 from ..pipelines import Pipelines, device_and_dtype
 from .bench_paths import sync
 
@@ -54,9 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     device, dtype = device_and_dtype()
     size = sum(p.stat().st_size for f in (folder, vae) if f for p in f.rglob("*.safetensors"))
     print(f"model: {folder} ({size / 1e9:.2f} GB of safetensors), device {device}, {dtype}")
+    family = families.of_folder(folder, "WEIGHTS_DIR", str(folder))
 
     def load() -> Pipelines:
-        pipelines = Pipelines.from_folder(folder, vae=vae)
+        pipelines = Pipelines.from_folder(folder, family, vae=vae)
         # On a CPU safetensors are memory-mapped: read one value per 4 KiB page so that the
         # time includes reading the weights, as the first request would.
         with torch.no_grad():

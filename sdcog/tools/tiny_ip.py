@@ -10,7 +10,8 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from ..ip_adapters import ENCODER, ENTRY, FILES
+from ..families import PIPELINE_KINDS
+from ..ip_adapters import ENCODER, ENTRY
 
 VISION = 32  # the encoder's width and projection (ViT-H: 1280 and 1024)
 QUERIES, RESAMPLER, DEPTH = 16, 64, 4  # as the plus adapters, narrower
@@ -73,7 +74,7 @@ def write_ip_adapters(directory: Path, family: str, unet: UNet2DConditionModel) 
     )  # fmt: skip
     CLIPVisionModelWithProjection(config).save_pretrained(folder / ENCODER, safe_serialization=True)
     cross = unet.config.cross_attention_dim
-    for kind, name in FILES[family].items():
+    for kind, name in PIPELINE_KINDS[family].ip_adapters.items():
         state = {f"image_proj.{k}": v for k, v in projection(kind, cross).items()}
         state |= {f"ip_adapter.{k}": v for k, v in attention(unet).items()}
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
