@@ -31,9 +31,13 @@ from PIL import Image  # noqa: E402
 
 from sdcog.tools.tiny_weights import write_tiny_weights  # noqa: E402
 
-# What varies between two runs of the same code: timings, tqdm's progress bars, and the ports
-# of the loopback servers.
-VARYING = re.compile(r"^(timings \(ms\)|setup \(ms\)).*$|^.*\d+/\d+ \[[^\]]*\].*$", re.M)
+# What varies between two runs of the same code: timings, the ports of the loopback servers,
+# and tqdm's progress bars. A bar shares its line with whatever is printed while it runs, so
+# only the bar is cut, and a line left with nothing but the bar's own title ("Loading
+# weights:", whose order between threads varies) is dropped.
+TIMINGS = re.compile(r"^(timings \(ms\)|setup \(ms\)).*$", re.M)
+BAR = re.compile(r"\s*\d+%\|[^|]*\|\s*\d+/\d+ \[[^\]]*\]")
+BAR_TITLE = re.compile(r"^[^:]*:\s*(\x1b\[A)*\s*$")
 PORT = re.compile(r"127\.0\.0\.1:\d+")
 PHOTO = data_uri(shapes((128, 128)))
 
@@ -110,6 +114,18 @@ def digest_output(uri: str) -> str:
     return f"{header} {hashlib.sha256(base64.b64decode(body)).hexdigest()}"
 
 
+def log_lines(logs: str) -> list[str]:
+    lines = []
+    for line in TIMINGS.sub("", logs).splitlines():
+        if BAR.search(line):
+            line = BAR.sub("", line)
+            if BAR_TITLE.match(line):
+                continue
+        if line.strip():
+            lines.append(line.strip())
+    return lines
+
+
 def run(server: ServerUnderTest, inputs: dict) -> dict:
     response = server.post(inputs)
     record: dict = {"http": response.status_code}
@@ -120,10 +136,9 @@ def run(server: ServerUnderTest, inputs: dict) -> dict:
     record |= {
         "status": body["status"],
         "output": [digest_output(uri) for uri in body.get("output") or []],
-        "logs": VARYING.sub("", body.get("logs") or "").strip().splitlines(),
+        "logs": log_lines(body.get("logs") or ""),
         "error": body.get("error"),
     }
-    record["logs"] = [line for line in record["logs"] if line.strip()]
     return record
 
 
