@@ -127,17 +127,15 @@ def check(unets: Iterable[Mapping[str, Any]], interval: int, branch: int) -> Non
             )
 
 
-def step_end(states: dict[str, _State], then: Callable) -> Callable:
-    """A callback_on_step_end that tells the running UNet's state its pipeline call's length
-    (diffusers' num_timesteps: one UNet call each), then calls `then`."""
-    if not states:
-        return then
+def step_end(states: dict[str, _State]) -> Callable:
+    """A step hook that tells the running UNet's state its pipeline call's length (diffusers'
+    num_timesteps: one UNet call each)."""
 
     def told(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
         for state in states.values():
             if state.unet is pipe.unet:
                 state.length = pipe.num_timesteps
-        return then(pipe, step, timestep, kwargs)
+        return kwargs
 
     return told
 

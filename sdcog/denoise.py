@@ -1,17 +1,78 @@
-"""Denoising one batch: the base model, and the SDXL refiner when asked for (handing over
-latents at high_noise_frac, or reworking the decoded image)."""
+"""Denoising (stage 6): the request's pipelines for its mode, scheduler and ControlNets, then
+batch by batch through the base model, and the SDXL refiner when asked for (handing over latents
+at high_noise_frac, or reworking the decoded image), or the hires fix's second pass."""
 
 from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
 
-from . import seeds
+from . import hires, seeds
+from .pipelines import Pipelines
 from .prompts import Embeddings
 from .request import Request
+from .request_images import Inputs, mode_inputs
+from .timings import Timings
+
+# Pixels denoised in one UNet batch: 9 images at 512x512, 4 at 768x768, 1 from 1536x1536 up.
+MAX_BATCH_PIXELS = 4 * 768 * 768
+# Above this many pixels the VAE decodes in tiles, to bound its memory at large sizes.
+TILED_DECODE_PIXELS = 1024 * 1024
 
 
-def arguments(request: Request, batch: list[int], stop: Callable) -> dict[str, Any]:
+def batches(
+    request: Request,
+    pipelines: Pipelines,
+    inputs: Inputs,
+    embeds: Embeddings,
+    hooks: Callable,
+    timings: Timings,
+) -> list[tuple[int, Image.Image]]:
+    """Each batch through the base model (and the refiner, or the hires fix's second pass):
+    the outputs' seeds and images. `hooks` run at the end of every step."""
+    steering = inputs.steering
+    controlnet = steering.controlnet if steering else None
+    pipe = pipelines.get(request.mode, request.scheduler, controlnet, request.timestep_spacing)
+    if inputs.size[0] * inputs.size[1] > TILED_DECODE_PIXELS:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+    refiner = None
+    if request.refine != "no_refiner":
+        refiner = pipelines.get_refiner(request.mode, request.scheduler, request.timestep_spacing)
+    finish = _second_pass(request, pipelines, inputs) if inputs.first != inputs.size else None
+    arguments = mode_inputs(request, inputs.image, inputs.mask, inputs.first)
+    if steering:
+        arguments.update(steering.arguments(pipe))
+    if inputs.ip_image:  # every pass of the base model sees it (hires fix: both)
+        arguments["ip_adapter_image"] = inputs.ip_image
+    per_batch = max(1, MAX_BATCH_PIXELS // (inputs.size[0] * inputs.size[1]))
+    results: list[tuple[int, Image.Image]] = []
+    with timings.denoising(pipe.vae):
+        for start in range(0, len(inputs.seeds), per_batch):
+            batch = inputs.seeds[start : start + per_batch]
+            if inputs.previews:
+                inputs.previews.first_output = start
+            denoised = run(request, pipe, refiner, batch, arguments, embeds, hooks)
+            if finish:
+                denoised = finish(denoised, arguments_of(request, batch, hooks) | embeds.base)
+            results.extend(zip(batch, denoised, strict=True))
+    return results
+
+
+def _second_pass(request: Request, pipelines: Pipelines, inputs: Inputs) -> hires.SecondPass:
+    steering = inputs.second_steering
+    controlnet = steering and steering.controlnet
+    pipe = pipelines.get("img2img", request.scheduler, controlnet, request.timestep_spacing)
+    extra = steering.arguments(pipe) if steering else {}
+    if inputs.ip_image:
+        extra["ip_adapter_image"] = inputs.ip_image
+    return hires.SecondPass(
+        pipe, inputs.size, request.hires_strength, request.hires_steps_run, extra
+    )
+
+
+def arguments_of(request: Request, batch: list[int], stop: Callable) -> dict[str, Any]:
     """The arguments every denoising pass of a batch shares."""
     return {
         "callback_on_step_end": stop,
@@ -61,7 +122,7 @@ def run(
     stop: Callable,
 ) -> list[Image.Image]:
     """One batch through the base model, and the refiner if asked for."""
-    common = arguments(request, batch, stop)
+    common = arguments_of(request, batch, stop)
     if refiner is None:
         return pipe(**common, **embeds.base, **inputs).images
     # The refiner gets the base output and, when inpainting, the same mask and size.

@@ -9,7 +9,6 @@ from pathlib import Path
 from PIL import Image
 
 from . import (
-    deepcache,
     denoise,
     errors,
     hires,
@@ -29,19 +28,16 @@ from .ip_adapters import IPAdapters
 from .loaded_models import LoadedModels, Model
 from .loras import WarmLoras
 from .outputs import Encoding, Generation, OutputFolders
-from .patches import Patches
+from .patches import Patches, Patching
 from .pipelines import Pipelines, device_and_dtype
 from .previews import PreviewDecoder, PreviewStream
 from .request import Request
+from .request_images import Inputs
 from .safety import SafetyChecker
 from .settings import Settings
+from .steps import StepHooks
 from .timings import SETUP_STAGES, Timings
 from .watermark import apply_watermark
-
-# Pixels denoised in one UNet batch: 9 images at 512x512, 4 at 768x768, 1 from 1536x1536 up.
-MAX_BATCH_PIXELS = 4 * 768 * 768
-# Above this many pixels the VAE decodes in tiles, to bound its memory at large sizes.
-TILED_DECODE_PIXELS = 1024 * 1024
 
 
 class Generator:
@@ -117,105 +113,105 @@ class Generator:
     def _generate(
         self, request: Request, cancelled: threading.Event | None, emit: Callable[[Path], None]
     ) -> Generation:
+        timings, hooks = Timings(), StepHooks()
+        hooks.add(runner.stop_if_set(cancelled or threading.Event()))
+        # 1. Check: the request on its own and against this build; nothing is fetched before.
         choice = self.checks.request(request)
+        # 2. Choose the model: the build's, or the request's (checked against its configs
+        # before its weights are fetched).
         fits = functools.partial(self.checks.model, request)
-        with self.models.chosen(choice, fits, cancelled) as model:
-            return self._run(request, model, cancelled, emit)
+        model, vae = self.models.chosen(choice, fits, cancelled)
+        # 3. Read the inputs: images, size, seeds, control maps; previews' files.
+        inputs = self._read(request, model, timings, hooks, cancelled, emit)
+        with ExitStack() as stack:  # what the request changes on its model, undone after it
+            # 4. Patch: the request's VAE, LoRAs, embeddings, IP-Adapter, DeepCache.
+            with timings.stage("adapters"):
+                patched = self.patches.applied(stack, request, model, vae, hooks, cancelled)
+            # 5. Encode the prompts.
+            with timings.stage("prompts"):
+                embeds = self._encode(request, model, patched)
+            # 6. Denoise, batch by batch (hires fix: both passes).
+            results = denoise.batches(request, model.pipelines, inputs, embeds, hooks, timings)
+            for name, state in patched.deepcache.items():
+                print(protocol.deepcache_line(name, state.reused, state.total))
+        # 7. Finish: watermark, safety, files.
+        return self._finish(request, model, inputs, results, patched, timings)
 
-    def _run(
+    def _read(
         self,
         request: Request,
         model: Model,
+        timings: Timings,
+        hooks: StepHooks,
         cancelled: threading.Event | None,
         emit: Callable[[Path], None],
-    ) -> Generation:
+    ) -> Inputs:
         pipelines = model.pipelines
-        unet = pipelines.base["txt2img"].unet
-        timings = Timings()
+        unet_config = pipelines.base["txt2img"].unet.config
         with timings.stage("read"):
             picture, image, mask, control_images, ip_image = request_images.read(request)
         size = request_images.size(request, pipelines.native_size, image, mask, control_images)
         seed = seeds.resolve_seed(request.seed)
-        output_seeds = seeds.output_seeds(seed, request.num_outputs)
         first = hires.first_size(size, request.hires_scale) if request.hires_scale > 1 else size
         steering = self.controlnets.prepare(
-            request.controlnets, control_images, first, unet.config, cancelled
+            request.controlnets, control_images, first, unet_config, cancelled
         )
-        controlnet = steering.controlnet if steering else None
-        pipe = pipelines.get(request.mode, request.scheduler, controlnet, request.timestep_spacing)
-        if size[0] * size[1] > TILED_DECODE_PIXELS:
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
-        refiner = None
         if request.refine != "no_refiner":
-            refiner = pipelines.get_refiner(
-                request.mode, request.scheduler, request.timestep_spacing
-            )
             steps = request.refine_steps_run
             detail = (f"the last {1 - request.high_noise_frac:.2f} of {steps} steps"
                       if request.refine == "expert_ensemble_refiner"
                       else f"{steps} steps at strength 0.3")  # fmt: skip
             print(f"refine: {request.refine}, {detail}")
-        hires_fix = first != size
-        stage = " (hires fix: first pass)" if hires_fix else ""
+        stage = " (hires fix: first pass)" if first != size else ""
         print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
-        finish = (
-            self._second_pass(request, pipelines, control_images, ip_image, size, cancelled)
-            if hires_fix
-            else None
-        )
-
-        inputs = request_images.mode_inputs(request, image, mask, first)
-        if steering:
-            inputs.update(steering.arguments(pipe))
-        if ip_image:  # every pass of the base model sees it (hires fix: both)
-            inputs["ip_adapter_image"] = ip_image
-        ip_adapter = request.ip_adapter if ip_image else None
-        per_batch = max(1, MAX_BATCH_PIXELS // (size[0] * size[1]))
-        stop = runner.stop_if_set(cancelled or threading.Event())
+        second_steering = None
+        if first != size:
+            second_steering = self.controlnets.prepare(
+                request.controlnets, control_images, size, unet_config, cancelled
+            )
+            print(f"hires fix: second pass {size[0]}x{size[1]}, strength "
+                  f"{request.hires_strength}, {request.hires_steps_run} steps")  # fmt: skip
         folder, token = self.outputs.open()
         previews = None
         if request.preview_every:
             previews = PreviewStream(self.previews, request.preview_every, folder, token, emit)
-            stop = previews.callback(stop)
-        results: list[tuple[int, Image.Image]] = []
-        text_pipe = pipelines.base["txt2img"]  # its components are every mode's
-        with ExitStack() as loaded:  # what the request changes: undone when it closes
-            with timings.stage("adapters"):
-                patched = self.patches.applied(
-                    loaded, request, model, ip_adapter, refiner, cancelled
-                )
-            stop = deepcache.step_end(patched.deepcache, stop)
-            zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
-            with timings.stage("prompts"):
-                embeds = prompts.encode(
-                    text_pipe, pipelines.family, patched.prompt, request.negative_prompt,
-                    request.prompt_weighting, request.clip_skip, patched.tokenizers,
-                    refiner_zeros=zeros,
-                )  # fmt: skip
-            with timings.denoising(pipe.vae):
-                for start in range(0, len(output_seeds), per_batch):
-                    batch = output_seeds[start : start + per_batch]
-                    if previews:
-                        previews.first_output = start
-                    denoised = denoise.run(request, pipe, refiner, batch, inputs, embeds, stop)
-                    if finish:
-                        shared = denoise.arguments(request, batch, stop) | embeds.base
-                        denoised = finish(denoised, shared)
-                    results.extend(zip(batch, denoised, strict=True))
-            for name, state in patched.deepcache.items():
-                print(protocol.deepcache_line(name, state.reused, state.total))
+            hooks.add(previews.step_end)
+        return Inputs(
+            picture=picture, image=image, mask=mask, ip_image=ip_image, size=size, first=first,
+            seeds=seeds.output_seeds(seed, request.num_outputs), steering=steering,
+            second_steering=second_steering, folder=folder, token=token, previews=previews,
+        )  # fmt: skip
+
+    def _encode(self, request: Request, model: Model, patched: Patching) -> prompts.Embeddings:
+        pipelines = model.pipelines
+        refiner = pipelines.refiner[request.mode] if request.refine != "no_refiner" else None
+        zeros = refiner is not None and refiner.config.force_zeros_for_empty_prompt
+        return prompts.encode(
+            pipelines.base["txt2img"], pipelines.family, patched.prompt, request.negative_prompt,
+            request.prompt_weighting, request.clip_skip, patched.tokenizers, refiner_zeros=zeros,
+        )  # fmt: skip
+
+    def _finish(
+        self,
+        request: Request,
+        model: Model,
+        inputs: Inputs,
+        results: list[tuple[int, Image.Image]],
+        patched: Patching,
+        timings: Timings,
+    ) -> Generation:
+        """The seeds said; SDXL's watermark; the outpainted picture; the safety checker, while
+        the images are encoded; the files."""
         for index, (output_seed, _) in enumerate(results):
             print(protocol.seed_line(index, output_seed))
-
-        if request.apply_watermark and pipelines.family.traits.watermark:
+        if request.apply_watermark and model.pipelines.family.traits.watermark:
             with timings.stage("watermark"):
                 marked = apply_watermark([image for _, image in results])
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
-        if picture:  # after the watermark, which marks what was generated and nothing else
-            results = [(s, picture.paste(image)) for s, image in results]
+        if inputs.picture:  # after the watermark, which marks what was generated and nothing else
+            results = [(s, inputs.picture.paste(image)) for s, image in results]
         flagged: list[int] = []
+        folder, token = inputs.folder, inputs.token
         # Encoded while the safety checker runs: encoding is off the critical path.
         with Encoding(results, request.output_format, request.output_quality) as encoding:
             if not request.disable_safety_checker:
@@ -227,30 +223,7 @@ class Generator:
                 if request.return_control_maps:  # those that steered the (first) pass
                     slots = [(slot.name, slot.kind) for slot in request.controlnets]
                     print("\n".join(protocol.control_map_line(*slot) for slot in slots))
-                    maps = self.outputs.save_maps(slots, steering.maps, folder, token)
+                    maps = self.outputs.save_maps(slots, inputs.steering.maps, folder, token)
         print(timings.line())
         counts = {name: (state.reused, state.total) for name, state in patched.deepcache.items()}
         return Generation(outputs, flagged, timings.milliseconds, counts, maps)
-
-    def _second_pass(
-        self,
-        request: Request,
-        pipelines: Pipelines,
-        control_images: list[Image.Image],
-        ip_image: Image.Image | None,
-        size: tuple[int, int],
-        cancelled: threading.Event | None,
-    ) -> hires.SecondPass:
-        unet_config = pipelines.base["txt2img"].unet.config
-        steering = self.controlnets.prepare(
-            request.controlnets, control_images, size, unet_config, cancelled
-        )
-        controlnet = steering and steering.controlnet
-        pipe = pipelines.get("img2img", request.scheduler, controlnet, request.timestep_spacing)
-        steps = request.hires_steps_run
-        print(f"hires fix: second pass {size[0]}x{size[1]}, strength {request.hires_strength}, "
-              f"{steps} steps")  # fmt: skip
-        inputs = steering.arguments(pipe) if steering else {}
-        if ip_image:
-            inputs["ip_adapter_image"] = ip_image
-        return hires.SecondPass(pipe, size, request.hires_strength, steps, inputs)

@@ -58,13 +58,12 @@ class LoadedModels:
         self.warm: OrderedDict[str, Model | AutoencoderKL] = OrderedDict()
         self.on_device: list[Model | AutoencoderKL] = []  # of those, the ones on the device
 
-    @contextmanager
     def chosen(
         self, choice: Choice, fits: Callable[[Facts], None], stop: threading.Event | None
-    ) -> Iterator[Model]:
-        """The chosen model on the device for a with-block, its vae in place; `fits(facts)`
-        refuses a model the rest of the request does not fit, before its weights are fetched
-        when they are not on disk yet."""
+    ) -> tuple[Model, AutoencoderKL | None]:
+        """The chosen model on the device, and its requested vae (None: its own), which a patch
+        swaps in (patches.py); `fits(facts)` refuses a model the rest of the request does not
+        fit, before its weights are fetched when they are not on disk yet."""
         base, vae_reference = choice.base_model, choice.vae
         model = self.pinned if base is None else self._model(base, fits, stop)
         if base is None:
@@ -73,8 +72,7 @@ class LoadedModels:
         if vae_reference is not None:
             vae = self._vae(vae_reference, model, stop)
         self._place(in_use=[m for m in (model, vae) if m is not None and m is not self.pinned])
-        with _vae_swapped(model, vae):
-            yield model
+        return model, vae
 
     def _model(
         self, reference: ModelReference, fits: Callable[[Facts], None], stop: threading.Event | None
@@ -202,7 +200,7 @@ def _named_load_errors(reference: ModelReference) -> Iterator[None]:
 
 
 @contextmanager
-def _vae_swapped(model: Model, vae: AutoencoderKL | None) -> Iterator[None]:
+def vae_swapped(model: Model, vae: AutoencoderKL | None) -> Iterator[None]:
     """`vae` in every pipeline of the model (and the refiner that shares its VAE) for a
     with-block; the model's own back after it."""
     if vae is None:

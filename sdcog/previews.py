@@ -83,17 +83,12 @@ class PreviewStream:
         self.steps = 0
         self.first_output = 0  # the batch's first output index
 
-    def callback(self, stop: Callable) -> Callable:
-        """A callback_on_step_end: `stop`'s check, then a preview every `every` steps."""
-
-        def step_end(pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
-            kwargs = stop(pipe, step, timestep, kwargs)
-            self.steps += 1
-            if self.steps % self.every == 0 and "latents" in kwargs:
-                self._write(kwargs["latents"])
-            return kwargs
-
-        return step_end
+    def step_end(self, pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
+        """A step hook: a preview every `every` steps."""
+        self.steps += 1
+        if self.steps % self.every == 0 and "latents" in kwargs:
+            self._write(kwargs["latents"])
+        return kwargs
 
     def _write(self, latents: torch.Tensor) -> None:
         for offset, image in enumerate(self.decoder.images(latents)):

@@ -1,12 +1,35 @@
 """The request's images as the pipelines take them: read and placed on the canvas, the size the
 pipeline runs at, and the arguments that differ between txt2img, img2img and inpainting."""
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from . import canvas, images
+from .canvas import Canvas
+from .controlnets import Steering
+from .previews import PreviewStream
 from .request import Request
+
+
+@dataclass
+class Inputs:
+    """What stage 3 makes of the request's inputs, for the stages after it."""
+
+    picture: Canvas | None  # outpainting or mask_margin: the picture the result is pasted into
+    image: Image.Image | None
+    mask: Image.Image | None
+    ip_image: Image.Image | None
+    size: tuple[int, int]
+    first: tuple[int, int]  # the first pass's size: the hires fix's smaller one, else `size`
+    seeds: list[int]  # one an output
+    steering: Steering | None  # the ControlNets of the (first) pass
+    second_steering: Steering | None  # the hires fix's, at the final size
+    folder: Path  # where its files go
+    token: str
+    previews: PreviewStream | None
 
 
 def read(request: Request) -> tuple[Any, ...]:

@@ -129,9 +129,9 @@ def recipes(family: str, control_image, lora: str) -> dict[str, dict]:
 def test_every_recipe_reuses_deep_features_and_leaves_nothing(
     generator, control_image, adapter_refs, monkeypatch
 ):
-    from sdcog import generate
+    from sdcog import denoise
 
-    monkeypatch.setattr(generate, "MAX_BATCH_PIXELS", 128 * 128)  # one image per batch
+    monkeypatch.setattr(denoise, "MAX_BATCH_PIXELS", 128 * 128)  # one image per batch
     family = generator.pipelines.family.pipeline
     calls = deep_calls(generator.pipelines.base["txt2img"].unet)
     for name, extra in recipes(family, control_image, adapter_refs[family]["a"]).items():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdcog import generate, images
+from sdcog import denoise, images
 from sdcog.generate import Generator
 from sdcog.request import ControlSlot, Request
 from sdcog.runner import SLOTS
@@ -49,7 +49,7 @@ def test_guidance_at_or_below_one_halves_unet_work(generator, guidance_scale, un
 
 
 def test_outputs_are_denoised_in_memory_bounded_batches(generator, monkeypatch):
-    monkeypatch.setattr(generate, "MAX_BATCH_PIXELS", 2 * 128 * 128)
+    monkeypatch.setattr(denoise, "MAX_BATCH_PIXELS", 2 * 128 * 128)
     sizes, handle = unet_batches(generator)
     try:
         files = generator(
