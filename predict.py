@@ -11,18 +11,19 @@ from typing import Optional
 from cog import BasePredictor, Input, Path, concurrent
 
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.runner import OneAtATime
-from sdcog.settings import Settings
+from sdcog.request.request import Request
+from sdcog.serving.runner import OneAtATime
+from sdcog.serving.settings import Settings
 
 SCHEDULERS = [
     "DDIM", "DDPM", "DPMSolverMultistep", "DPMSolverSinglestep", "KarrasDPM", "K_EULER",
     "K_EULER_ANCESTRAL", "HeunDiscrete", "KLMS", "PNDM", "IPNDM", "KDPM2", "KDPM2_ANCESTRAL",
     "UniPCMultistep", "LCM",
 ]  # fmt: skip
-TIMESTEP_SPACINGS = ["default", "leading", "linspace", "trailing"]  # sdcog.schedulers (a test)
-# AUTOMATIC1111's sampler names, aliases of the above (sdcog.schedulers.A1111_NAMES; a test keeps
-# the two equal).
+# sdcog.request.schedulers (a test keeps them equal)
+TIMESTEP_SPACINGS = ["default", "leading", "linspace", "trailing"]
+# AUTOMATIC1111's sampler names, aliases of the above (sdcog.request.schedulers.A1111_NAMES; a
+# test keeps the two equal).
 A1111_SCHEDULERS = [
     "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "Heun", "DPM2", "DPM2 a", "LMS", "PLMS",
     "UniPC",
@@ -33,8 +34,8 @@ SIZING_STRATEGIES = [
     "width_height", "input_image", "mask_image",
     "controlnet_1_image", "controlnet_2_image", "controlnet_3_image",
 ]  # fmt: skip
-SEED_DEVICES = ["cpu", "cuda"]  # sdcog.seeds.SEED_DEVICES (a test keeps the two equal)
-MAX_PROMPT_CHARS = 20000  # sdcog.limits.MAX_PROMPT_CHARS (a test keeps the two equal)
+SEED_DEVICES = ["cpu", "cuda"]  # sdcog.request.seeds.SEED_DEVICES (a test keeps the two equal)
+MAX_PROMPT_CHARS = 20000  # sdcog.common.limits.MAX_PROMPT_CHARS (a test keeps the two equal)
 OUTPAINT_SIZES = [
     0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024,
 ]  # fmt: skip
@@ -42,11 +43,11 @@ OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area 
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "a1111", "none"]
 IP_ADAPTERS = ["standard", "plus", "plus_face"]
-# "none", then sdcog.control_slots.CONTROL_KINDS and KIND_ALIASES (a test keeps them equal).
+# "none", then sdcog.request.control_slots.CONTROL_KINDS and KIND_ALIASES (a test keeps them equal).
 CONTROLNETS = [
     "none", "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble",
     "tile",
-    # fofr's names (sdcog.control_slots.KIND_ALIASES)
+    # fofr's names (sdcog.request.control_slots.KIND_ALIASES)
     "edge_canny", "depth_leres", "depth_midas", "soft_edge_hed", "soft_edge_pidi", "lineart_anime",
 ]  # fmt: skip
 CONTROLNET_HELP = "ControlNet kind (none: off). A kind needs its weights pinned in this build."
@@ -77,14 +78,14 @@ CONTROL_MODEL_HELP = (
 class Predictor(BasePredictor):
     def setup(self) -> None:
         """Load the pinned weights once: from WEIGHTS_DIR, default weights/ beside this file
-        (every setting: sdcog/settings.py)."""
+        (every setting: sdcog/serving/settings.py)."""
         self.settings = Settings.from_env()
         self.generate = Generator(self.settings.weights_dir, self.settings)
         self.model = OneAtATime(self.settings.status_file)
 
     # Four slots, so two clients sending back to back never find their last slot still closing;
-    # the model itself runs one prediction at a time, the others wait (sdcog/runner.py). An async
-    # generator: Cog 0.23.1 sends what it yields when it ends (README, "Previews").
+    # the model itself runs one prediction at a time, the others wait (sdcog/serving/runner.py).
+    # An async generator: Cog 0.23.1 sends what it yields when it ends (docs/inputs.md, "Previews").
     @concurrent(max=4)
     async def predict(
         self,
@@ -350,7 +351,7 @@ class Predictor(BasePredictor):
             default=0,
         ),
     ) -> AsyncIterator[Path]:
-        # Every argument above, by name: sdcog.request.Request validates and groups them.
+        # Every argument above, by name: sdcog.request.request.Request validates and groups them.
         inputs = {name: value for name, value in locals().items() if name != "self"}
         request = Request.from_inputs(inputs, self.settings.local_input_paths)
         # Previews as they are written (preview_every), then the images and control maps.

@@ -21,7 +21,7 @@ class _Drop(logging.Filter):
 # installs torchvision (it does not load against the pinned torch); the PIL ones are used.
 logging.getLogger("transformers.utils.import_utils").addFilter(_Drop("requires torchvision"))
 # transformers, tokenizing a text over 77 tokens: "will result in indexing errors". Not here:
-# every prompt weighting encodes long prompts in 77-token chunks (sdcog.prompts).
+# every prompt weighting encodes long prompts in 77-token chunks (sdcog.denoise.prompts).
 logging.getLogger("transformers.tokenization_utils_base").addFilter(
     _Drop("will result in indexing errors")
 )

@@ -6,14 +6,16 @@ weights). Nothing is fetched, decoded or loaded before the first part has passed
 from dataclasses import dataclass
 from typing import Any
 
-from . import deepcache, denoise, prompts, request_checks, schedulers, seeds
-from .controlnets import ControlNets
-from .families import Facts
-from .ip_adapters import IPAdapters
-from .models import Choice, ModelChoice
-from .pipelines import Pipelines
-from .previews import PreviewDecoder
-from .request import Request
+from .adapters.controlnets import ControlNets
+from .adapters.ip_adapters import IPAdapters
+from .common.families import Facts
+from .denoise import denoise, prompts
+from .denoise.previews import PreviewDecoder
+from .models.pipelines import Pipelines
+from .request import request_checks, schedulers, seeds
+from .request.model_choice import Choice, ModelChoice
+from .request.request import Request
+from .speed import deepcache
 
 
 @dataclass

@@ -8,36 +8,28 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import (
-    denoise,
-    errors,
-    hires,
-    memory,
-    prompts,
-    protocol,
-    request_images,
-    runner,
-    seeds,
-    torch_compile,
-)
+from .adapters.controlnets import ControlNets
+from .adapters.ip_adapters import IPAdapters
+from .adapters.loras import WarmLoras
 from .checks import Checks
-from .controlnets import ControlNets
-from .downloads import AdapterCache
-from .families import Facts
-from .ip_adapters import IPAdapters
-from .loaded_models import LoadedModels, Model
-from .loras import WarmLoras
-from .outputs import Encoding, Generation, OutputFolders
+from .common import cancel, errors, memory, protocol
+from .common.families import Facts
+from .common.timings import SETUP_STAGES, Timings
+from .denoise import denoise, hires, prompts, request_images
+from .denoise.previews import PreviewDecoder, PreviewStream
+from .denoise.request_images import Inputs
+from .denoise.steps import StepHooks
+from .fetch.downloads import AdapterCache
+from .models.loaded_models import LoadedModels, Model
+from .models.pipelines import Pipelines, device_and_dtype
+from .outputs.outputs import Encoding, Generation, OutputFolders
+from .outputs.safety import SafetyChecker
+from .outputs.watermark import apply_watermark
 from .patches import Patches, Patching
-from .pipelines import Pipelines, device_and_dtype
-from .previews import PreviewDecoder, PreviewStream
-from .request import Request
-from .request_images import Inputs
-from .safety import SafetyChecker
-from .settings import Settings
-from .steps import StepHooks
-from .timings import SETUP_STAGES, Timings
-from .watermark import apply_watermark
+from .request import seeds
+from .request.request import Request
+from .serving.settings import Settings
+from .speed import torch_compile
 
 
 class Generator:
@@ -99,8 +91,8 @@ class Generator:
         failure: Exception | None = None
         try:
             generation = self._generate(request, cancelled, emit or (lambda path: None))
-        except runner.PredictionCancelledError:
-            failure = runner.PredictionCancelledError("cancelled")
+        except cancel.PredictionCancelledError:
+            failure = cancel.PredictionCancelledError("cancelled")
         except Exception as e:
             failure = errors.public(e, [self.weights_dir, self.cache.root, self.models.files.root])
         # Raised here, outside the except blocks: what the caller keeps of a failure does not
@@ -114,7 +106,7 @@ class Generator:
         self, request: Request, cancelled: threading.Event | None, emit: Callable[[Path], None]
     ) -> Generation:
         timings, hooks = Timings(), StepHooks()
-        hooks.add(runner.stop_if_set(cancelled or threading.Event()))
+        hooks.add(cancel.stop_if_set(cancelled or threading.Event()))
         # 1. Check: the request on its own and against this build; nothing is fetched before.
         choice = self.checks.request(request)
         # 2. Choose the model: the build's, or the request's (checked against its configs

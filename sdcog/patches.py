@@ -19,16 +19,17 @@ from typing import Any
 
 from diffusers import AutoencoderKL
 
-from . import deepcache, replicate_weights, torch_compile
-from . import inversions as textual_inversions
-from .downloads import AdapterCache
-from .filechecks import embedding_rows
-from .ip_adapters import IPAdapters
-from .limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
-from .loaded_models import Model, vae_swapped
-from .loras import Lora
-from .request import Request
-from .steps import StepHooks
+from .adapters import inversions as textual_inversions
+from .adapters import replicate_weights
+from .adapters.ip_adapters import IPAdapters
+from .adapters.loras import Lora
+from .common.limits import MAX_PROMPT_CHARS, MAX_REQUEST_EMBEDDING_ROWS
+from .denoise.steps import StepHooks
+from .fetch.downloads import AdapterCache
+from .models.loaded_models import Model, vae_swapped
+from .request.request import Request
+from .security.filechecks import embedding_rows
+from .speed import deepcache, torch_compile
 
 States = dict[str, deepcache._State]  # UNet name -> DeepCache's counts
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import ADAPTER_MAX_BYTES, ServerUnderTest, shapes
 from loopback import FileServer, WebhookReceiver, dead_proxy_env
 
-from sdcog.families import PIPELINE_KINDS
+from sdcog.common.families import PIPELINE_KINDS
 from sdcog.tools.tiny_weights import write_tiny_weights
 
 

@@ -29,7 +29,7 @@ from loopback import FileServer, dead_proxy_env  # noqa: E402
 from model_repos import make_model_repos  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sdcog.tools.tiny_weights import write_tiny_weights  # noqa: E402
+from sdcog.tools.tiny_weights import write_tiny_weights
 
 # What varies between two runs of the same code: timings, the ports of the loopback servers,
 # and tqdm's progress bars. A bar shares its line with whatever is printed while it runs, so

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from sdcog.protocol import error_message
+from sdcog.common.protocol import error_message
 from sdcog.tools import cli
 from sdcog.tools.cog_server import CogServer, RunningServer
 
@@ -31,7 +31,7 @@ class ServerUnderTest(CogServer):
 
     def predict(self, **input) -> dict:
         """A sync prediction; asserts only that the server answered 200 (never 409: see
-        sdcog/runner.py, and test_two_clients_back_to_back_never_see_409)."""
+        sdcog/serving/runner.py, and test_two_clients_back_to_back_never_see_409)."""
         response = self.post(input)
         assert response.status_code == 200, response.text
         return response.json()

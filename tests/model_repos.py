@@ -14,8 +14,8 @@ from ldm_checkpoint import write_ldm_checkpoint
 from loopback import FileServer, HubServer
 from safetensors.torch import load_file, save_file
 
-from sdcog.model_files import ModelFiles
-from sdcog.settings import Settings
+from sdcog.models.model_files import ModelFiles
+from sdcog.serving.settings import Settings
 from sdcog.tools.tiny_models import write_tiny_model
 
 # civitai version ids of the single files (api/download/models/<id>)

@@ -4,9 +4,9 @@ compel syntax that means the same, for both families."""
 import pytest
 import torch
 
-from sdcog.a1111 import conjunction, fragments
-from sdcog.pipelines import Pipelines
-from sdcog.prompts import encode
+from sdcog.denoise.a1111 import conjunction, fragments
+from sdcog.denoise.prompts import encode
+from sdcog.models.pipelines import Pipelines
 
 UP, DOWN = 1.1, 1 / 1.1
 

@@ -7,8 +7,8 @@ import torch
 from helpers import shapes
 from PIL import Image
 
-from sdcog import annotators, pose
-from sdcog.annotators import Annotators
+from sdcog.adapters import annotators, pose
+from sdcog.adapters.annotators import Annotators
 
 
 def test_canny_is_opencv_canny_at_100_200():

@@ -9,9 +9,9 @@ import pytest
 from helpers import cli_predict, hydrogen_example, output_images, shapes
 from model_repos import CIVITAI_VERSIONS
 
+from sdcog.common.pins import FAMILY_PIN_FILES, PIN_FILE, names, read_pins
 from sdcog.dialects import ModelNames
 from sdcog.dialects.tasks import run as run_task
-from sdcog.pins import FAMILY_PIN_FILES, PIN_FILE, names, read_pins
 
 SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
          "height": 256, "seed": 11}  # fmt: skip

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdcog.canvas import masked_area, outpaint
+from sdcog.denoise.canvas import masked_area, outpaint
 
 
 def photo(width: int = 96, height: int = 64) -> Image.Image:

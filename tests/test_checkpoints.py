@@ -8,8 +8,8 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from sdcog import checkpoints
-from sdcog.families import Family, of_checkpoint
+from sdcog.common.families import Family, of_checkpoint
+from sdcog.models import checkpoints
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])

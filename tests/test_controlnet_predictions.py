@@ -12,9 +12,10 @@ from loopback import DEAD_PROXY
 from PIL import Image
 
 from predict import CONTROLNETS, SCHEDULERS
-from sdcog import annotators, protocol
-from sdcog.control_slots import CONTROL_KINDS, KIND_ALIASES
-from sdcog.images import output_size
+from sdcog.adapters import annotators
+from sdcog.common import protocol
+from sdcog.request.control_slots import CONTROL_KINDS, KIND_ALIASES
+from sdcog.request.images import output_size
 
 SMALL = {"prompt": "a lighthouse by the sea", "num_inference_steps": 3, "width": 256,
          "height": 256, "seed": 5}  # fmt: skip

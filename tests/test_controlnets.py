@@ -15,11 +15,12 @@ from diffusers import (
 )
 from PIL import Image
 
-from sdcog import generate, pipelines
-from sdcog.families import PIPELINE_KINDS
+from sdcog import generate
+from sdcog.common.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.request import ControlSlot, Request
-from sdcog.schedulers import make_scheduler
+from sdcog.models import pipelines
+from sdcog.request.request import ControlSlot, Request
+from sdcog.request.schedulers import make_scheduler
 from sdcog.tools.tiny_weights import write_tiny_weights
 
 SMALL = {"num_inference_steps": 3, "width": 128, "height": 128, "seed": 11}

@@ -12,10 +12,10 @@ from DeepCache import DeepCacheSDHelper
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from sdcog import deepcache
-from sdcog.families import PIPELINE_KINDS
+from sdcog.common.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.request import ControlSlot, Request
+from sdcog.request.request import ControlSlot, Request
+from sdcog.speed import deepcache
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 7, "seed": 3}
 
@@ -129,7 +129,7 @@ def recipes(family: str, control_image, lora: str) -> dict[str, dict]:
 def test_every_recipe_reuses_deep_features_and_leaves_nothing(
     generator, control_image, adapter_refs, monkeypatch
 ):
-    from sdcog import denoise
+    from sdcog.denoise import denoise
 
     monkeypatch.setattr(denoise, "MAX_BATCH_PIXELS", 128 * 128)  # one image per batch
     family = generator.pipelines.family.pipeline

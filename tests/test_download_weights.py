@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdcog.pins import PIN_FILE, Pin, component_files, read_pins
+from sdcog.common.pins import PIN_FILE, Pin, component_files, read_pins
 from sdcog.tools.download_weights import Sums, download, download_weights, sha256
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -120,7 +120,7 @@ def test_download_fetches_exactly_the_pins_and_the_model_loads(hub, tmp_path, ti
     assert len(hub.requests) == served
 
     from sdcog.generate import Generator
-    from sdcog.request import Request
+    from sdcog.request.request import Request
 
     (image,) = Generator(weights)(
         Request(prompt="x", num_inference_steps=2, width=128, height=128)
@@ -231,7 +231,7 @@ def test_single_file_checkpoint_is_converted_once(single_file_hub, tmp_path, tin
 
 def test_single_file_model_serves(single_file_hub, tmp_path):
     from sdcog.generate import Generator
-    from sdcog.request import Request
+    from sdcog.request.request import Request
 
     weights = tmp_path / "weights"
     download_weights(
@@ -255,7 +255,7 @@ def test_single_file_pickle_is_refused_before_download(single_file_hub, tmp_path
 def test_sdxl_pins_download_and_serve(make_weights, tmp_path):
     """pins-sdxl.toml's entries, each repository served from the tiny SDXL model."""
     from sdcog.generate import Generator
-    from sdcog.request import Request
+    from sdcog.request.request import Request
 
     tiny = make_weights("sdxl")
     hub = Hub(tmp_path / "hub")

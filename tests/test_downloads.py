@@ -11,9 +11,9 @@ import torch
 from loopback import FileServer
 from safetensors.torch import save_file
 
-from sdcog.downloads import AdapterCache
-from sdcog.filechecks import PICKLE_SUFFIXES, check_safetensors_header
-from sdcog.references import Reference
+from sdcog.fetch.downloads import AdapterCache
+from sdcog.fetch.references import Reference
+from sdcog.security.filechecks import PICKLE_SUFFIXES, check_safetensors_header
 
 
 def safetensors_bytes(tmp_path, n: int, seed: int = 0) -> bytes:

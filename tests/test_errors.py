@@ -3,7 +3,7 @@
 import tempfile
 from pathlib import Path
 
-from sdcog import errors
+from sdcog.common import errors
 
 
 def test_server_paths_become_server_but_urls_and_inputs_stay():

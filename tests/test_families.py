@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdcog.families import Facts, of_checkpoint, of_folder
+from sdcog.common.families import Facts, of_checkpoint, of_folder
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sdcog import fast_path
-from sdcog.families import PIPELINE_KINDS
+from sdcog.common.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.settings import Settings
+from sdcog.request.request import Request
+from sdcog.serving.settings import Settings
+from sdcog.speed import fast_path
 
 TOLERANCE = 2  # mean abs difference, in 0-255 pixel values
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdcog import filechecks
-from sdcog.limits import MAX_EMBEDDING_ROWS, MAX_HEADER_BYTES, MAX_TAR_MEMBERS
+from sdcog.common.limits import MAX_EMBEDDING_ROWS, MAX_HEADER_BYTES, MAX_TAR_MEMBERS
+from sdcog.security import filechecks
 
 
 def safetensors_with(tmp_path, header: bytes, data: bytes = b"\0" * 8):

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from PIL import Image
 from schemathesis import GenerationMode
 
-from sdcog.protocol import error_message
+from sdcog.common.protocol import error_message
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdcog import denoise, images
+from sdcog.denoise import denoise
 from sdcog.generate import Generator
-from sdcog.request import ControlSlot, Request
-from sdcog.runner import SLOTS
+from sdcog.request import images
+from sdcog.request.request import ControlSlot, Request
+from sdcog.serving.runner import SLOTS
 
 
 @pytest.fixture(scope="module")

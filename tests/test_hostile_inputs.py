@@ -13,7 +13,7 @@ from helpers import data_uri, output_images
 from PIL import Image
 from safetensors.torch import save
 
-from sdcog.limits import MAX_ASPECT, MAX_INPUT_PIXELS, MAX_LORAS
+from sdcog.common.limits import MAX_ASPECT, MAX_INPUT_PIXELS, MAX_LORAS
 from sdcog.tools.soak import png_bomb
 
 SMALL = {"prompt": "x", "num_inference_steps": 2, "width": 128, "height": 128, "seed": 3}

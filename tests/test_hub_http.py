@@ -12,10 +12,10 @@ from huggingface_hub import HfApi
 from loopback import FileServer
 from model_repos import files_tier, hub_copy
 
-from sdcog.model_cache import size
-from sdcog.models import parse
-from sdcog.runner import PredictionCancelledError
-from sdcog.transfer import DownloadError
+from sdcog.common.cancel import PredictionCancelledError
+from sdcog.models.model_cache import size
+from sdcog.request.model_choice import parse
+from sdcog.security.transfer import DownloadError
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 

@@ -12,9 +12,9 @@ from diffusers import UNet2DConditionModel
 from helpers import data_uri, output_images
 from PIL import Image
 
-from sdcog import images
 from sdcog.generate import Generator
-from sdcog.request import Request
+from sdcog.request import images
+from sdcog.request.request import Request
 
 FAST = {"num_inference_steps": 3, "seed": 11}
 

@@ -3,7 +3,7 @@ import io
 import pytest
 from PIL import Image
 
-from sdcog.images import encode_image, extension, output_size, read_image, snap
+from sdcog.request.images import encode_image, extension, output_size, read_image, snap
 
 
 def test_snap_to_multiples_of_64_in_range():

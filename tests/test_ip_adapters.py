@@ -10,10 +10,10 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from helpers import data_uri, output_images
 from PIL import Image
 
-from sdcog.families import PIPELINE_KINDS
+from sdcog.common.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.seeds import generators
+from sdcog.request.request import Request
+from sdcog.request.seeds import generators
 
 SMALL = {"prompt": "a portrait", "width": 128, "height": 128, "num_inference_steps": 3, "seed": 9}
 

@@ -1,7 +1,11 @@
-"""The house in three wings, read from the code: the runtime (predict.py and sdcog/) imports
-nothing from the other APIs (sdcog/dialects/) or the tools (sdcog/tools/), the other APIs nothing
-from the tools; only sdcog/settings.py reads the environment in the runtime, and no code writes
-it; the README's layout lists every module of each wing, and nothing else."""
+"""The house, read from the code and held to docs/architecture.md.
+
+Three wings: the runtime (predict.py and sdcog/ but for its two other folders) imports nothing
+from the other APIs (sdcog/dialects/) or the tools (sdcog/tools/), the other APIs nothing from
+the tools. Inside the runtime, each folder imports only its own modules and those of the
+folders before it in the architecture's Layout (its layers); no module imports back. Only
+sdcog/serving/settings.py reads the environment in the runtime, and no code writes it. The
+Layout lists every module of every folder, and nothing else."""
 
 import ast
 import re
@@ -10,23 +14,38 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WINGS = {"runtime": "sdcog", "dialects": "sdcog/dialects", "tools": "sdcog/tools"}
+ARCHITECTURE = ROOT / "docs/architecture.md"
+OTHER_WINGS = {"dialects": "sdcog/dialects", "tools": "sdcog/tools"}
 FORBIDDEN = {"runtime": {"dialects", "tools"}, "dialects": {"tools"}, "tools": set()}
 CODE = [ROOT / "predict.py", *sorted((ROOT / "sdcog").rglob("*.py"))]
 
 
+def layout() -> dict[str, str]:
+    """Folder (as `sdcog/x/`) -> its part of the Layout, in the page's order."""
+    text = ARCHITECTURE.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^### `(sdcog/[\w/]*)`\n(.*?)(?=^### |\Z)", text, re.M | re.S))
+
+
+PACKAGES = {p.parent.relative_to(ROOT).as_posix() for p in CODE if p.name == "__init__.py"}
+
+
+def folder_of(module: str) -> str:
+    """`sdcog.request.request` -> `sdcog/request/`; `sdcog.request` (its __init__.py) and
+    `sdcog.generate` -> their folders."""
+    path = module.replace(".", "/")
+    return (path if path in PACKAGES else path.rsplit("/", 1)[0]) + "/"
+
+
 def wing(path: Path) -> str:
     relative = path.relative_to(ROOT).parent.as_posix()
-    return {folder: name for name, folder in WINGS.items()}.get(relative, "runtime")
+    return next((name for name, folder in OTHER_WINGS.items() if relative == folder), "runtime")
 
 
 def module_wing(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "sdcog":
         return None
-    return {"dialects": "dialects", "tools": "tools"}.get(
-        parts[1] if len(parts) > 1 else "", "runtime"
-    )
+    return parts[1] if len(parts) > 1 and parts[1] in OTHER_WINGS else "runtime"
 
 
 def imports(path: Path) -> set[str]:
@@ -78,7 +97,7 @@ def _environment_uses(tree: ast.AST) -> tuple[list[int], list[int]]:
 
 # The one write allowed, and not a setting: onnxruntime's telemetry switched off before
 # onnxruntime is imported, which nothing may switch on again.
-LIBRARY_SWITCHES = {ROOT / "sdcog/pose.py": 'os.environ["ORT_DISABLE_TELEMETRY"] = "1"'}
+LIBRARY_SWITCHES = {ROOT / "sdcog/adapters/pose.py": 'os.environ["ORT_DISABLE_TELEMETRY"] = "1"'}
 
 
 @pytest.mark.parametrize("path", CODE, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -88,19 +107,67 @@ def test_settings_are_read_once_and_the_environment_never_written(path):
     reads, writes = _environment_uses(ast.parse(path.read_text()))
     reads, writes = [n for n in reads if n not in switch], [n for n in writes if n not in switch]
     assert not writes, f"writes the environment at lines {writes}"
-    if wing(path) == "runtime" and path.name != "settings.py":
+    if wing(path) == "runtime" and path != ROOT / "sdcog/serving/settings.py":
         assert not reads, f"reads the environment at lines {reads}: make it a setting"
 
 
-def test_the_readme_layout_lists_every_module_of_each_wing():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    sections = dict(
-        re.findall(r"^### .*?`(sdcog/[\w/]*)`.*?\n(.*?)(?=^### |\Z)", layout, re.M | re.S)
-    )
-    assert set(sections) == {f"{folder}/" for folder in WINGS.values()}
-    for folder in WINGS.values():
-        heads = re.findall(r"^- (.*?): ", sections[f"{folder}/"], re.M)  # what each item lists
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def graph() -> dict[str, set[str]]:
+    """Each sdcog module -> the sdcog modules it imports (function-level imports too)."""
+    modules = {module_name(p) for p in CODE if p.name != "predict.py"}
+    edges = {}
+    for path in CODE[1:]:
+        found = {m for m in imports(path) if m in modules}
+        edges[module_name(path)] = found - {module_name(path)}
+    return edges
+
+
+def test_the_runtime_imports_only_its_own_folder_and_the_layers_before_it():
+    others = {f"{folder}/" for folder in OTHER_WINGS.values()}
+    layers = [folder for folder in layout() if folder not in others]
+    assert layers[-1] == "sdcog/", "the top of sdcog/ is the last layer"
+    rank = {folder: n for n, folder in enumerate(layers)}
+    wrong = []
+    for module, targets in graph().items():
+        if module_wing(module) != "runtime" or folder_of(module) == "sdcog/":
+            continue
+        for target in targets:
+            later = rank[folder_of(target)] > rank[folder_of(module)]
+            if module_wing(target) == "runtime" and later:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_the_architecture_lists_every_module_of_every_folder():
+    sections = layout()
+    folders = sorted({p.parent for p in (ROOT / "sdcog").rglob("*.py")})
+    assert sorted(sections) == sorted(f"{f.relative_to(ROOT).as_posix()}/" for f in folders)
+    for folder, text in sections.items():
+        heads = re.findall(r"^- (.*?): ", text, re.M)  # what each item lists
         listed = [name for head in heads for name in re.findall(r"`([\w.]+\.(?:py|json))`", head)]
         present = [p.name for p in sorted((ROOT / folder).iterdir())
                    if p.suffix in (".py", ".json") and p.name != "__init__.py"]  # fmt: skip

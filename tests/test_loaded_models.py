@@ -13,10 +13,10 @@ import pytest
 from helpers import shapes
 from model_repos import hub_copy
 
-from sdcog import memory
+from sdcog.common import memory
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.settings import Settings
+from sdcog.request.request import Request
+from sdcog.serving.settings import Settings
 
 SMALL = {"prompt": "a lighthouse", "num_inference_steps": 3, "width": 256, "height": 256,
          "seed": 7}  # fmt: skip
@@ -137,7 +137,7 @@ def test_what_does_not_fit_the_model_is_refused_naming_it(
 
 
 def _slot(image: Path):
-    from sdcog.control_slots import ControlSlot
+    from sdcog.request.control_slots import ControlSlot
 
     return ControlSlot(number=1, kind="canny", image=image)
 

@@ -11,11 +11,11 @@ from helpers import logged
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from sdcog import loras
-from sdcog.families import PIPELINE_KINDS
+from sdcog.adapters import loras
+from sdcog.common.cancel import PredictionCancelledError
+from sdcog.common.families import PIPELINE_KINDS
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.runner import PredictionCancelledError
+from sdcog.request.request import Request
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 3, "seed": 4}
 

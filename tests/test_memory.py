@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sdcog import memory
+from sdcog.common import memory
 
 if memory._libc() is None:
     pytest.skip("glibc's allocator only", allow_module_level=True)
@@ -16,7 +16,7 @@ if memory._libc() is None:
 PROBE = """
 import json, resource, sys
 import psutil, torch
-from sdcog import memory
+from sdcog.common import memory
 if sys.argv[1] == "reuse":
     memory.reuse_freed_memory()
 else:  # glibc's starting threshold, held fixed: its adaptive one moves from run to run

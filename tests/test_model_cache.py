@@ -7,8 +7,8 @@ import threading
 from filelock import FileLock
 from model_repos import files_tier
 
-from sdcog.model_cache import size
-from sdcog.models import parse
+from sdcog.models.model_cache import size
+from sdcog.request.model_choice import parse
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 

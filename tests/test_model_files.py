@@ -8,9 +8,9 @@ import pytest
 import torch
 from model_repos import CIVITAI_VERSIONS, files_tier
 
-from sdcog.model_files import MARKER
-from sdcog.models import parse
-from sdcog.runner import PredictionCancelledError
+from sdcog.common.cancel import PredictionCancelledError
+from sdcog.models.model_files import MARKER
+from sdcog.request.model_choice import parse
 
 
 def weight_gets(model_repos, repo: str) -> int:

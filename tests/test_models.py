@@ -2,9 +2,9 @@
 
 import pytest
 
-from sdcog.models import ModelChoice, parse
-from sdcog.pins import FAMILY_PIN_FILES, PIN_FILE, describe, pin_file_of
-from sdcog.references import Reference
+from sdcog.common.pins import FAMILY_PIN_FILES, PIN_FILE, describe, pin_file_of
+from sdcog.fetch.references import Reference
+from sdcog.request.model_choice import ModelChoice, parse
 
 
 @pytest.mark.parametrize(

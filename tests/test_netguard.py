@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdcog import netguard
+from sdcog.security import netguard
 
 PRIVATE = [
     "http://169.254.169.254/latest/meta-data/iam/x.safetensors",  # cloud metadata

@@ -19,7 +19,7 @@ import pytest
 from helpers import output_images, shapes
 from PIL import Image
 
-from sdcog import images
+from sdcog.request import images
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from helpers import data_uri, decode_output, output_images
 from PIL import Image
 
 from predict import SCHEDULERS
-from sdcog.protocol import error_message
-from sdcog.runner import SLOTS
+from sdcog.common.protocol import error_message
+from sdcog.serving.runner import SLOTS
 
 FAST = {"num_inference_steps": 3}
 

@@ -1,7 +1,7 @@
 """Previews through Cog's real server, and what Cog 0.23.1 does with a streaming predictor.
 
 predict() is an async generator (its slots are what keep back-to-back clients from 409, see
-sdcog/runner.py). Cog 0.23.1 collects an async generator's outputs until it ends: a sync
+sdcog/serving/runner.py). Cog 0.23.1 collects an async generator's outputs until it ends: a sync
 response and the completed webhook hold the previews, then the images, but no output event
 arrives while the prediction runs, and a cancelled one keeps none (a sync generator would stream,
 with one slot). The two xfail tests say so, and start passing when Cog streams async generators.
@@ -14,7 +14,7 @@ import pytest
 import requests
 from helpers import output_images
 
-from sdcog.protocol import final_outputs, previews
+from sdcog.common.protocol import final_outputs, previews
 
 SMALL = {"prompt": "a lighthouse", "num_inference_steps": 6, "width": 128, "height": 128,
          "seed": 9}  # fmt: skip

@@ -11,10 +11,10 @@ import pytest
 from helpers import shapes
 from PIL import Image
 
-from sdcog.control_slots import ControlSlot
+from sdcog.common.cancel import PredictionCancelledError
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.runner import PredictionCancelledError
+from sdcog.request.control_slots import ControlSlot
+from sdcog.request.request import Request
 
 SMALL = {"prompt": "a lighthouse", "num_inference_steps": 6, "width": 128, "height": 128,
          "seed": 3}  # fmt: skip

@@ -7,8 +7,16 @@ from helpers import logged
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdcog.pipelines import Pipelines
-from sdcog.prompts import MAX_CHUNKS, SYNTAX, _conjunction, _plain, check_length, clean, encode
+from sdcog.denoise.prompts import (
+    MAX_CHUNKS,
+    SYNTAX,
+    _conjunction,
+    _plain,
+    check_length,
+    clean,
+    encode,
+)
+from sdcog.models.pipelines import Pipelines
 
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])

@@ -2,7 +2,7 @@
 
 import base64
 
-from sdcog import protocol
+from sdcog.common import protocol
 
 
 def test_lines_read_back_as_written():

@@ -12,12 +12,12 @@ from adapter_files import write_replicate_tar
 from helpers import output_images
 from safetensors.torch import load, save
 
-from sdcog import replicate_weights
-from sdcog.downloads import AdapterCache
-from sdcog.limits import MAX_EMBEDDING_ROWS
-from sdcog.pipelines import Pipelines
-from sdcog.references import Reference
-from sdcog.replicate_weights import convert_lora
+from sdcog.adapters import replicate_weights
+from sdcog.adapters.replicate_weights import convert_lora
+from sdcog.common.limits import MAX_EMBEDDING_ROWS
+from sdcog.fetch.downloads import AdapterCache
+from sdcog.fetch.references import Reference
+from sdcog.models.pipelines import Pipelines
 
 SMALL = {"num_inference_steps": 3, "width": 256, "height": 256, "seed": 5}
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sdcog import request_checks
-from sdcog.limits import MAX_PROMPT_CHARS
-from sdcog.request import INPUT_NAMES, ControlSlot, Request
+from sdcog.common.limits import MAX_PROMPT_CHARS
+from sdcog.request import request_checks
+from sdcog.request.request import INPUT_NAMES, ControlSlot, Request
 
 
 def checked(request: Request) -> Request:

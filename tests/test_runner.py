@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 from cog import CancelationException
 
-from sdcog.runner import OneAtATime, PredictionCancelledError, stop_if_set
+from sdcog.common.cancel import PredictionCancelledError, stop_if_set
+from sdcog.serving.runner import OneAtATime
 
 
 def test_jobs_run_one_at_a_time_off_the_event_loop():

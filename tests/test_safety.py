@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdcog.safety import SafetyChecker
+from sdcog.outputs.safety import SafetyChecker
 from sdcog.tools.tiny_weights import write_safety
 
 

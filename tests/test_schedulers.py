@@ -2,7 +2,7 @@ import pytest
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from predict import SCHEDULERS as SCHEMA_CHOICES
-from sdcog.schedulers import SCHEDULERS, check, make_scheduler
+from sdcog.request.schedulers import SCHEDULERS, check, make_scheduler
 
 SD15_CONFIG = dict(PNDMScheduler(beta_schedule="scaled_linear", steps_offset=1).config)
 
@@ -43,8 +43,8 @@ def test_unknown_name_is_a_clear_error():
 
 def test_automatic1111_names_are_aliases_of_ours():
     import predict
-    from sdcog.request import Request
-    from sdcog.schedulers import A1111_NAMES, SCHEDULERS, canonical
+    from sdcog.request.request import Request
+    from sdcog.request.schedulers import A1111_NAMES, SCHEDULERS, canonical
 
     assert predict.A1111_SCHEDULERS == list(A1111_NAMES)
     assert set(A1111_NAMES.values()) <= set(SCHEDULERS)
@@ -66,7 +66,7 @@ def test_trailing_spacing_starts_one_step_at_the_last_timestep():
     """SDXL-Turbo's 1-step sampling: with leading spacing the one step is at timestep 0
     (no noise removed at all), with trailing at 999."""
     import predict
-    from sdcog.schedulers import TIMESTEP_SPACINGS
+    from sdcog.request.schedulers import TIMESTEP_SPACINGS
 
     assert predict.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS
     firsts = {}

@@ -86,7 +86,7 @@ def test_schema_has_the_public_inputs():
     inputs = schemas["Input"]
     assert inputs["required"] == ["prompt"]
     assert "seed" not in inputs.get("required", [])
-    width = inputs["properties"]["width"]  # a multiple of 8: checked by sdcog.request
+    width = inputs["properties"]["width"]  # a multiple of 8: checked by sdcog.request.request
     assert (width["minimum"], width["maximum"]) == (128, 2048) and "enum" not in width
     assert len(schemas["scheduler"]["enum"]) == 15 + 10  # ours, then AUTOMATIC1111's names
     assert "Euler a" in schemas["scheduler"]["enum"]
@@ -97,9 +97,9 @@ def test_schema_has_the_public_inputs():
 
 def test_concurrency_is_a_literal_and_matches_the_runner():
     # `cog build` reads @concurrent(max=...) statically and bakes COG_MAX_CONCURRENCY from it;
-    # local servers set the variable from sdcog.runner.SLOTS.
+    # local servers set the variable from sdcog.serving.runner.SLOTS.
     from predict import Predictor
-    from sdcog.runner import SLOTS
+    from sdcog.serving.runner import SLOTS
 
     tree = ast.parse((ROOT / "predict.py").read_text())
     (decorator,) = [

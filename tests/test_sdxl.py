@@ -11,7 +11,7 @@ from imwatermark import WatermarkDecoder
 from PIL import Image
 
 from sdcog.generate import Generator
-from sdcog.request import ControlSlot, Request
+from sdcog.request.request import ControlSlot, Request
 
 STEPS = {"num_inference_steps": 10, "seed": 21}
 
@@ -152,7 +152,7 @@ def test_refiner_shares_the_vae_and_second_text_encoder(sdxl_generator):
 
 
 def test_watermark_off_leaves_the_pipelines_pixels_untouched(sdxl_generator):
-    from sdcog.seeds import generators
+    from sdcog.request.seeds import generators
 
     request = Request(prompt="a bay", seed=4, num_inference_steps=3, apply_watermark=False)
     (path,) = sdxl_generator(request).paths

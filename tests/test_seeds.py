@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from sdcog.seeds import (
+from sdcog.request.seeds import (
     MAX_SEED,
     SEED_DEVICES,
     check_device,
@@ -45,7 +45,7 @@ def test_seed_devices_are_the_schemas():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a server with CUDA takes seed_device=cuda")
 def test_cuda_noise_is_refused_without_cuda_naming_the_input(tiny_weights):
     from sdcog.generate import Generator
-    from sdcog.request import Request
+    from sdcog.request.request import Request
 
     check_device("cpu")
     with pytest.raises(ValueError, match=r"^seed_device: cuda draws the noise a CUDA generator"):
@@ -62,7 +62,7 @@ def test_cuda_noise_is_what_diffusers_code_seeding_cuda_gets(tiny_weights):
     from PIL import Image
 
     from sdcog.generate import Generator
-    from sdcog.request import Request
+    from sdcog.request.request import Request
 
     request = Request(prompt="a lighthouse", num_inference_steps=4, width=256, height=256,
                       seed=42, seed_device="cuda", scheduler="DDIM",

@@ -17,7 +17,7 @@ import requests
 from loopback import UploadReceiver, dead_proxy_env
 from PIL import Image
 
-from sdcog.runner import SLOTS
+from sdcog.serving.runner import SLOTS
 from sdcog.tools.cog_server import ROOT, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]

@@ -4,8 +4,8 @@ import ipaddress
 import tempfile
 from pathlib import Path
 
-from sdcog.pins import DEFAULT_WEIGHTS_DIR
-from sdcog.settings import Settings
+from sdcog.common.pins import DEFAULT_WEIGHTS_DIR
+from sdcog.serving.settings import Settings
 
 
 def test_every_variable_reaches_its_setting():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from sdcog import timings as timings_module
-from sdcog.timings import STAGES, Timings
+from sdcog.common import timings as timings_module
+from sdcog.common.timings import STAGES, Timings
 
 
 class Clock:

@@ -3,7 +3,7 @@ import json
 import pytest
 from transformers import CLIPTokenizer
 
-from sdcog.pins import PIN_FILE, component_files, read_pins
+from sdcog.common.pins import PIN_FILE, component_files, read_pins
 
 PIN_FILES = {"sd": PIN_FILE, "sdxl": PIN_FILE.with_name("pins-sdxl.toml")}
 

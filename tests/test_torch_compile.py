@@ -19,10 +19,10 @@ from loopback import dead_proxy_env
 from PIL import Image
 from torch._dynamo.utils import counters
 
-from sdcog import torch_compile
 from sdcog.generate import Generator
-from sdcog.request import Request
-from sdcog.settings import Settings
+from sdcog.request.request import Request
+from sdcog.serving.settings import Settings
+from sdcog.speed import torch_compile
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_two_processes_compiling_at_once(make_weights, tmp_path):
     """Each compiles in its own folder: both end compiled, and one saved folder remains."""
     script = (
         "import sys; from dataclasses import replace; from pathlib import Path\n"
-        "from sdcog.generate import Generator; from sdcog.settings import Settings\n"
+        "from sdcog.generate import Generator; from sdcog.serving.settings import Settings\n"
         "Generator(Path(sys.argv[1]), replace(Settings.from_env(), compile_mode='default',"
         " compile_cache_dir=Path(sys.argv[2])))\n"
     )
@@ -161,8 +161,8 @@ def test_a_failing_compile_leaves_setup_eager(make_weights, tmp_path):
     script = (
         "import sys, torch; from dataclasses import replace; from pathlib import Path\n"
         "torch._inductor.config.cpp.cxx = (None, '/bin/false')\n"
-        "from sdcog.generate import Generator; from sdcog.request import Request\n"
-        "from sdcog.settings import Settings\n"
+        "from sdcog.generate import Generator; from sdcog.request.request import Request\n"
+        "from sdcog.serving.settings import Settings\n"
         "g = Generator(Path(sys.argv[1]), replace(Settings.from_env(), compile_mode='default',"
         " compile_cache_dir=Path(sys.argv[2])))\n"
         "print('compiled:', g.pipelines.base['txt2img'].unet._compiled_call_impl is not None)\n"

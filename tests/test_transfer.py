@@ -1,6 +1,7 @@
-"""sdcog.transfer against real servers on 127.0.0.1 and ::1: the checked address is the address
-connected to (every hop, TLS and proxies included), and the deadline and a cancel end a download
-whatever the server does. Public-looking names resolve to loopback or go to the dead proxy."""
+"""sdcog.security.transfer against real servers on 127.0.0.1 and ::1: the checked address is the
+address connected to (every hop, TLS and proxies included), and the deadline and a cancel end a
+download whatever the server does. Public-looking names resolve to loopback or go to the dead
+proxy."""
 
 import datetime
 import ipaddress
@@ -17,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from loopback import DEAD_PROXY, FileServer
 
-from sdcog import netguard, transfer
-from sdcog.runner import PredictionCancelledError
+from sdcog.common.cancel import PredictionCancelledError
+from sdcog.security import netguard, transfer
 
 V4 = netguard.networks("127.0.0.1")
 

@@ -8,7 +8,7 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 from imwatermark import WatermarkDecoder
 from PIL import Image
 
-from sdcog.watermark import BITS, apply_watermark
+from sdcog.outputs.watermark import BITS, apply_watermark
 
 
 def diffusers_watermark(image: Image.Image) -> np.ndarray:

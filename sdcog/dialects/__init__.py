@@ -19,10 +19,10 @@ from typing import Any
 
 import jsonschema
 
-from .. import models
-from ..control_slots import CONTROL_KINDS
-from ..pins import PIN_FILE, names, read_pins
-from ..references import AIR
+from ..common.pins import PIN_FILE, names, read_pins
+from ..fetch.references import AIR
+from ..request import model_choice
+from ..request.control_slots import CONTROL_KINDS
 
 HERE = Path(__file__).parent
 
@@ -85,10 +85,10 @@ class FieldError(ValueError):
 
 
 def check_model(dialect: str, field: str, name: str) -> None:
-    """A model the payload names in a form this package can fetch (sdcog.models), or a
+    """A model the payload names in a form this package can fetch (sdcog.request.model_choice), or a
     FieldError naming the payload's field."""
     try:
-        models.parse(name, field)
+        model_choice.parse(name, field)
     except ValueError as e:
         raise FieldError(dialect, (field,), str(e).split(": ", 1)[1]) from None
 

@@ -16,8 +16,10 @@ from typing import Any
 
 from PIL import Image
 
-from .. import annotators, images, protocol
-from ..schedulers import TIMESTEP_SPACINGS
+from ..adapters import annotators
+from ..common import protocol
+from ..request import images
+from ..request.schedulers import TIMESTEP_SPACINGS
 from . import ModelNames, check_model, validate
 
 # Crynux's preprocess methods -> our ControlNet kinds (each kind has its own annotator).

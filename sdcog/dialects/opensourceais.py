@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .. import protocol
+from ..common import protocol
 from . import FieldError, ModelNames, check_model, validate
 
 STEPS, GUIDANCE, STRENGTH, SIZE, SEED = 20, 7.5, 0.75, 320, 1

@@ -23,11 +23,13 @@ import runpod
 from PIL import Image, ImageOps
 from runpod.serverless.utils import rp_upload
 
-from .. import images, protocol, transfer
+from ..common import protocol
 from ..generate import Generator
-from ..netguard import Networks
-from ..request import Request
-from ..settings import Settings
+from ..request import images
+from ..request.request import Request
+from ..security import transfer
+from ..security.netguard import Networks
+from ..serving.settings import Settings
 from . import FieldError
 from . import runpod as dialect
 
@@ -85,7 +87,7 @@ def _fetched(inputs: dict[str, Any], allowed: Networks) -> Iterator[dict[str, An
 
 
 def _image(reference: str, field: str, allowed: Networks) -> Image.Image:
-    """An image from an http(s) URL (through sdcog.transfer) or a data URI."""
+    """An image from an http(s) URL (through sdcog.security.transfer) or a data URI."""
     if reference.startswith("data:"):
         _, data = protocol.read_data_uri(reference)
     else:

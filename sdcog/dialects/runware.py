@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import protocol
-from ..schedulers import A1111_NAMES
+from ..common import protocol
+from ..request.schedulers import A1111_NAMES
 from . import FieldError, ModelNames, check_model, validate
 from . import runware_accelerator as accelerator
 from .runware_guides import AIR, controlnet, fail, fraction, image_input, ip_adapter

@@ -5,7 +5,7 @@ inputs, one prediction per input set, and the system's answer. The front door gi
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import protocol
+from ..common import protocol
 from . import ModelNames, hydrogen, opensourceais, runware
 
 DIALECTS = {"hydrogen": hydrogen, "opensourceais": opensourceais, "runware": runware}

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..families import of_folder
-from ..pipelines import device_and_dtype
-from ..timings import STAGES
+from ..common.families import of_folder
+from ..common.timings import STAGES
+from ..models.pipelines import device_and_dtype
 from . import bench_paths as paths
 from .bench_diffusers import Diffusers
 

@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from .. import deepcache
+from ..speed import deepcache
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ from diffusers import (
 )
 from PIL import Image
 
-from ..controlnets import CLASSES, UNION_ENTRY, UNION_MODES
-from ..families import PIPELINE_KINDS
-from ..pipelines import device_and_dtype
-from ..seeds import generators
+from ..adapters.controlnets import CLASSES, UNION_ENTRY, UNION_MODES
+from ..common.families import PIPELINE_KINDS
+from ..models.pipelines import device_and_dtype
+from ..request.seeds import generators
 from .bench_paths import NEGATIVE, PROMPT, Call, Outcome, Setup
 
 
@@ -49,7 +49,7 @@ class Diffusers:
         size = {"width": s.size, "height": s.size}
 
         def seeded() -> list[torch.Generator]:
-            # As ours seeds (sdcog/seeds.py): a CPU generator, the same noise on any device,
+            # As ours seeds (sdcog/request/seeds.py): a CPU generator, the same noise on any device,
             # so the image lines compare like with like.
             return generators([1])
 

@@ -7,8 +7,8 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from ..ip_adapters import IPAdapters
-from ..pipelines import device_and_dtype
+from ..adapters.ip_adapters import IPAdapters
+from ..models.pipelines import device_and_dtype
 from .tiny_ip import attention, projection
 
 # SD 1.5's UNet; ViT-H's widths (hidden 1280, projection 1024); the plus adapters' resampler.

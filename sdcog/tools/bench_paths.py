@@ -22,13 +22,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .. import protocol
-from ..controlnets import KIND_ENTRIES, UNION_ENTRY
-from ..fast_path import choose
+from ..adapters.controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..common import protocol
 from ..generate import Generator
-from ..netguard import networks
-from ..request import Request
-from ..settings import Settings
+from ..request.request import Request
+from ..security.netguard import networks
+from ..serving.settings import Settings
+from ..speed.fast_path import choose
 from .cog_server import CogServer
 
 CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache", "previews")

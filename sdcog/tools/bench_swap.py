@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .. import families
-from ..pipelines import Pipelines, device_and_dtype
+from ..common import families
+from ..models.pipelines import Pipelines, device_and_dtype
 from .bench_paths import sync
 
 

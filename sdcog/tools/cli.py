@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import requests
 
-from ..protocol import data_uri, error_message, save, save_control_maps, save_previews
+from ..common.protocol import data_uri, error_message, save, save_control_maps, save_previews
 from .cog_server import ROOT, CogServer, RunningServer
 
 CACHE = ROOT / ".cache"

@@ -12,7 +12,7 @@ from typing import IO
 
 import requests
 
-from ..runner import SLOTS
+from ..serving.runner import SLOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Health statuses a server does not come back from by itself (a killed worker leaves UNHEALTHY).

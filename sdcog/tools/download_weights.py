@@ -1,4 +1,4 @@
-"""script/download-weights: the pinned weights (sdcog/pins.py), downloaded resumably,
+"""script/download-weights: the pinned weights (sdcog/common/pins.py), downloaded resumably,
 safetensors-only and checked.
 
 Entry NAME ends up in weights/NAME/ in diffusers' layout (a single file is converted once). The
@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 from safetensors import safe_open
 
-from ..pins import (
+from ..common.pins import (
     DEFAULT_WEIGHTS_DIR,
     PIN_FILE,
     WEIGHT_SUFFIX,

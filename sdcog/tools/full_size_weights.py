@@ -29,11 +29,12 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from ..controlnets import KIND_ENTRIES, UNION_ENTRY
-from ..pins import FAMILY_PIN_FILES, describe
+from ..adapters.controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..common.pins import FAMILY_PIN_FILES, describe
 from .clip_tokenizer import TOKEN_IDS as TOKENS
 from .clip_tokenizer import write_tokenizer
-from .tiny_weights import SEED, _scheduler, _sdxl_scheduler, save_taesd
+from .tiny_parts import SEED, sd_scheduler, sdxl_scheduler
+from .tiny_weights import save_taesd
 
 # The configs of the real files (each repository's config.json), less defaults.
 SD15_UNET = {
@@ -118,7 +119,7 @@ def write_sd(directory: Path) -> UNet2DConditionModel:
         text_encoder=CLIPTextModel(_text(CLIP_L)),
         tokenizer=CLIPTokenizer.from_pretrained(directory / "tokenizer"),
         unet=UNet2DConditionModel(**SD15_UNET),
-        scheduler=_scheduler(),
+        scheduler=sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -140,7 +141,7 @@ def write_sdxl(directory: Path, refiner: bool) -> UNet2DConditionModel:
     base = StableDiffusionXLPipeline(
         vae=vae, text_encoder=CLIPTextModel(_text(CLIP_L)), text_encoder_2=text_encoder_2,
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=UNet2DConditionModel(**SDXL_UNET),
-        scheduler=_sdxl_scheduler(), force_zeros_for_empty_prompt=True, add_watermarker=False,
+        scheduler=sdxl_scheduler(), force_zeros_for_empty_prompt=True, add_watermarker=False,
     )  # fmt: skip
     for name in ("unet", "text_encoder", "text_encoder_2"):
         _save(getattr(base, name), directory / "base" / name)
@@ -151,7 +152,7 @@ def write_sdxl(directory: Path, refiner: bool) -> UNet2DConditionModel:
         refine = StableDiffusionXLImg2ImgPipeline(
             vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
             tokenizer_2=tokenizer, unet=UNet2DConditionModel(**REFINER_UNET),
-            scheduler=_sdxl_scheduler(), requires_aesthetics_score=True,
+            scheduler=sdxl_scheduler(), requires_aesthetics_score=True,
             force_zeros_for_empty_prompt=False, add_watermarker=False,
         )  # fmt: skip
         _save(refine.unet, directory / "refiner/unet")

@@ -1,6 +1,6 @@
 """script/serve: Cog's HTTP server for this model, supervised.
 
-Cog 0.23.1 can be left unable to serve until it is restarted (README, Security notes): a killed
+Cog 0.23.1 can be left unable to serve until it is restarted (docs/security-and-limits.md, Security notes): a killed
 worker leaves it UNHEALTHY for good, prediction ids it cannot use as folder names leak their
 slots until every request gets 409, and a setup that failed stays failed. The supervisor runs
 the server in a process group of its own, asks /health-check every second and restarts it:
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from ..runner import SLOTS
+from ..serving.runner import SLOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0

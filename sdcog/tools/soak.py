@@ -32,14 +32,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
-from ..protocol import data_uri, error_message
+from ..common.protocol import data_uri, error_message
 from .cli import Webhook
 from .cog_server import CogServer
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 4, "seed": 7}
 RSS_SLACK = 1.02  # +2 % from the second quarter's median to the last's (the first warms up)
 # Cog 0.23.1: a cancel that lands while Cog submits the prediction (in its own code, before any of
-# ours runs) ends it failed at once; sdcog/cog_cancel.py honours the ones it loses later.
+# ours runs) ends it failed at once; sdcog/serving/cog_cancel.py honours the ones it loses later.
 COG_CANCEL_RACE = "Prediction failed: Failed to submit coroutine: CancelationException"
 TMP_SLACK = 1 << 20  # +1 MiB
 

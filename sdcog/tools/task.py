@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..common.pins import PIN_FILE
 from ..dialects import ModelNames
 from ..dialects.tasks import DIALECTS, run
-from ..pins import PIN_FILE
 from . import cli
 from .cog_server import ROOT, CogServer, RunningServer
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel, ControlNetUnionModel, UNet2DConditionModel
 
-from ..annotators import DEPTH_ENTRY, POSE_ENTRY
-from ..controlnets import KIND_ENTRIES, UNION_ENTRY
-from ..pose import DETECT_SIZE, DETECTOR, POSE_MODEL, POSE_SIZE, SIMCC_SPLIT
+from ..adapters.annotators import DEPTH_ENTRY, POSE_ENTRY
+from ..adapters.controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..adapters.pose import DETECT_SIZE, DETECTOR, POSE_MODEL, POSE_SIZE, SIMCC_SPLIT
 
 CONDITIONING_CHANNELS = (8, 8, 8, 16)  # three stride-2 steps: the latents' 8x
 DETECTIONS = 8400  # YOLOX's grid cells at 640x640 (strides 8, 16, 32)

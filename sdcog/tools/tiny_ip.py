@@ -10,8 +10,8 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from ..families import PIPELINE_KINDS
-from ..ip_adapters import ENCODER, ENTRY
+from ..adapters.ip_adapters import ENCODER, ENTRY
+from ..common.families import PIPELINE_KINDS
 
 VISION = 32  # the encoder's width and projection (ViT-H: 1280 and 1024)
 QUERIES, RESAMPLER, DEPTH = 16, 64, 4  # as the plus adapters, narrower

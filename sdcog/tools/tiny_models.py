@@ -2,7 +2,7 @@
 weights), SD 2.x (wider text encoder with GELU, v-prediction, 768 px native) and SDXL (text
 encoders of different widths, as the real ones are), each in the layout of its real
 repository; and the configs their single-file checkpoints convert with
-(<weights>/single-file-configs/<family>/, the tiny counterpart of sdcog/model_configs/).
+(<weights>/single-file-configs/<family>/, the tiny counterpart of sdcog/models/model_configs/).
 """
 
 import json
@@ -14,14 +14,14 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLP
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .clip_tokenizer import write_tokenizer
-from .tiny_weights import (
+from .tiny_parts import (
     HIDDEN,
     TIME_EMBED,
-    _scheduler,
-    _sdxl_scheduler,
-    _text_config,
-    _unet,
-    _vae,
+    sd_scheduler,
+    sdxl_scheduler,
+    tiny_text_config,
+    tiny_unet,
+    tiny_vae,
 )
 
 SD2_HIDDEN = 48  # SD 2.x's text encoder is wider than SD 1.x's (1024 against 768)
@@ -40,13 +40,13 @@ def _sd2_scheduler() -> DDIMScheduler:
 def _sd(family: str) -> StableDiffusionPipeline:
     sd2 = family == "sd2"
     hidden = SD2_HIDDEN if sd2 else HIDDEN
-    text = _text_config(hidden_size=hidden, hidden_act="gelu") if sd2 else _text_config()
+    text = tiny_text_config(hidden_size=hidden, hidden_act="gelu") if sd2 else tiny_text_config()
     return StableDiffusionPipeline(
-        vae=_vae(),
+        vae=tiny_vae(),
         text_encoder=CLIPTextModel(text),
         tokenizer=None,
-        unet=_unet(96 if sd2 else 64, cross_attention_dim=hidden),
-        scheduler=_sd2_scheduler() if sd2 else _scheduler(),
+        unet=tiny_unet(96 if sd2 else 64, cross_attention_dim=hidden),
+        scheduler=_sd2_scheduler() if sd2 else sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -55,7 +55,7 @@ def _sd(family: str) -> StableDiffusionPipeline:
 
 def _sdxl() -> StableDiffusionXLPipeline:
     width = HIDDEN + SDXL_HIDDEN_2
-    unet = _unet(
+    unet = tiny_unet(
         128,
         cross_attention_dim=width,
         addition_embed_type="text_time",
@@ -64,15 +64,15 @@ def _sdxl() -> StableDiffusionXLPipeline:
         use_linear_projection=True,
     )
     return StableDiffusionXLPipeline(
-        vae=_vae(scaling_factor=0.13025, force_upcast=False),
-        text_encoder=CLIPTextModel(_text_config()),
+        vae=tiny_vae(scaling_factor=0.13025, force_upcast=False),
+        text_encoder=CLIPTextModel(tiny_text_config()),
         text_encoder_2=CLIPTextModelWithProjection(
-            _text_config(hidden_size=SDXL_HIDDEN_2, projection_dim=SDXL_HIDDEN_2)
+            tiny_text_config(hidden_size=SDXL_HIDDEN_2, projection_dim=SDXL_HIDDEN_2)
         ),
         tokenizer=None,
         tokenizer_2=None,
         unet=unet,
-        scheduler=_sdxl_scheduler(),
+        scheduler=sdxl_scheduler(),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
@@ -100,7 +100,7 @@ def write_tiny_model(directory: Path, family: str, seed: int = 1) -> None:
 
 def write_single_file_configs(weights_dir: Path) -> None:
     """<weights>/single-file-configs/<family>/: what a tiny single-file checkpoint of each family
-    converts with (configs and tokenizer settings, no weights, as sdcog/model_configs/)."""
+    converts with (configs and tokenizer settings, no weights, as sdcog/models/model_configs/)."""
     for family in FAMILIES:
         target = weights_dir / "single-file-configs" / family
         if target.exists():

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     AutoencoderTiny,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
@@ -23,74 +20,24 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
-    CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
 )
 
-from ..pins import FAMILY_PIN_FILES, describe
+from ..common.pins import FAMILY_PIN_FILES, describe
 from .clip_tokenizer import TOKEN_IDS, write_tokenizer
-
-SEED = 0
-HIDDEN = 32  # text encoder width = UNet cross-attention width
-TEXT_LAYERS = 5  # enough hidden states for every clip_skip value
-NATIVE_SIZE = 512  # like SD 1.5: unet.sample_size * 8
-
-
-def _unet(sample_size: int, cross_attention_dim: int = HIDDEN, **sdxl) -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        # Attention only at the lowest resolution keeps 2048x2048 cheap on a CPU.
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        **sdxl,
-    )
-
-
-def _vae(**config) -> AutoencoderKL:
-    # Four blocks keep the real 8x downsampling; 8 channels keep it cheap at 2048 px.
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=NATIVE_SIZE,
-        **config,
-    )
-
-
-def _text_config(**extra) -> CLIPTextConfig:
-    """The tiny text encoder; `extra` adds to or overrides its settings."""
-    config = {
-        **TOKEN_IDS, "hidden_size": HIDDEN, "intermediate_size": 37,
-        "num_hidden_layers": TEXT_LAYERS, "num_attention_heads": 4, "max_position_embeddings": 77,
-    }  # fmt: skip
-    return CLIPTextConfig(**(config | extra))
-
-
-def _scheduler() -> PNDMScheduler:
-    # SD 1.5's shipped scheduler config.
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
+from .tiny_parts import (
+    HIDDEN,
+    NATIVE_SIZE,
+    SEED,
+    TIME_EMBED,
+    sd_scheduler,
+    sdxl_scheduler,
+    tiny_text_config,
+    tiny_unet,
+    tiny_vae,
+)
 
 
 def write_base(directory: Path, native_size: int = NATIVE_SIZE) -> None:
@@ -98,11 +45,11 @@ def write_base(directory: Path, native_size: int = NATIVE_SIZE) -> None:
     torch.manual_seed(SEED)
     write_tokenizer(directory / "tokenizer")
     pipe = StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config()),
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(tiny_text_config()),
         tokenizer=CLIPTokenizer.from_pretrained(directory / "tokenizer"),
-        unet=_unet(native_size // 8),
-        scheduler=_scheduler(),
+        unet=tiny_unet(native_size // 8),
+        scheduler=sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -204,24 +151,10 @@ def write_tiny_weights(
 # refiner conditioned on the second encoder and an aesthetic score, and the fp16-fix VAE pinned
 # on its own. Widths as in the real models, divided down: cross-attention = both encoders' widths.
 SDXL_NATIVE_SIZE = 1024
-TIME_EMBED = 8
-
-
-def _sdxl_scheduler() -> EulerDiscreteScheduler:
-    # SDXL 1.0's shipped scheduler config.
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        interpolation_type="linear",
-    )
 
 
 def _sdxl_unet(cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
-    return _unet(
+    return tiny_unet(
         SDXL_NATIVE_SIZE // 8,
         cross_attention_dim=cross_attention_dim,
         addition_embed_type="text_time",
@@ -238,16 +171,16 @@ def write_sdxl(directory: Path) -> None:
     write_tokenizer(directory / "base/tokenizer")
     write_tokenizer(directory / "base/tokenizer_2")
     tokenizer = CLIPTokenizer.from_pretrained(directory / "base/tokenizer")
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=HIDDEN))
-    vae = _vae(scaling_factor=0.13025, force_upcast=False)
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config(projection_dim=HIDDEN))
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=False)
     base = StableDiffusionXLPipeline(
         vae=vae,
-        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder=CLIPTextModel(tiny_text_config()),
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=_sdxl_unet(cross_attention_dim=2 * HIDDEN, time_ids=6),
-        scheduler=_sdxl_scheduler(),
+        scheduler=sdxl_scheduler(),
         force_zeros_for_empty_prompt=True,  # as the base 1.0 ships it (the refiner: False)
         add_watermarker=False,
     )
@@ -264,7 +197,7 @@ def write_sdxl(directory: Path) -> None:
         tokenizer=None,
         tokenizer_2=tokenizer,
         unet=_sdxl_unet(cross_attention_dim=HIDDEN, time_ids=5),
-        scheduler=_sdxl_scheduler(),
+        scheduler=sdxl_scheduler(),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,
