@@ -1,5 +1,5 @@
 """What Cog's server should do and the pinned one (0.23.1) does not, which this package cannot
-change: the faults the README's security notes and HTTP API section describe with their
+change: the faults docs/security-and-limits.md and docs/serving.md describe with their
 mitigations. Each test is a
 strict xfail, so a Cog upgrade that fixes one fails here and the notes (and script/serve's
 supervisor) get updated."""
@@ -16,7 +16,7 @@ import pytest
 import requests
 from helpers import ServerUnderTest
 
-from sdcog.runner import SLOTS
+from sdcog.serving.runner import SLOTS
 
 pytestmark = pytest.mark.server
 
@@ -29,7 +29,7 @@ def health(server) -> str:
 
 def xfail(reason: str) -> pytest.MarkDecorator:
     """A test of what Cog should do, failing while it does not: strict, so that an upgrade that
-    fixes it fails here, and the README's security notes and script/serve are updated."""
+    fixes it fails here, and docs/security-and-limits.md and script/serve are updated."""
     return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"Cog 0.23.1: {reason}")
 
 

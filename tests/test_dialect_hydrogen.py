@@ -9,10 +9,10 @@ import pytest
 from helpers import cli_predict, data_uri, hydrogen_example, shapes
 from PIL import Image, ImageFilter
 
-from sdcog import annotators
+from sdcog.adapters import annotators
+from sdcog.common.pins import PIN_FILE
 from sdcog.dialects import ModelNames, hydrogen
 from sdcog.dialects.tasks import run
-from sdcog.pins import PIN_FILE
 
 SD = ModelNames.from_pins(PIN_FILE)
 SDXL = ModelNames.from_pins(PIN_FILE.with_name("pins-sdxl.toml"))
@@ -23,7 +23,7 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
                                                tmp_path):  # fmt: skip
     if server.family != "sd":
         pytest.skip("the example is an SD 1.5 fine-tune's task")
-    # A build of that fine-tune: weights/pins.toml with chilloutmix as [base] (the README's
+    # A build of that fine-tune: weights/pins.toml with chilloutmix as [base] (docs/other-systems.md's
     # example), over the tiny SD weights; civitai.com is served by the test's mirror.
     pins = tmp_path / "pins.toml"
     pins.write_text(PIN_FILE.read_text().replace(

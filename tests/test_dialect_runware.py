@@ -13,9 +13,9 @@ import pytest
 from helpers import cli_predict, data_uri
 from PIL import Image
 
+from sdcog.common.pins import PIN_FILE
 from sdcog.dialects import HERE, FieldError, ModelNames, runware
 from sdcog.dialects.tasks import run
-from sdcog.pins import PIN_FILE
 from sdcog.tools.cog_server import free_port
 
 SD = ModelNames.from_pins(PIN_FILE)
@@ -424,9 +424,9 @@ def test_script_task_answers_runware_json(server, tmp_path, capsys):
     assert error["message"].startswith("no Cog server answers at http://127.0.0.1:")
 
 
-def test_the_readme_example_translates_on_the_build_it_names(tmp_path):
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Runware tasks") :]
+def test_the_documented_example_translates_on_the_build_it_names(tmp_path):
+    page = (Path(__file__).parent.parent / "docs/other-systems.md").read_text()
+    section = page[page.index("### Runware tasks") :]
     example = json.loads(section[section.index("```json") + 7 : section.index("```\n", 10)])
     (inputs,) = runware.translate(example, SDXL)  # the stock SDXL build: its pin lists the id
     assert inputs["lora_weights"] == ["civitai:132532@146296"] and inputs["num_outputs"] == 2
