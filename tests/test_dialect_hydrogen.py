@@ -23,8 +23,9 @@ def test_the_documented_example_runs_unchanged(server, file_server, adapter_refs
                                                tmp_path):  # fmt: skip
     if server.family != "sd":
         pytest.skip("the example is an SD 1.5 fine-tune's task")
-    # A build of that fine-tune: weights/pins.toml with chilloutmix as [base] (docs/other-systems.md's
-    # example), over the tiny SD weights; civitai.com is served by the test's mirror.
+    # A build of that fine-tune: weights/pins.toml with chilloutmix as [base]
+    # (docs/other-systems.md's example), over the tiny SD weights; civitai.com is served by the
+    # test's mirror.
     pins = tmp_path / "pins.toml"
     pins.write_text(PIN_FILE.read_text().replace(
         '[base]\nrepo = "stable-diffusion-v1-5/stable-diffusion-v1-5"',

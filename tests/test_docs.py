@@ -60,3 +60,15 @@ def test_links_between_pages_land(page):
         elif fragment and (path.suffix != ".md" or fragment not in headings(path)):
             broken.append(target)
     assert broken == []
+
+
+def test_the_readme_curl_runs_through_cogs_server(sd_server):
+    """Try it's curl: its body as written, sent to Cog's server, gives what its comment says."""
+    readme = (ROOT / "README.md").read_text()
+    command = readme[readme.index("curl -s http://localhost:5000/predictions") :]
+    body = json.loads(command[command.index("-d '") + 4 : command.index("'\n")])
+    body["input"] |= {"num_inference_steps": 2, "width": 128, "height": 128}  # tiny weights
+    response = sd_server.post(body["input"])
+    assert response.status_code == 200 and response.json()["status"] == "succeeded"
+    assert response.json()["output"][0].startswith("data:image/png;base64,")
+    assert "output 0: seed 1" in response.json()["logs"]

@@ -2,10 +2,10 @@
 
 Invalid requests must get 4xx, never 5xx. Valid ones run, so the schema is narrowed to what is
 cheap on tiny weights and fetches nothing off this machine: small sizes, step counts and
-outpainting, no mask_margin (it paints at the native size), the build's own model and CPU
-noise, images
-as data URIs (one of them not an image), adapters and ControlNet models as Hugging Face
-references, which the server looks up on the loopback file server (they do not exist there). A
+outpainting, no mask_margin (it paints at the native size), CPU noise, images as data URIs (one
+of them not an image), adapters, ControlNet models, base_model and vae as any text or as Hugging
+Face references, which the server looks up on the loopback file server (they do not exist
+there). A
 prediction may fail, but its error must start with the name of an input. The request id (a NUL
 byte in it wedges Cog 0.23.1: tests/test_cog_server.py) is left out. FUZZ_SEED varies the run.
 """
@@ -75,11 +75,14 @@ def narrowed(schema: dict) -> dict:
             prop.update(REFERENCE)
         elif name in ("lora_weights", "textual_inversions"):
             prop.update(items=REFERENCE, maxItems=2)
-    # Another model, or CUDA's noise, is fetched or refused on a CPU test server: their own tests
-    # (test_base_model_predictions, test_seeds) cover them; here requests take the build's own.
+    # Another model: any text, or a reference the server looks up on the loopback file server
+    # (none exists there), so each is refused by form or by lookup, naming its input, and
+    # nothing is fetched. CUDA's noise is refused on a CPU test server: test_seeds covers it.
     for name in ("base_model", "vae"):
-        components["Input"]["properties"][name].pop("pattern", None)
-        components["Input"]["properties"][name].update({"type": "string", "enum": [""]})
+        prop = components["Input"]["properties"][name]
+        prop.pop("pattern", None)
+        prop.pop("type", None)
+        prop["anyOf"] = [REFERENCE, {"type": "string", "maxLength": 60}]
     components["seed_device"]["enum"] = ["cpu"]
     return schema
 

@@ -77,25 +77,32 @@ def test_hostile_adapter_files_are_refused_by_name(sd_server, hostile_files, kin
     assert sd_server.predict(**SMALL)["output"] == baseline
 
 
+LOADS_AS_NOTHING = "could not be loaded as a ControlNet (ValueError: "
+
+
 @pytest.mark.parametrize(
-    "config",
+    ("config", "says"),
     [
-        {"_class_name": ["ControlNetModel"]},
-        {"_class_name": "UNet2DConditionModel"},
-        {"block_out_channels": "wide"},
-        {"layers_per_block": -3},
-        {"conditioning_embedding_out_channels": [1, 2, 3, 4, 5, 6, 7]},
+        ({"_class_name": ["ControlNetModel"]}, "is a ['ControlNetModel'], not a ControlNet"),
+        ({"_class_name": "UNet2DConditionModel"}, "is a UNet2DConditionModel, not a ControlNet"),
+        ({"block_out_channels": "wide"}, LOADS_AS_NOTHING + "Must provide the same number"),
+        ({"layers_per_block": -3}, LOADS_AS_NOTHING + "Cannot load"),
+        ({"conditioning_embedding_out_channels": [1, 2, 3, 4, 5, 6, 7]},
+         LOADS_AS_NOTHING + "Cannot load"),
     ],
-)
+)  # fmt: skip
 def test_hostile_controlnet_configs_are_refused_by_name(sd_server, file_server, make_weights,
-                                                        config):  # fmt: skip
+                                                        config, says):  # fmt: skip
+    """Refused for what the file is, after it was fetched (a failed download also names the
+    input, so the message must say what was wrong with the file)."""
     tiny = make_weights("sd") / "controlnet_canny"
     folder = f"hostile-config/{abs(hash(json.dumps(config)))}"
     changed = json.loads((tiny / "config.json").read_text()) | config
     file_server.put(f"{folder}/config.json", json.dumps(changed).encode())
     weights = (tiny / "diffusion_pytorch_model.fp16.safetensors").read_bytes()
     url = file_server.put(f"{folder}/diffusion_pytorch_model.safetensors", weights)
-    refused(sd_server, "controlnet_1_model", **adapter_inputs(url)["controlnet_1_model"])
+    error = refused(sd_server, "controlnet_1_model", **adapter_inputs(url)["controlnet_1_model"])
+    assert f"{url} {says}" in error, error
 
 
 def test_image_bombs_are_refused_before_a_pixel_is_decoded(sd_server):

@@ -51,3 +51,30 @@ def test_freed_memory_is_reused_and_given_back_at_the_end():
     assert all(count >= 4096 for count in default["faults"][2:])
     assert reused["faults"][2:] == [0] * 8
     assert reused["trimmed"] > 200 * 2**20  # the freed 256 MB go back at give_back()
+
+
+GENERATOR_PROBE = """
+import json, sys
+from pathlib import Path
+import psutil, torch
+from sdcog.generate import Generator
+from sdcog.request.request import Request
+def rss():
+    return psutil.Process().memory_info().rss
+generator = Generator(Path(sys.argv[1]))
+before = rss()
+freed = torch.ones(64 * 2**20); del freed  # 256 MB: kept in the heap only if reuse is on
+kept = rss() - before
+generator(Request(prompt="x", num_inference_steps=2, width=128, height=128, seed=1))
+print(json.dumps({"kept": kept, "given_back": before + kept - rss()}))
+"""
+
+
+def test_the_generator_keeps_freed_memory_while_it_runs_and_gives_it_back_after(tiny_weights):
+    """Generator's setup turns reuse on (glibc would give a 256 MB block straight back), and
+    each call ends by giving the heap's free memory back (it would stay at the peak)."""
+    out = subprocess.run([sys.executable, "-c", GENERATOR_PROBE, str(tiny_weights)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    measured = json.loads(out.splitlines()[-1])
+    assert measured["kept"] > 200 * 2**20
+    assert measured["given_back"] > 200 * 2**20

@@ -1,10 +1,9 @@
 """script/serve: Cog's HTTP server for this model, supervised.
 
-Cog 0.23.1 can be left unable to serve until it is restarted (docs/security-and-limits.md, Security notes): a killed
-worker leaves it UNHEALTHY for good, prediction ids it cannot use as folder names leak their
-slots until every request gets 409, and a setup that failed stays failed. The supervisor runs
-the server in a process group of its own, asks /health-check every second and restarts it:
-
+Cog 0.23.1 can be left unable to serve until it is restarted (docs/security-and-limits.md, Security
+notes): a killed worker leaves it UNHEALTHY for good, prediction ids it cannot use as folder names
+leak their slots until every request gets 409, and a setup that failed stays failed. The supervisor
+runs the server in a process group of its own, asks /health-check every second and restarts it:
 - when the server exits;
 - when it says UNHEALTHY or DEFUNCT twice in a row;
 - when its setup failed, after a pause that doubles from 2 s up to a minute;
