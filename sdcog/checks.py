@@ -12,7 +12,7 @@ from .common.families import Facts
 from .denoise import denoise, prompts
 from .denoise.previews import PreviewDecoder
 from .models.pipelines import Pipelines
-from .request import request_checks, schedulers, seeds
+from .request import request_checks
 from .request.model_choice import Choice, ModelChoice
 from .request.request import Request
 from .speed import deepcache
@@ -30,11 +30,9 @@ class Checks:
 
     def request(self, request: Request) -> Choice:
         """The request on its own and against this build; the models it names, allowed."""
-        request_checks.check(request)
+        request_checks.check_here(request)
         choice = Choice(self.choice.resolve(request.refs.base_model),
                         self.choice.resolve(request.refs.vae))  # fmt: skip
-        seeds.check_device(request.seed_device)
-        schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps)
         self.previews.check(request.preview_every)
         text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
         for name in ("prompt", "negative_prompt"):

@@ -132,6 +132,9 @@ def test_unknown_names_are_refused_with_the_closest_one():
         Request.from_inputs({"prompt": "x", "negative_promt": "blurry"})
     with pytest.raises(ValueError, match=r"^colour: not an input$"):
         Request.from_inputs({"prompt": "x", "colour": "red"})
+    with pytest.raises(ValueError, match=r"^cfg_scale: not an input \(AUTOMATIC1111's name; "
+                                         r"here it is guidance_scale\)$"):  # fmt: skip
+        Request.from_inputs({"prompt": "x", "cfg_scale": 7})
 
 
 def test_predict_inputs_are_the_request_and_their_defaults_its_own():

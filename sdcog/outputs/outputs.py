@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,12 +64,19 @@ class Encoding:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _remove(folders: deque[Path]) -> None:
+    while folders:
+        shutil.rmtree(folders.popleft(), ignore_errors=True)
+
+
 class OutputFolders:
     """Cog reads a prediction's files after it returns, while the next one (another slot) may
     already be running: the folders of the last SLOTS predictions are kept."""
 
     def __init__(self) -> None:
         self.folders: deque[Path] = deque()
+        # The last ones go when this goes, or when the process exits: nothing is left in /tmp.
+        weakref.finalize(self, _remove, self.folders)
 
     def open(self) -> tuple[Path, str]:
         """A new prediction's folder, and the token that keeps its file names unique (uploads

@@ -3,6 +3,7 @@ once as it is built (a reference of no known form is refused there, naming its i
 it must pass come later, in one checking step (checks.py)."""
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -120,9 +121,7 @@ class Request:
         refused. File inputs must be Cog's downloads, unless `local_paths` (settings:
         ALLOW_LOCAL_INPUT_PATHS)."""
         if unknown := sorted(set(inputs) - INPUT_NAMES):
-            close = difflib.get_close_matches(unknown[0], INPUT_NAMES, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"{unknown[0]}: not an input{hint}")
+            raise ValueError(f"{unknown[0]}: not an input{name_hint(unknown[0], INPUT_NAMES)}")
         inputs = {
             name: netguard.input_file(value, name, local_paths)
             if name in FILE_INPUTS and value is not None
@@ -201,3 +200,22 @@ INPUT_NAMES = frozenset(
                                          if f.name not in ("number", "kind")))
     }
 )  # fmt: skip
+
+# The names AUTOMATIC1111's web UI and API, Forge and civitai's generation data use, for ours:
+# a hint when one is given as an input (never accepted under that name).
+OTHER_NAMES = {
+    "steps": "num_inference_steps", "cfg_scale": "guidance_scale", "cfg": "guidance_scale",
+    "sampler": "scheduler", "sampler_name": "scheduler", "sampler_index": "scheduler",
+    "denoising_strength": "prompt_strength", "strength": "prompt_strength",
+    "batch_size": "num_outputs", "n_iter": "num_outputs", "negative": "negative_prompt",
+    "init_images": "image", "init_image": "image", "mask_image": "mask",
+    "hr_scale": "hires_scale", "hr_second_pass_steps": "hires_steps",
+}  # fmt: skip
+
+
+def name_hint(name: str, known: Iterable[str]) -> str:
+    """What to say after "NAME: not an input": our name for AUTOMATIC1111's, or the closest."""
+    if name in OTHER_NAMES:
+        return f" (AUTOMATIC1111's name; here it is {OTHER_NAMES[name]})"
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

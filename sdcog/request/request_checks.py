@@ -1,16 +1,26 @@
 """The rules a request must pass on its own, all before anything is fetched: bounds
-(sdcog.common.limits), then the rules that span several inputs (ranges and choices are the schema's;
-reference forms were parsed as the request was built). checks.py runs them first."""
+(sdcog.common.limits), then the rules that span several inputs (ranges and choices are the
+schema's; reference forms were parsed as the request was built), then what this machine can do
+with it. checks.py runs them first; script/predict runs them before it starts a server."""
 
 from dataclasses import fields
 from urllib.parse import urlsplit
 
 from ..common.limits import MAX_INVERSIONS, MAX_LORAS, MAX_PROMPT_CHARS
+from . import schedulers, seeds
 from .request import Request
 
 # Requested sides: any multiple of the VAE's 8 (a latent with odd sides is fine: diffusers' UNets
 # take it). Sides derived from an image are multiples of 64 (images.snap).
 SIDE_STEP = 8
+
+
+def check_here(request: Request) -> None:
+    """What needs no model: the request's own rules (check), then whether this machine can draw
+    its noise (seed_device) and its scheduler can take its steps."""
+    check(request)
+    seeds.check_device(request.seed_device)
+    schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps)
 
 
 def check(request: Request) -> None:

@@ -25,6 +25,7 @@ from ..common.timings import STAGES
 from ..models.pipelines import device_and_dtype
 from . import bench_paths as paths
 from .bench_diffusers import Diffusers
+from .cog_server import interrupt_on_hangup
 
 
 @dataclass
@@ -127,6 +128,7 @@ def plain_read(weights: Path) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    interrupt_on_hangup()
     parser = argparse.ArgumentParser(prog="script/bench", description=__doc__)
     parser.add_argument("weights", type=Path, help="a weights folder (real, tiny or full-size)")
     parser.add_argument("--size", type=int, help="image side (default: the model's native)")

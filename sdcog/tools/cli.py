@@ -1,15 +1,18 @@
 """script/predict: `cog predict` without Docker, through Cog's real server.
 
-The prediction runs asynchronously with its events sent to a webhook on 127.0.0.1, so its logs
-and progress bars show while it runs; Ctrl-C cancels it. The server gets a temporary folder of
-its own (TMPDIR), removed afterwards, so a run leaves nothing in /tmp; its log is kept in
-.cache/cog-server.log, and adapters are cached in .cache/adapters across runs.
+The inputs are checked first, by the schema and by the same rules predict() applies to the
+request itself, so a mistake is said before a server starts (and before tiny weights are
+written). The prediction runs asynchronously with its events sent to a webhook on 127.0.0.1, so
+its logs and progress bars show while it runs; Ctrl-C (or a closed terminal) cancels it and stops
+the server. The server gets a temporary folder of its own (TMPDIR), removed afterwards, and Cog's
+own folder for the prediction is removed too, so a run leaves nothing in /tmp; its log is kept
+in .cache/logs/ (one file per run), and adapters are cached in .cache/adapters across runs.
 """
 
 import argparse
-import difflib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +26,9 @@ import jsonschema
 import requests
 
 from ..common.protocol import data_uri, error_message, save, save_control_maps, save_previews
-from .cog_server import ROOT, CogServer, RunningServer
+from ..request import request_checks
+from ..request.request import FILE_INPUTS, Request, name_hint
+from .cog_server import ROOT, CogServer, RunningServer, interrupt_on_hangup, run_log
 
 CACHE = ROOT / ".cache"
 LIVENESS_S = 2  # how often a prediction with no news checks that its server still lives
@@ -43,12 +48,24 @@ def check(inputs: dict[str, Any], document: dict) -> None:
         raise SystemExit(f"-i {name}: {error.message[:300]}")
 
 
+def check_request(inputs: dict[str, Any]) -> None:
+    """The rules predict() checks on the request itself and on this machine (a width off the
+    multiples of 8, CUDA noise without CUDA, a malformed base_model, inputs that need each
+    other), by the same code, before a server starts. A file input stands in as Cog hands it
+    over; its content is checked by the server."""
+    placeholder = Path(tempfile.gettempdir()) / "input"
+    given = {name: placeholder if name in FILE_INPUTS else value for name, value in inputs.items()}
+    try:
+        request_checks.check_here(Request.from_inputs(given))
+    except ValueError as e:
+        raise SystemExit(f"-i {e}") from None
+
+
 def typed(name: str, value: str, schemas: dict) -> object:
     """A `-i name=value` string as the JSON type the schema gives the input (as `cog predict`)."""
     properties = schemas["Input"]["properties"]
     if name not in properties:
-        close = difflib.get_close_matches(name, properties, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f"; inputs: {', '.join(properties)}"
+        hint = name_hint(name, properties) or f"; inputs: {', '.join(properties)}"
         raise SystemExit(f"-i {name}: no such input{hint}")
     if value.startswith("@"):  # a local file, sent inline as cog predict does
         path = Path(value[1:]).expanduser()
@@ -127,15 +144,26 @@ def run(server: RunningServer, inputs: dict) -> dict:
                     return event
         except KeyboardInterrupt:
             prediction = response.json()["id"]
-            requests.post(f"{server.url}/predictions/{prediction}/cancel", timeout=10)
+            server.http.post(f"{server.url}/predictions/{prediction}/cancel", timeout=10)
             raise SystemExit("\ncancelled") from None
     finally:
         webhook.httpd.shutdown()
 
 
+def chosen_weights() -> Path:
+    """WEIGHTS_DIR, or tiny random weights (written now if need be), as script/choose-weights
+    chooses them for every script: after the inputs are checked, so a typo costs no wait."""
+    chosen = subprocess.run(
+        ["bash", "-c", '. script/choose-weights && printf %s "$WEIGHTS_DIR"'],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True,
+    )  # fmt: skip
+    return ROOT / chosen.stdout
+
+
 def main(argv: list[str] | None = None) -> None:
     """script/predict: `cog predict` without Docker. Starts the real server, runs one
     prediction, saves its images."""
+    interrupt_on_hangup()
     parser = argparse.ArgumentParser(prog="script/predict", description=main.__doc__)
     parser.add_argument(
         "-i",
@@ -147,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "outputs",
                         help="folder for the images (default: outputs/)")  # fmt: skip
-    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, help="default: script/choose-weights' choice")
     args = parser.parse_args(argv)
 
     document = json.loads((ROOT / ".cog/openapi_schema.json").read_text())
@@ -163,9 +191,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             inputs[name] = value
     check(inputs, document)
+    check_request(inputs)
+    weights = args.weights or chosen_weights()
 
-    CACHE.mkdir(exist_ok=True)
-    log_path = CACHE / "cog-server.log"
+    log_path = run_log("predict")
     with tempfile.TemporaryDirectory(prefix="sdcog-run-") as tmp, open(log_path, "w") as log:
         print(f"starting Cog's server (log: {log_path}) ...", file=sys.stderr)
         env = {
@@ -174,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             "MODEL_CACHE_DIR": os.environ.get("MODEL_CACHE_DIR", str(CACHE / "models")),
         }
         try:
-            server = CogServer(args.weights, log, env=env)
+            server = CogServer(weights, log, env=env)
         except (RuntimeError, TimeoutError) as e:
             raise SystemExit(f"Cog's server did not start: {e}") from None
         try:

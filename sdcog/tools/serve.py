@@ -19,7 +19,6 @@ hour old.
 """
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -34,14 +33,13 @@ from pathlib import Path
 import requests
 
 from ..serving.runner import SLOTS
+from .cog_server import COG_PREDICTIONS, die_with_parent, direct, without_proxy_for_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0
 STOP_GRACE_S = 30.0
-COG_PREDICTIONS = Path("/tmp/coglet/predictions")
 PRUNE_AFTER_S = 3600.0
 WORKDIR_PREFIX = "sdcog-serve-"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def say(message: str) -> None:
@@ -56,8 +54,9 @@ class Supervisor:
         self.command = [sys.executable, "-m", "cog.server.http", "--host", host, *cog_args]
         self.status_file = workdir / "status.json"
         self.wedge_s = wedge_s
+        self.http = direct()
         self.env = {
-            **os.environ,
+            **without_proxy_for_loopback(dict(os.environ)),
             "PORT": str(port),
             "TMPDIR": str(workdir),
             "SDCOG_STATUS_FILE": str(self.status_file),
@@ -113,7 +112,7 @@ class Supervisor:
             cwd=ROOT,
             env=self.env,
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops the server
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent,
         )
 
     def _stop(self, grace: float) -> None:
@@ -135,7 +134,7 @@ class Supervisor:
 
     def _health(self) -> str:
         try:
-            return requests.get(f"{self.url}/health-check", timeout=5).json()["status"]
+            return self.http.get(f"{self.url}/health-check", timeout=5).json()["status"]
         except (requests.RequestException, ValueError, KeyError):
             return "DOWN"
 
@@ -145,11 +144,6 @@ class Supervisor:
             return json.loads(self.status_file.read_text())["predictions"]
         except (OSError, ValueError, KeyError):
             return None
-
-
-def _die_with_parent() -> None:
-    """In the server's process, before it starts: SIGTERM when the supervisor dies (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _sweep_orphans(tmp: Path) -> None:

@@ -27,14 +27,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
-import requests
 import torch
 from PIL import Image
 from safetensors.torch import save
 
 from ..common.protocol import data_uri, error_message
 from .cli import Webhook
-from .cog_server import CogServer
+from .cog_server import CogServer, interrupt_on_hangup
 
 SMALL = {"width": 128, "height": 128, "num_inference_steps": 4, "seed": 7}
 RSS_SLACK = 1.02  # +2 % from the second quarter's median to the last's (the first warms up)
@@ -157,7 +156,7 @@ def _cancel(server: CogServer, webhook: Webhook, at_once: bool) -> str:
                          webhook_events_filter=events)  # fmt: skip
     if not at_once:
         webhook.events.get(timeout=60)  # started
-    requests.post(f"{server.url}/predictions/{answer.json()['id']}/cancel", timeout=10)
+    server.http.post(f"{server.url}/predictions/{answer.json()['id']}/cancel", timeout=10)
     while (event := webhook.events.get(timeout=120))["status"] not in ("canceled", "failed"):
         pass
     return f"{event['status']} {event.get('error') or ''}".strip()
@@ -176,6 +175,7 @@ def _disk(folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    interrupt_on_hangup()
     parser = argparse.ArgumentParser(prog="script/soak", description=__doc__)
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("-n", "--requests", type=int, default=200)

@@ -23,10 +23,11 @@ from ..common.pins import PIN_FILE
 from ..dialects import ModelNames
 from ..dialects.tasks import DIALECTS, run
 from . import cli
-from .cog_server import ROOT, CogServer, RunningServer
+from .cog_server import ROOT, CogServer, RunningServer, interrupt_on_hangup, run_log
 
 
 def main(argv: list[str] | None = None) -> None:
+    interrupt_on_hangup()
     parser = argparse.ArgumentParser(prog="script/task", description=__doc__.split("\n")[0])
     parser.add_argument("--dialect", choices=sorted(DIALECTS), required=True)
     parser.add_argument("task", type=Path, help="the task's JSON file")
@@ -64,7 +65,7 @@ def _server(url: str | None, weights: Path) -> Iterator[RunningServer]:
         return
     with (
         tempfile.TemporaryDirectory(prefix="sdcog-task-") as tmp,
-        open(cli.CACHE / "cog-server.log", "w") as log,
+        open(run_log("task"), "w") as log,
     ):
         print("starting Cog's server ...", file=sys.stderr)
         env = {"TMPDIR": tmp, "MODEL_CACHE_DIR": str(cli.CACHE / "models")}  # kept across tasks
