@@ -55,8 +55,12 @@ def supervised(tmp_path, make_weights):
     weights = tmp_path / "weights"
     weights.mkdir()
     port = free_port()
-    env = {**os.environ, **dead_proxy_env(), "PORT": str(port), "WEIGHTS_DIR": str(weights),
-           "SDCOG_WEDGE_S": "3", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    # A proxy and no NO_PROXY, as on many corporate machines: the supervisor's health checks
+    # must not go through it (they did, and it could see no failed setup, no dead worker).
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    proxies = {k: v for k, v in dead_proxy_env().items() if k.lower() != "no_proxy"}
+    env |= {**proxies, "PORT": str(port), "WEIGHTS_DIR": str(weights), "SDCOG_WEDGE_S": "3",
+            "PYTHONPATH": str(ROOT)}  # fmt: skip
     log = open(tmp_path / "serve.log", "w+")
     process = serve(env, log)
     yield process, f"http://127.0.0.1:{port}", weights, make_weights("sd"), log, env
