@@ -134,6 +134,13 @@ def test_a_closed_terminal_or_a_killed_supervisor_leaves_nothing_running(supervi
     process.send_signal(signal.SIGHUP)
     assert process.wait(timeout=60) == 0
     assert not psutil.pid_exists(server.pid) and not workdir.exists()
+    # What it printed is readable, and a clean stop is said as one: Cog's JSON lines, their
+    # time, level and message; no worker "crashed" when it was stopped.
+    log.seek(0)
+    printed = log.read()
+    assert re.search(r"^\d\d:\d\d:\d\d INFO pred_\w+ output 0: seed \d+$", printed, re.M), printed
+    assert '{"timestamp"' not in printed and "Control channel closed" not in printed
+    assert "Worker shutting down" in printed
 
     # Killed outright: the server goes with it, its folder at the next start.
     killed = serve(env, log)

@@ -1,9 +1,11 @@
 import json
+import subprocess
 
 import pytest
 from transformers import CLIPTokenizer
 
 from sdcog.common.pins import PIN_FILE, component_files, read_pins
+from sdcog.tools.cog_server import ROOT
 
 PIN_FILES = {"sd": PIN_FILE, "sdxl": PIN_FILE.with_name("pins-sdxl.toml")}
 
@@ -69,3 +71,12 @@ def test_tiny_tokenizers_are_clips_own(make_weights, family):
         assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
         prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed, " * 10
         assert len(prompt) > 700 and len(tokenizer(prompt).input_ids) == 2 + 150
+
+
+def test_the_script_says_each_part_in_one_line_without_progress_bars(tmp_path):
+    done = subprocess.run([str(ROOT / "script/tiny-weights"), str(tmp_path / "w")],
+                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    parts = [line for line in lines if line.startswith("tiny sd weights: ")]
+    assert len(parts) == 6 and parts[-1].startswith("tiny sd weights: done (")
+    assert "\r" not in done.stderr and "%|" not in done.stderr, done.stderr[-1000:]

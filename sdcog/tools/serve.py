@@ -21,6 +21,7 @@ hour old.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 1.0
 STOP_GRACE_S = 30.0
 PRUNE_AFTER_S = 3600.0
+BAR_EVERY_S = 5.0
 WORKDIR_PREFIX = "sdcog-serve-"
 
 
@@ -102,7 +104,7 @@ class Supervisor:
                 unhealthy, wedged_since = 0, None
                 self._start()
             _prune(COG_PREDICTIONS, PRUNE_AFTER_S)
-        self._stop(grace=STOP_GRACE_S)
+        self._stop(grace=STOP_GRACE_S, graceful=True)
         return 0
 
     def _start(self) -> None:
@@ -113,10 +115,21 @@ class Supervisor:
             env=self.env,
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops the server
             preexec_fn=die_with_parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        threading.Thread(target=_relay, args=(self.process.stdout,), daemon=True).start()
 
-    def _stop(self, grace: float) -> None:
-        """SIGTERM to the server's process group (server and worker); SIGKILL after `grace`."""
+    def _stop(self, grace: float, graceful: bool = False) -> None:
+        """SIGTERM to the server's process group (server and worker); SIGKILL after `grace`.
+        `graceful`: Cog's own /shutdown first, which stops its worker cleanly (SIGTERM has the
+        server say "Control channel closed (worker crashed?)" about a worker it stopped)."""
+        if graceful:
+            try:
+                self.http.post(f"{self.url}/shutdown", timeout=5)
+                self.process.wait(timeout=grace)
+            except (requests.RequestException, subprocess.TimeoutExpired):
+                pass
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(self.process.pid, sig)
@@ -144,6 +157,49 @@ class Supervisor:
             return json.loads(self.status_file.read_text())["predictions"]
         except (OSError, ValueError, KeyError):
             return None
+
+
+class Readable:
+    """Cog's log lines (JSON, one per event, a progress bar's every redraw among them) as a
+    person reads them: time, level, the prediction, the message; a prediction's progress bar
+    every BAR_EVERY_S seconds and when it completes. Lines that are not JSON pass as they are."""
+
+    BAR = re.compile(r"^\s*\d+%\|")
+
+    def __init__(self) -> None:
+        self.bars: dict[str, float] = {}  # prediction -> when its bar was last shown
+
+    def __call__(self, line: str) -> str | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line.rstrip() or None
+        if not isinstance(record, dict):
+            return line.rstrip()
+        fields = record.get("fields") or {}
+        message = str(fields.get("message", "")).strip()
+        prediction = str(fields.get("prediction_id") or "")
+        if not message:
+            return None
+        if self.BAR.match(message):
+            now = time.monotonic()
+            if (
+                not message.lstrip().startswith("100%")
+                and now - self.bars.get(prediction, 0) < BAR_EVERY_S
+            ):
+                return None
+            self.bars[prediction] = now
+        when = str(record.get("timestamp", ""))[11:19]
+        return " ".join(filter(None, [when, str(record.get("level", "")), prediction, message]))
+
+
+def _relay(stream) -> None:
+    """The server's output to our stderr, readable (Readable)."""
+    readable = Readable()
+    for line in stream:
+        text = readable(line.decode(errors="replace"))
+        if text is not None:
+            print(text, file=sys.stderr, flush=True)
 
 
 def _sweep_orphans(tmp: Path) -> None:

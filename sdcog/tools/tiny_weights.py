@@ -6,6 +6,9 @@ else, so every schema size runs on a CPU in seconds. The images they make are no
 """
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -124,27 +127,55 @@ def save_taesd(model: AutoencoderTiny, folder: Path) -> None:
 
 
 def write_tiny_weights(
-    directory: Path, family: str = "sd", safety_threshold: float = 1.0, controls: bool = True
+    directory: Path,
+    family: str = "sd",
+    safety_threshold: float = 1.0,
+    controls: bool = True,
+    say: Callable[[str], None] = lambda part: None,
 ) -> None:
     """The family's model and safety checker; with `controls`, its ControlNets, annotators and
-    IP-Adapters too (every entry of the family's pin file)."""
+    IP-Adapters too (every entry of the family's pin file). `say` hears each part as it starts."""
     from .tiny_controls import write_annotators, write_controlnets
     from .tiny_ip import write_ip_adapters
     from .tiny_models import write_single_file_configs
 
+    say("the base model")
     if family == "sdxl":
         write_sdxl(directory)
     else:
         write_base(directory / "base")
     describe(directory, FAMILY_PIN_FILES[family])  # the names its base model answers to
+    say("the safety checker and preview decoder")
     write_safety(directory / "safety", threshold=safety_threshold)
     write_preview_decoder(directory)
     write_single_file_configs(directory)
     if controls:
         unet = UNet2DConditionModel.from_pretrained(directory / "base/unet")
+        say("the ControlNets")
         write_controlnets(directory, family, unet)
+        say("the annotators")
         write_annotators(directory)
+        say("the IP-Adapters")
         write_ip_adapters(directory, family, unet)
+
+
+def main(directory: Path, family: str) -> None:
+    """script/tiny-weights: one line per part, with the time so far, and no libraries' bars."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    start = time.monotonic()
+
+    def say(part: str) -> None:
+        print(f"tiny {family} weights: {part} ({time.monotonic() - start:.0f} s)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    write_tiny_weights(directory, family, say=say)
+    say("done")
 
 
 # SDXL: two text encoders (the second with a projection), size/crop micro-conditioning, a
