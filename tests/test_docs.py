@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sdcog.common.protocol import error_message
+from sdcog.dialects.tasks import DIALECTS
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 INPUTS = sorted(
@@ -72,3 +75,19 @@ def test_the_readme_curl_runs_through_cogs_server(sd_server):
     assert response.status_code == 200 and response.json()["status"] == "succeeded"
     assert response.json()["output"][0].startswith("data:image/png;base64,")
     assert "output 0: seed 1" in response.json()["logs"]
+
+
+def test_script_tasks_usage_names_every_dialect():
+    usage = (ROOT / "script/task").read_text().split("--dialect ", 1)[1].split(" ", 1)[0]
+    assert usage.split("|") == sorted(DIALECTS)
+
+
+def test_the_two_ways_an_input_is_refused_are_as_the_inputs_page_says(sd_server):
+    small = {"prompt": "x", "num_inference_steps": 2, "height": 128}
+    schema = sd_server.post(small | {"width": 4000})
+    assert schema.status_code == 422
+    assert schema.json()["detail"][0]["loc"] == ["body", "input", "width"]
+    rule = sd_server.post(small | {"width": 1001})
+    assert rule.status_code == 200 and rule.json()["status"] == "failed"
+    assert rule.json()["error"].startswith("Prediction failed: Async prediction failed: ValueError")
+    assert error_message(rule.json()["error"]).startswith("width: 1001 is not a multiple of 8")
