@@ -170,6 +170,7 @@ def test_outputs_are_encoded_while_the_safety_checker_runs(generator, monkeypatc
         "seed6", "seed7"]  # fmt: skip
 
 
+@pytest.mark.slow  # about 10 s or more: the fast tier leaves it to script/test --all
 def test_the_runtime_starts_without_torchvision_noise():
     """transformers' "requires torchvision ... falling back" lines are nothing a user can act on
     (the PIL processors are the ones used): the runtime filters them out."""

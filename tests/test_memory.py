@@ -70,6 +70,7 @@ print(json.dumps({"kept": kept, "given_back": before + kept - rss()}))
 """
 
 
+@pytest.mark.slow  # about 10 s or more: the fast tier leaves it to script/test --all
 def test_the_generator_keeps_freed_memory_while_it_runs_and_gives_it_back_after(tiny_weights):
     """Generator's setup turns reuse on (glibc would give a 256 MB block straight back), and
     each call ends by giving the heap's free memory back (it would stay at the peak)."""

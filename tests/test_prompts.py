@@ -211,6 +211,7 @@ WORD = st.text(st.characters(blacklist_characters=sorted(SYNTAX | {" ", ","}),
                              blacklist_categories=("Cc", "Cs", "Z")), min_size=1)  # fmt: skip
 
 
+@pytest.mark.slow  # about 10 s or more: the fast tier leaves it to script/test --all
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(WORD, st.sampled_from([" ", ", "])), min_size=1, max_size=12))
 def test_prompt_like_text_skips_the_parser_and_means_the_same(words):

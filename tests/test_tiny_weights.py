@@ -73,6 +73,7 @@ def test_tiny_tokenizers_are_clips_own(make_weights, family):
         assert len(prompt) > 700 and len(tokenizer(prompt).input_ids) == 2 + 150
 
 
+@pytest.mark.slow  # about 10 s or more: the fast tier leaves it to script/test --all
 def test_the_script_says_each_part_in_one_line_without_progress_bars(tmp_path):
     done = subprocess.run([str(ROOT / "script/tiny-weights"), str(tmp_path / "w")],
                           capture_output=True, text=True, check=True, timeout=300)  # fmt: skip

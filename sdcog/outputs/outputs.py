@@ -1,11 +1,11 @@
 """Output files: each prediction's images encoded into a folder of its own, and what an
 in-process caller gets back (a Generation: the facts the logs tell Cog's clients, as data)."""
 
+import atexit
 import os
 import shutil
 import tempfile
 import uuid
-import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,8 +75,9 @@ class OutputFolders:
 
     def __init__(self) -> None:
         self.folders: deque[Path] = deque()
-        # The last ones go when this goes, or when the process exits: nothing is left in /tmp.
-        weakref.finalize(self, _remove, self.folders)
+        # The last ones go when the process exits (not before: a caller may read a generation's
+        # files after dropping its generator), so nothing is left in /tmp.
+        atexit.register(_remove, self.folders)
 
     def open(self) -> tuple[Path, str]:
         """A new prediction's folder, and the token that keeps its file names unique (uploads
