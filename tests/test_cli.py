@@ -76,7 +76,9 @@ def test_a_run_leaves_nothing_in_the_temporary_folder(tiny_weights, tmp_path):
 SCRIPTS = {
     "predict": ["script/predict", "-i", "prompt=x"],
     "task": ["script/task", "--dialect", "runware", "TASK"],
-}
+    "bench": ["script/bench", "WEIGHTS", "--size", "128", "--steps", "2", "--runs", "1",
+              "--paths", "server", "--out", "OUT"],
+}  # fmt: skip
 
 
 def started(process: subprocess.Popen) -> list[psutil.Process]:
@@ -102,8 +104,8 @@ def test_interrupted_while_the_server_starts_leaves_nothing_running(
     task.write_text(json.dumps([{"taskType": "imageInference", "positivePrompt": "a cat",
                                  "taskUUID": "a770f077-f413-47de-9dac-be0b26a35da6",
                                  "model": "runwayml/stable-diffusion-v1-5"}]))  # fmt: skip
-    command = [str(tmp_path / "out") if a == "OUT" else str(task) if a == "TASK" else a
-               for a in SCRIPTS[script]]  # fmt: skip
+    given = {"OUT": str(tmp_path / "out.md"), "TASK": str(task), "WEIGHTS": str(tiny_weights)}
+    command = [given.get(a, a) for a in SCRIPTS[script]]
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, "WEIGHTS_DIR": str(tiny_weights)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,

@@ -167,11 +167,13 @@ def test_a_failing_compile_leaves_setup_eager(make_weights, tmp_path):
         " compile_cache_dir=Path(sys.argv[2])))\n"
         "print('compiled:', g.pipelines.base['txt2img'].unet._compiled_call_impl is not None)\n"
         f"[path] = g(Request(prompt='a cat', **{SMALL!r})).paths\n"
-        "print('image:', path)\n"
+        # kept past the process's end, which removes its output folders
+        "import shutil; print('image:', shutil.copy(path, sys.argv[3]))\n"
     )
     weights = make_weights("sd")
     cache = tmp_path / "cache"
-    run = subprocess.run([sys.executable, "-c", script, str(weights), str(cache)],
+    run = subprocess.run([sys.executable, "-c", script, str(weights), str(cache),
+                          str(tmp_path / "image.png")],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "compile failed, the UNets run eagerly (" in run.stdout
