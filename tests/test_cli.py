@@ -81,13 +81,22 @@ SCRIPTS = {
 }  # fmt: skip
 
 
+def command_line(process: psutil.Process) -> str:
+    """`process`'s command line; "" for one that has just ended (a short-lived helper, which
+    may be a zombie for a moment: the CI run found one)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return ""
+
+
 def started(process: subprocess.Popen) -> list[psutil.Process]:
     """The processes of Cog's server `process` has started, once it has started one."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         children = psutil.Process(process.pid).children(recursive=True)
-        if any("cog.server.http" in " ".join(c.cmdline()) for c in children):
+        if any("cog.server.http" in command_line(c) for c in children):
             return children
         time.sleep(0.05)
     raise AssertionError("no Cog server started")
@@ -114,7 +123,7 @@ def test_interrupted_while_the_server_starts_leaves_nothing_running(
     os.killpg(process.pid, sig)
     process.wait(timeout=30)
     gone, alive = psutil.wait_procs(server, timeout=15)
-    assert alive == [], [p.cmdline() for p in alive]
+    assert alive == [], [command_line(p) for p in alive]
 
 
 def test_a_proxy_in_the_environment_is_not_used_for_the_tools_own_server(tiny_weights, tmp_path):
