@@ -6,6 +6,7 @@ The one difference from the real files is the tokenizer: tiny.py's byte-level on
 character). Prompts are padded to 77 tokens either way, so the text encoders do the same work.
 """
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -30,9 +31,12 @@ from transformers import (
 )
 
 from ..adapters.controlnets import KIND_ENTRIES, UNION_ENTRY
+from ..adapters.faces import ENTRY as FACE_ENTRY
 from ..common.pins import FAMILY_PIN_FILES, describe
 from .clip_tokenizer import TOKEN_IDS as TOKENS
 from .clip_tokenizer import write_tokenizer
+from .download_weights import TEST_WEIGHTS_DIR
+from .tiny_finishing import write_upscaler
 from .tiny_parts import SEED, sd_scheduler, sdxl_scheduler
 from .tiny_weights import save_taesd
 
@@ -162,8 +166,8 @@ def write_sdxl(directory: Path, refiner: bool) -> UNet2DConditionModel:
 
 
 def write_full_weights(directory: Path, family: str = "sd", refiner: bool = True) -> None:
-    """The family's model, safety checker and one ControlNet (SD: canny in lllyasviel's fp16
-    layout; SDXL: the union model), full size and random."""
+    """The family's model, safety checker, upscaler and one ControlNet (SD: canny in
+    lllyasviel's fp16 layout; SDXL: the union model), full size and random."""
     torch.manual_seed(SEED)
     if family == "sdxl":
         unet = write_sdxl(directory, refiner)
@@ -178,4 +182,8 @@ def write_full_weights(directory: Path, family: str = "sd", refiner: bool = True
     write_safety(directory / "safety")
     # TAESD and TAESDXL share one architecture: AutoencoderTiny's defaults are theirs.
     save_taesd(AutoencoderTiny(), directory / "taesd")
+    write_upscaler(directory, features=64, blocks=23)  # Real-ESRGAN x4plus's size
+    # The face detector is the real one where the tests' copy is here (600 KB: no stand-in).
+    if (TEST_WEIGHTS_DIR / FACE_ENTRY).exists():
+        shutil.copytree(TEST_WEIGHTS_DIR / FACE_ENTRY, directory / FACE_ENTRY, dirs_exist_ok=True)
     describe(directory, FAMILY_PIN_FILES[family])

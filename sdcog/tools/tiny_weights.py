@@ -136,6 +136,7 @@ def write_tiny_weights(
     """The family's model and safety checker; with `controls`, its ControlNets, annotators and
     IP-Adapters too (every entry of the family's pin file). `say` hears each part as it starts."""
     from .tiny_controls import write_annotators, write_controlnets
+    from .tiny_finishing import write_upscaler
     from .tiny_ip import write_ip_adapters
     from .tiny_models import write_single_file_configs
 
@@ -148,6 +149,7 @@ def write_tiny_weights(
     say("the safety checker and preview decoder")
     write_safety(directory / "safety", threshold=safety_threshold)
     write_preview_decoder(directory)
+    write_upscaler(directory)
     write_single_file_configs(directory)
     if controls:
         unet = UNet2DConditionModel.from_pretrained(directory / "base/unet")
