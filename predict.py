@@ -43,6 +43,7 @@ OUTPAINT_HELP = "Outpainting: pixels to add on this side of image (the new area 
 REFINERS = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 PROMPT_WEIGHTINGS = ["compel", "a1111", "none"]
 IP_ADAPTERS = ["standard", "plus", "plus_face"]
+HIRES_UPSCALERS = ["lanczos", "upscaler"]
 # "none", then sdcog.request.control_slots.CONTROL_KINDS and KIND_ALIASES (a test keeps them equal).
 CONTROLNETS = [
     "none", "canny", "depth", "openpose", "openpose_face", "lineart", "softedge", "scribble",
@@ -153,7 +154,8 @@ class Predictor(BasePredictor):
             default=None,
         ),
         prompt_strength: float = Input(
-            description="With an image: how much to change it (1 repaints it entirely).",
+            description="With an image: how much to change it (1 repaints it entirely; 0 keeps "
+            "it as given, for face_fix and upscale alone).",
             ge=0,
             le=1,
             default=0.8,
@@ -193,6 +195,59 @@ class Predictor(BasePredictor):
             ge=1,
             le=500,
             default=None,
+        ),
+        hires_upscaler: str = Input(
+            description="Hires fix: how the first pass is enlarged before the second: lanczos "
+            "(a resize), or upscaler (this build's trained upscaler, as A1111's Hires upscaler).",
+            choices=HIRES_UPSCALERS,
+            default="lanczos",
+        ),
+        face_fix: bool = Input(
+            description="Repaint each face at the model's native size, as ADetailer does: find "
+            "the faces, inpaint each with face_fix_prompt, paste it back feathered.",
+            default=False,
+        ),
+        face_fix_prompt: str = Input(
+            description="Face fix: the prompt for the faces (empty: the prompt).",
+            default="",
+            max_length=MAX_PROMPT_CHARS,
+        ),
+        face_fix_negative_prompt: str = Input(
+            description="Face fix: the negative prompt for the faces (empty: negative_prompt).",
+            default="",
+            max_length=MAX_PROMPT_CHARS,
+        ),
+        face_fix_strength: float = Input(
+            description="Face fix: how much each face is repainted (A1111's denoising strength).",
+            ge=0.05,
+            le=1,
+            default=0.4,
+        ),
+        face_fix_confidence: float = Input(
+            description="Face fix: the detector's lowest score that counts as a face.",
+            ge=0.05,
+            le=1,
+            default=0.5,
+        ),
+        face_fix_padding: int = Input(
+            description="Face fix: pixels of context around each face that the repaint sees.",
+            ge=8,
+            le=256,
+            default=32,
+        ),
+        face_fix_max_faces: int = Input(
+            description="Face fix: at most this many faces, the largest first.",
+            ge=1,
+            le=16,
+            default=4,
+        ),
+        upscale: float = Input(
+            description="Enlarge every output this many times (in steps of 0.05) with this "
+            "build's trained upscaler, after the face fix (1: off). With an image and "
+            "prompt_strength 0, the image itself is finished (upscaled, faces fixed).",
+            ge=1,
+            le=4,
+            default=1.0,
         ),
         ip_adapter_image: Optional[Path] = Input(
             description="IP-Adapter: an image as a prompt (its style and content steer).",

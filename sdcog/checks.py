@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .adapters.controlnets import ControlNets
+from .adapters.faces import FaceDetector
 from .adapters.ip_adapters import IPAdapters
 from .common.families import Facts
 from .denoise import denoise, prompts
 from .denoise.previews import PreviewDecoder
 from .models.pipelines import Pipelines
+from .models.upscalers import Upscaler
 from .request import request_checks
 from .request.model_choice import Choice, ModelChoice
 from .request.request import Request
@@ -27,6 +29,8 @@ class Checks:
     ip_adapters: IPAdapters
     controlnets: ControlNets
     choice: ModelChoice
+    upscaler: Upscaler | None
+    faces: FaceDetector | None
 
     def request(self, request: Request) -> Choice:
         """The request on its own and against this build; the models it names, allowed."""
@@ -34,6 +38,7 @@ class Checks:
         choice = Choice(self.choice.resolve(request.refs.base_model),
                         self.choice.resolve(request.refs.vae))  # fmt: skip
         self.previews.check(request.preview_every)
+        self._check_finishing(request)
         text_pipe = self.pipelines.base["txt2img"]  # CLIP's tokenizer, as every family's
         for name in ("prompt", "negative_prompt"):
             prompts.check_length(text_pipe, prompts.clean(getattr(request, name)), name)
@@ -47,6 +52,22 @@ class Checks:
         if self.pipelines.refiner and request.refine == "base_image_refiner":
             denoise.check_refine_steps(request)
         return choice
+
+    def _check_finishing(self, request: Request) -> None:
+        """The face fix and the upscaler need their pinned models."""
+        if self.faces is None and request.face_fix:
+            raise ValueError(
+                "face_fix: this build has no face detector (pin [face_detector] in "
+                "weights/pins.toml); leave face_fix out"
+            )
+        wanted = [("upscale", request.upscale > 1),
+                  ("hires_upscaler", request.hires_upscaler == "upscaler")]  # fmt: skip
+        for name, asked in wanted:
+            if asked and self.upscaler is None:
+                raise ValueError(
+                    f"{name}: this build has no upscaler (pin [upscaler] in weights/pins.toml); "
+                    f"leave {name} out"
+                )
 
     def model(self, request: Request, facts: Facts) -> None:
         """The request against its model, from the model's configs: what only the build's SDXL

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from .adapters.controlnets import ControlNets
+from .adapters.faces import FaceDetector
 from .adapters.ip_adapters import IPAdapters
 from .adapters.loras import WarmLoras
 from .checks import Checks
@@ -16,12 +17,15 @@ from .common import cancel, errors, memory, protocol
 from .common.families import Facts
 from .common.timings import SETUP_STAGES, Timings
 from .denoise import denoise, hires, prompts, request_images
+from .denoise.face_fix import FaceFix
 from .denoise.previews import PreviewDecoder, PreviewStream
 from .denoise.request_images import Inputs
 from .denoise.steps import StepHooks
 from .fetch.downloads import AdapterCache
+from .models import upscalers
 from .models.loaded_models import LoadedModels, Model
 from .models.pipelines import Pipelines, device_and_dtype
+from .models.upscalers import Upscaler
 from .outputs.outputs import Encoding, Generation, OutputFolders
 from .outputs.safety import SafetyChecker
 from .outputs.watermark import apply_watermark
@@ -60,6 +64,10 @@ class Generator:
             self.previews = PreviewDecoder.load(
                 weights_dir, self.pipelines.family, self.pipelines.device, dtype
             )
+        with setup.stage("finishing"):  # the upscaler and face detector, where pinned
+            device = self.pipelines.device
+            self.upscaler = Upscaler.load(weights_dir, device, dtype)
+            self.faces = FaceDetector.load(weights_dir, device)
         with setup.stage("compile"):  # on CUDA unless SDCOG_COMPILE=0
             refiner = self.pipelines.refiner and self.pipelines.refiner["txt2img"]
             mode = self.settings.compile_mode
@@ -74,8 +82,9 @@ class Generator:
         pinned = Model("the build's model", self.pipelines, self.loras, facts, weights_dir / "base")
         self.models = LoadedModels(pinned, self.ip_adapters, self.settings, weights_dir)
         self.checks = Checks(
-            self.pipelines, self.previews, self.ip_adapters, self.controlnets, self.models.choice
-        )
+            self.pipelines, self.previews, self.ip_adapters, self.controlnets,
+            self.models.choice, self.upscaler, self.faces,
+        )  # fmt: skip
         print(setup.line())
         self.outputs = OutputFolders()
 
@@ -106,7 +115,9 @@ class Generator:
         self, request: Request, cancelled: threading.Event | None, emit: Callable[[Path], None]
     ) -> Generation:
         timings, hooks = Timings(), StepHooks()
-        hooks.add(cancel.stop_if_set(cancelled or threading.Event()))
+        stop = StepHooks()  # the cancel check alone, for the face fix's passes
+        for each in (hooks, stop):
+            each.add(cancel.stop_if_set(cancelled or threading.Event()))
         # 1. Check: the request on its own and against this build; nothing is fetched before.
         choice = self.checks.request(request)
         # 2. Choose the model: the build's, or the request's (checked against its configs
@@ -122,12 +133,29 @@ class Generator:
             # 5. Encode the prompts.
             with timings.stage("prompts"):
                 embeds = self._encode(request, model, patched)
-            # 6. Denoise, batch by batch (hires fix: both passes).
-            results = denoise.batches(request, model.pipelines, inputs, embeds, hooks, timings)
+            # 6. Denoise, batch by batch (hires fix: both passes); prompt_strength 0: nothing.
+            if request.finishing_only:
+                results = [(inputs.seeds[0], inputs.image)]
+            else:
+                results = denoise.batches(
+                    request, model.pipelines, inputs, embeds, hooks, timings, self.upscaler
+                )
             for name, state in patched.deepcache.items():
                 print(protocol.deepcache_line(name, state.reused, state.total))
-        # 7. Finish: watermark, safety, files.
-        return self._finish(request, model, inputs, results, patched, timings)
+            finished = request.face_fix or request.upscale > 1
+            if finished and inputs.picture:  # the stages after this finish the whole picture
+                results = [(s, inputs.picture.paste(image)) for s, image in results]
+            # 7. Fix faces (face_fix), while the patches are on: a LoRA reaches the faces too.
+            painted = not request.finishing_only  # whether the model painted any pixel
+            if request.face_fix:
+                with timings.stage("face_fix"):
+                    fix = FaceFix.of(request, model.pipelines, self.faces, patched.prompt,
+                                     patched.tokenizers, inputs.ip_image, stop)  # fmt: skip
+                    results = fix.each(request, results)
+                painted = painted or fix.fixed > 0
+        # 8. Finish: upscale, watermark, safety, files.
+        pasted = finished and inputs.picture is not None
+        return self._finish(request, model, inputs, results, patched, timings, pasted, painted)
 
     def _read(
         self,
@@ -154,15 +182,23 @@ class Generator:
                       if request.refine == "expert_ensemble_refiner"
                       else f"{steps} steps at strength 0.3")  # fmt: skip
             print(f"refine: {request.refine}, {detail}")
+        if request.upscale > 1:  # refused before any work, now that the output's size is known
+            whole = picture.picture.size if picture else size
+            upscalers.check_size(image.size if request.finishing_only else whole, request.upscale)
         stage = " (hires fix: first pass)" if first != size else ""
-        print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
+        if request.finishing_only:
+            print(f"finishing only (prompt_strength 0): the image as given, "
+                  f"{image.width}x{image.height}, seed {seed}")  # fmt: skip
+        else:
+            print(f"{request.mode} {first[0]}x{first[1]}{stage}, {request.scheduler}, seed {seed}")
         second_steering = None
         if first != size:
             second_steering = self.controlnets.prepare(
                 request.controlnets, control_images, size, unet_config, cancelled
             )
+            by = ", first pass enlarged by the upscaler" * (request.hires_upscaler == "upscaler")
             print(f"hires fix: second pass {size[0]}x{size[1]}, strength "
-                  f"{request.hires_strength}, {request.hires_steps_run} steps")  # fmt: skip
+                  f"{request.hires_strength}, {request.hires_steps_run} steps{by}")  # fmt: skip
         folder, token = self.outputs.open()
         previews = None
         if request.preview_every:
@@ -191,16 +227,25 @@ class Generator:
         results: list[tuple[int, Image.Image]],
         patched: Patching,
         timings: Timings,
+        pasted: bool,
+        painted: bool,
     ) -> Generation:
-        """The seeds said; SDXL's watermark; the outpainted picture; the safety checker, while
-        the images are encoded; the files."""
+        """The seeds said; the upscale; SDXL's watermark, the last change to the pixels; the
+        outpainted picture, unless the face fix or upscale had it already; the safety checker,
+        while the images are encoded; the files."""
         for index, (output_seed, _) in enumerate(results):
             print(protocol.seed_line(index, output_seed))
-        if request.apply_watermark and model.pipelines.family.traits.watermark:
+        if request.upscale > 1:
+            with timings.stage("upscale"):
+                results = [(s, self.upscaler(image, request.upscale)) for s, image in results]
+            size = results[0][1].size
+            print(f"upscale: {request.upscale:g}x to {size[0]}x{size[1]}")
+        # SDXL's watermark says the model painted this: not on a photo only upscaled.
+        if request.apply_watermark and model.pipelines.family.traits.watermark and painted:
             with timings.stage("watermark"):
                 marked = apply_watermark([image for _, image in results])
             results = [(s, image) for (s, _), image in zip(results, marked, strict=True)]
-        if inputs.picture:  # after the watermark, which marks what was generated and nothing else
+        if inputs.picture and not pasted:  # after the watermark, which marks what was generated
             results = [(s, inputs.picture.paste(image)) for s, image in results]
         flagged: list[int] = []
         folder, token = inputs.folder, inputs.token

@@ -6,26 +6,42 @@ Tests that use one of the servers are marked `server`; with `slow` ones they are
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from helpers import ADAPTER_MAX_BYTES, ServerUnderTest, shapes
 from loopback import FileServer, WebhookReceiver, dead_proxy_env
 
+from sdcog.adapters.faces import ENTRY as FACE_DETECTOR
 from sdcog.common.families import PIPELINE_KINDS
+from sdcog.tools.download_weights import TEST_WEIGHTS_DIR
 from sdcog.tools.tiny_weights import write_tiny_weights
 
 
 @pytest.fixture(scope="session")
-def make_weights(tmp_path_factory: pytest.TempPathFactory):
-    """make(family, safety_threshold=1.0) -> a folder of tiny weights, written once per session.
-    A negative threshold makes the safety checker flag every image."""
+def face_detector() -> Path:
+    """The real face detector (600 KB of ONNX), which script/env fetches once from the package
+    its pin names, with download-weights' own code: the tests reach no network."""
+    folder = TEST_WEIGHTS_DIR / FACE_DETECTOR
+    if not (folder / ".pin.json").exists():
+        pytest.fail(f"no {folder}: run script/test, or python -m "
+                    "sdcog.tools.download_weights --test-weights")  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_weights(tmp_path_factory: pytest.TempPathFactory, face_detector: Path):
+    """make(family, safety_threshold=1.0) -> a folder of tiny weights, written once per session,
+    with the real face detector. A negative threshold makes the safety checker flag every
+    image."""
     made: dict[tuple[str, float], Path] = {}
 
     def make(family: str = "sd", safety_threshold: float = 1.0) -> Path:
         if (family, safety_threshold) not in made:
             directory = tmp_path_factory.mktemp(f"tiny-{family}")
             write_tiny_weights(directory, family, safety_threshold)
+            shutil.copytree(face_detector, directory / FACE_DETECTOR)
             made[family, safety_threshold] = directory
         return made[family, safety_threshold]
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
-from helpers import cli_predict, hydrogen_example, output_images, shapes
+from helpers import cli_predict, data_uri, hydrogen_example, output_images, shapes
 from model_repos import CIVITAI_VERSIONS
+from PIL import Image
 
 from sdcog.common.pins import FAMILY_PIN_FILES, PIN_FILE, names, read_pins
 from sdcog.dialects import ModelNames
@@ -168,3 +169,15 @@ def test_the_builds_own_names_are_its_model_in_any_weights_folder(server):
         result = server.predict(**SMALL, base_model=name)
         assert result["output"] == plain, (name, result.get("logs"))
         assert "downloading" not in result["logs"] and "fetching" not in result["logs"]
+
+
+def test_the_face_fix_repaints_with_the_requested_model(models_server, model_repos):
+    """The face pass runs on the request's model: another model's face is another face, and
+    the build's own model is unchanged after (the autouse fixture)."""
+    portrait = Image.open(Path(__file__).parent / "data/photos/astronaut.jpg")
+    request = {"prompt": "a portrait", "image": data_uri(portrait), "prompt_strength": 0,
+               "face_fix": True, "num_inference_steps": 4, "seed": 2}  # fmt: skip
+    own = models_server.predict(**request)
+    other = models_server.predict(**request, base_model="org/sd1")
+    assert "face fix: output 0: 1 found, 1 fixed" in other["logs"]
+    assert output_images(own)[0].tobytes() != output_images(other)[0].tobytes()

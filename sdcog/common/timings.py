@@ -13,9 +13,11 @@ import torch
 
 from . import protocol
 
-STAGES = ("read", "adapters", "prompts", "denoise", "decode", "watermark", "safety", "encode")
+STAGES = ("read", "adapters", "prompts", "denoise", "decode", "face_fix", "upscale", "watermark",
+          "safety", "encode")  # fmt: skip
 # setup(): each part of the model, loaded straight to the device.
-SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters", "previews", "compile")
+SETUP_STAGES = ("pipelines", "safety", "controlnets", "ip_adapters", "previews", "finishing",
+                "compile")  # fmt: skip
 
 
 def _sync() -> None:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ..common.timings import Timings
 from ..models.pipelines import Pipelines
+from ..models.upscalers import Upscaler
 from ..request import seeds
 from ..request.request import Request
 from . import hires
@@ -28,9 +29,11 @@ def batches(
     embeds: Embeddings,
     hooks: Callable,
     timings: Timings,
+    upscaler: Upscaler | None = None,
 ) -> list[tuple[int, Image.Image]]:
     """Each batch through the base model (and the refiner, or the hires fix's second pass):
-    the outputs' seeds and images. `hooks` run at the end of every step."""
+    the outputs' seeds and images. `hooks` run at the end of every step; `upscaler` enlarges
+    the hires fix's first pass when hires_upscaler asks for it."""
     steering = inputs.steering
     controlnet = steering.controlnet if steering else None
     pipe = pipelines.get(request.mode, request.scheduler, controlnet, request.timestep_spacing)
@@ -41,7 +44,10 @@ def batches(
     refiner = None
     if request.refine != "no_refiner":
         refiner = pipelines.get_refiner(request.mode, request.scheduler, request.timestep_spacing)
-    finish = _second_pass(request, pipelines, inputs) if inputs.first != inputs.size else None
+    finish = None
+    if inputs.first != inputs.size:
+        model = upscaler if request.hires_upscaler == "upscaler" else None
+        finish = _second_pass(request, pipelines, inputs, model)
     arguments = mode_inputs(request, inputs.image, inputs.mask, inputs.first)
     if steering:
         arguments.update(steering.arguments(pipe))
@@ -61,7 +67,9 @@ def batches(
     return results
 
 
-def _second_pass(request: Request, pipelines: Pipelines, inputs: Inputs) -> hires.SecondPass:
+def _second_pass(
+    request: Request, pipelines: Pipelines, inputs: Inputs, upscaler: Upscaler | None
+) -> hires.SecondPass:
     steering = inputs.second_steering
     controlnet = steering and steering.controlnet
     pipe = pipelines.get("img2img", request.scheduler, controlnet, request.timestep_spacing)
@@ -69,7 +77,7 @@ def _second_pass(request: Request, pipelines: Pipelines, inputs: Inputs) -> hire
     if inputs.ip_image:
         extra["ip_adapter_image"] = inputs.ip_image
     return hires.SecondPass(
-        pipe, inputs.size, request.hires_strength, request.hires_steps_run, extra
+        pipe, inputs.size, request.hires_strength, request.hires_steps_run, extra, upscaler
     )
 
 

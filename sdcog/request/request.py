@@ -97,6 +97,16 @@ class Request:
     hires_scale: float = 1.0
     hires_strength: float = 0.5
     hires_steps: int | None = None
+    hires_upscaler: str = "lanczos"  # or "upscaler": the build's trained upscaler
+    # Finishing: the face fix (ADetailer's recipe), then a trained upscaler
+    face_fix: bool = False
+    face_fix_prompt: str = ""  # empty: the prompt
+    face_fix_negative_prompt: str = ""  # empty: the negative prompt
+    face_fix_strength: float = 0.4
+    face_fix_confidence: float = 0.5
+    face_fix_padding: int = 32
+    face_fix_max_faces: int = 4
+    upscale: float = 1.0
     # IP-Adapter
     ip_adapter_image: Path | None = None
     ip_adapter_scale: float = 0.6
@@ -184,6 +194,12 @@ class Request:
             )
 
     @property
+    def finishing_only(self) -> bool:
+        """prompt_strength 0 with an image: nothing is generated; the image, as given, goes
+        through the finishing stages (face fix, upscale) only."""
+        return self.image is not None and self.prompt_strength == 0
+
+    @property
     def mode(self) -> str:
         if self.mask is not None or self.outpainting:
             return "inpaint"
@@ -210,6 +226,9 @@ OTHER_NAMES = {
     "batch_size": "num_outputs", "n_iter": "num_outputs", "negative": "negative_prompt",
     "init_images": "image", "init_image": "image", "mask_image": "mask",
     "hr_scale": "hires_scale", "hr_second_pass_steps": "hires_steps",
+    "hr_upscaler": "hires_upscaler", "upscaling_resize": "upscale", "scale": "upscale",
+    "ad_prompt": "face_fix_prompt", "ad_negative_prompt": "face_fix_negative_prompt",
+    "ad_denoising_strength": "face_fix_strength", "ad_confidence": "face_fix_confidence",
 }  # fmt: skip
 
 

@@ -35,7 +35,10 @@ def check(request: Request) -> None:
             "return_control_maps: no ControlNet in this request; set controlnet_1 and "
             "controlnet_1_image, or leave return_control_maps out"
         )
-    if request.image is not None and int(request.num_inference_steps * request.prompt_strength) < 1:
+    steps = request.num_inference_steps
+    if request.finishing_only:
+        _check_finishing_only(request)
+    elif request.image is not None and int(steps * request.prompt_strength) < 1:
         raise ValueError(
             "prompt_strength: with an image, prompt_strength x num_inference_steps must be "
             f"at least 1 (got {request.prompt_strength} x {request.num_inference_steps})"
@@ -57,6 +60,7 @@ def check(request: Request) -> None:
         )
     _check_image_recipes(request)
     _check_sizing(request)
+    _check_finishing(request)
     if any(not -4 <= scale <= 4 for scale in request.lora_scales):
         raise ValueError(
             f"lora_scales: each scale must be from -4 to 4 (got {request.lora_scales})"
@@ -143,6 +147,69 @@ def _check_image_recipes(request: Request) -> None:
             )
     elif request.hires_steps is not None:
         raise ValueError("hires_steps: only with hires_scale above 1")
+
+
+# Face fix inputs that mean nothing without face_fix.
+FACE_FIX_SETTINGS = ("face_fix_prompt", "face_fix_negative_prompt", "face_fix_strength",
+                     "face_fix_confidence", "face_fix_padding", "face_fix_max_faces")  # fmt: skip
+UPSCALE_STEP = 0.05  # upscale's resolution: 1.5 and 2.25 are fine, 1.333... is not
+
+
+def _check_finishing(request: Request) -> None:
+    defaults = {f.name: f.default for f in fields(request)}
+    if not request.face_fix:
+        for name in FACE_FIX_SETTINGS:
+            if getattr(request, name) != defaults[name]:
+                raise ValueError(f"{name}: the face fix is off; set face_fix, or leave {name} out")
+    elif int(request.num_inference_steps * request.face_fix_strength) < 1:
+        raise ValueError(
+            "face_fix_strength: face_fix_strength x num_inference_steps must be at least 1 "
+            f"(got {request.face_fix_strength} x {request.num_inference_steps})"
+        )
+    if request.face_fix:
+        check_prompt_length(request.face_fix_prompt, "face_fix_prompt")
+        check_prompt_length(request.face_fix_negative_prompt, "face_fix_negative_prompt")
+    if request.hires_upscaler != defaults["hires_upscaler"] and request.hires_scale == 1:
+        raise ValueError(
+            "hires_upscaler: the hires fix is off (hires_scale 1); set hires_scale above 1, or "
+            "leave hires_upscaler out"
+        )
+    steps = request.upscale / UPSCALE_STEP
+    if abs(steps - round(steps)) > 1e-6:
+        raise ValueError(
+            f"upscale: {request.upscale} is not a multiple of {UPSCALE_STEP}; take "
+            f"{round(steps) * UPSCALE_STEP:g}"
+        )
+
+
+# What prompt_strength 0 (the image as given, finished only) cannot be combined with.
+NOT_FINISHING = {
+    "mask": "a mask asks for inpainting", "controlnets": "ControlNets steer generation",
+    "ip_adapter_image": "the IP-Adapter steers generation", "outpainting": "outpainting generates",
+    "refine": "the refiner refines what was generated",
+}  # fmt: skip
+
+
+def _check_finishing_only(request: Request) -> None:
+    """prompt_strength 0: nothing is generated, so there must be a finishing stage to run, and
+    nothing that only generation uses."""
+    given = {"mask": request.mask is not None, "controlnets": bool(request.controlnets),
+             "ip_adapter_image": request.ip_adapter_image is not None,
+             "outpainting": request.outpainting,
+             "refine": request.refine != "no_refiner"}  # fmt: skip
+    for name, why in NOT_FINISHING.items():
+        if given[name]:
+            raise ValueError(
+                f"prompt_strength: 0 keeps the image as given and only finishes it, but {why}; "
+                "raise prompt_strength"
+            )
+    if not request.face_fix and request.upscale == 1:
+        raise ValueError(
+            "prompt_strength: 0 keeps the image as given; ask for face_fix or upscale to "
+            "finish it, or raise prompt_strength to change it"
+        )
+    if request.num_outputs != 1:
+        raise ValueError("num_outputs: with prompt_strength 0 there is one image to finish; use 1")
 
 
 def check_prompt_length(text: str, input_name: str) -> None:
