@@ -326,7 +326,7 @@ def test_defaults_outpaint_hires_and_refiner(tmp_path):
             "acceleratorOptions.cacheMaxConsecutiveSteps",
             "6 is greater than the maximum of 5",
         ),
-        ({"taskType": "imageUpscale"}, "taskType", "is not one of"),
+        ({"taskType": "imageCaption"}, "taskType", "is not one of"),
     ],
 )
 def test_what_cannot_be_honoured_fails_naming_the_field(change, field, problem):
@@ -724,3 +724,40 @@ def test_the_sdks_cache_stop_step_is_the_references_cache_end_step():
     with pytest.raises(FieldError, match="at most steps") as raised:
         accelerated(**deep, cacheStopStep=30)
     assert raised.value.field == "acceleratorOptions.cacheStopStep"  # as the payload spells it
+
+
+def test_an_image_upscale_task_enlarges_its_input_image(server, tmp_path):
+    """Runware's imageUpscale: inputImage enlarged upscaleFactor times by the build's upscaler,
+    answered as Runware answers it (no seed); a mixed payload keeps its order."""
+    if server.family != "sd":
+        pytest.skip("one family is enough")
+    photo = Image.open(Path(__file__).parent / "data/photos/rocket.jpg").resize((96, 64))
+    upscale = {"taskType": "imageUpscale", "taskUUID": str(uuid.uuid4()),
+               "inputImage": data_uri(photo), "upscaleFactor": 2, "outputType": "base64Data",
+               "outputFormat": "PNG"}  # fmt: skip
+    assert runware.translate([upscale], SD) == [{
+        "prompt": "", "image": upscale["inputImage"], "prompt_strength": 0, "upscale": 2,
+        "output_format": "png", "output_quality": 95, "disable_safety_checker": True,
+    }]  # fmt: skip
+    inference = {"taskType": "imageInference", "taskUUID": UUID, "positivePrompt": "a cat",
+                 "model": "runwayml/stable-diffusion-v1-5", "width": 128, "height": 128,
+                 "steps": 2, "outputType": "base64Data"}  # fmt: skip
+    data = json.loads(run(cli_predict(server), "runware", [upscale, inference], SD, tmp_path))
+    first, second = data["data"]
+    assert first["taskType"] == "imageUpscale" and "seed" not in first
+    assert (second["taskType"], second["taskUUID"]) == ("imageInference", UUID)
+    image = Image.open(io.BytesIO(base64.b64decode(first["imageBase64Data"])))
+    assert (image.format, image.size) == ("PNG", (192, 128))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"upscaleFactor": 8}, "upscaleFactor"), ({"upscaleFactor": 2, "positivePrompt": "x"},
+                                                 "positivePrompt")],
+)  # fmt: skip
+def test_an_image_upscale_task_is_checked_as_its_own_kind(change, field):
+    task = {"taskType": "imageUpscale", "taskUUID": UUID, "inputImage": "data:,", **change}
+    with pytest.raises(FieldError) as raised:
+        runware.translate([task], SD)
+    assert raised.value.field == field
+    assert json.loads(runware.failure(raised.value))["errors"][0]["taskType"] == "imageUpscale"

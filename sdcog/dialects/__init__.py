@@ -72,11 +72,12 @@ class ModelNames:
 
 class FieldError(ValueError):
     """A payload's field that cannot be honoured: `path` as the payload spells it, in the task
-    with id `task` where a payload holds several."""
+    with id `task` (of type `kind`) where a payload holds several."""
 
     def __init__(self, dialect: str, path: tuple[str | int, ...], problem: str,
-                 task: str | None = None) -> None:  # fmt: skip
+                 task: str | None = None, kind: str | None = None) -> None:  # fmt: skip
         self.dialect, self.path, self.problem, self.task = dialect, path, problem, task
+        self.kind = kind  # the task's type, where a payload mixes several
         super().__init__(f"{dialect}: {self.field}: {problem}")
 
     @property

@@ -1,4 +1,6 @@
-"""Runware's task arrays: each `imageInference` task as predict() inputs, answered as Runware does.
+"""Runware's task arrays: each `imageInference` and `imageUpscale` task as predict() inputs,
+answered as Runware does. An imageUpscale task is its inputImage finished only (prompt_strength
+0) with upscale = upscaleFactor: the build's trained upscaler.
 
 A payload is a JSON array of tasks; each imageInference task is one prediction, and the answer is
 `{"data": [...]}` with one entry per image (taskType, taskUUID, imageUUID, imageURL |
@@ -55,17 +57,25 @@ FIELDS = {
     "deepcache_": "acceleratorOptions", "hires_": "advancedFeatures.hiresFix",
     "base_model": "model", "vae": "vae", "textual_inversions": "embeddings",
 }  # fmt: skip
+# The same, for an imageUpscale task.
+UPSCALE_FIELDS = {"image": "inputImage", "upscale": "upscaleFactor",
+                  "prompt_strength": "inputImage", "output_format": "outputFormat",
+                  "output_quality": "outputQuality"}  # fmt: skip
 
 
 def translate(payload: list[dict[str, Any]], build: ModelNames) -> list[dict[str, Any]]:
-    """predict()'s inputs for each imageInference task, or a FieldError naming the field."""
+    """predict()'s inputs for each imageInference and imageUpscale task, or a FieldError naming
+    the field."""
     try:
         validate(payload, "runware")
     except FieldError as e:
         index, *path = e.path or (None,)
         raise _error(payload[index] if isinstance(index, int) else {}, path, e.problem) from None
     result = []
-    for task in _inference_tasks(payload):
+    for task in _prediction_kinds(payload):
+        if task["taskType"] == "imageUpscale":
+            result.append(_upscale_inputs(task))
+            continue
         try:
             inputs = _inputs(task, build)
         except FieldError as e:
@@ -81,24 +91,27 @@ def translate(payload: list[dict[str, Any]], build: ModelNames) -> list[dict[str
 def failed(payload: list[dict[str, Any]], index: int, message: str) -> FieldError:
     """The server's error for prediction `index`, naming the Runware field its input came from."""
     name = message.split(":", 1)[0]
-    field = next((f for key, f in FIELDS.items() if name.startswith(key)), name)
-    return _error(_prediction_tasks(payload)[index], [field], message)
+    task = _prediction_tasks(payload)[index]
+    fields = UPSCALE_FIELDS if task["taskType"] == "imageUpscale" else FIELDS
+    field = next((f for key, f in fields.items() if name.startswith(key)), name)
+    return _error(task, [field], message)
 
 
 def answer(payload: list[dict[str, Any]], results: list[dict[str, Any]], out: Path) -> str:
     data = []
-    for task in _inference_tasks(payload):
+    for task in _prediction_kinds(payload):
         for field, why in _ignored(task):
             print(f"runware: {field} ignored ({why})", file=sys.stderr)
     for task, result in zip(_prediction_tasks(payload), results, strict=True):
         images = iter(protocol.final_outputs(result))
         for seed, flagged in protocol.output_seeds(result.get("logs", "")):
             entry = {
-                "taskType": "imageInference",
+                "taskType": task["taskType"],
                 "taskUUID": task["taskUUID"],
                 "imageUUID": str(uuid.uuid4()),
-                "seed": seed,
             }
+            if task["taskType"] == "imageInference":  # an upscale's seed means nothing
+                entry["seed"] = seed
             if _checks_nsfw(task):
                 entry["NSFWContent"] = flagged  # a flagged image is never returned
             if not flagged:
@@ -113,7 +126,7 @@ def failure(error: ValueError) -> str:
     if isinstance(error, FieldError):
         found |= {
             "parameter": error.field,
-            "taskType": "imageInference",
+            "taskType": error.kind or "imageInference",
             "taskUUID": error.task,
         }
     return json.dumps({"errors": [found]}, indent=2)
@@ -136,15 +149,30 @@ def _parts(task: dict[str, Any]) -> list[tuple[int, int]]:
 
 def _prediction_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The task of each prediction, in the order translate() gives them."""
-    return [task for task in _inference_tasks(payload) for _ in _parts(task)]
+    return [task for task in _prediction_kinds(payload) for _ in _parts(task)]
 
 
-def _inference_tasks(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [task for task in payload if task["taskType"] == "imageInference"]
+def _prediction_kinds(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tasks that run as predictions (an authentication task does not)."""
+    return [task for task in payload if task["taskType"] in ("imageInference", "imageUpscale")]
 
 
 def _error(task: dict[str, Any], path: Any, problem: str) -> FieldError:
-    return FieldError("runware", tuple(path), problem, task.get("taskUUID"))
+    return FieldError("runware", tuple(path), problem, task.get("taskUUID"), task.get("taskType"))
+
+
+def _upscale_inputs(task: dict[str, Any]) -> dict[str, Any]:
+    """An imageUpscale task: its image finished only, enlarged by the build's upscaler. Runware
+    checks no upscale for NSFW content; neither is it here."""
+    return {
+        "prompt": "",
+        "image": image_input("inputImage", task["inputImage"]),
+        "prompt_strength": 0,
+        "upscale": task["upscaleFactor"],
+        "output_format": task.get("outputFormat", "JPG").lower().replace("jpeg", "jpg"),
+        "output_quality": task.get("outputQuality", 95),
+        "disable_safety_checker": True,
+    }
 
 
 def _model(task: dict[str, Any], field: str, entry: str, build: ModelNames) -> dict[str, str]:

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..common import protocol
-from . import ModelNames, hydrogen, opensourceais, runware
+from . import ModelNames, hydrogen, opensourceais, real_esrgan, runware
 
-DIALECTS = {"hydrogen": hydrogen, "opensourceais": opensourceais, "runware": runware}
+DIALECTS = {"hydrogen": hydrogen, "opensourceais": opensourceais, "real-esrgan": real_esrgan,
+            "runware": runware}  # fmt: skip
 
 
 def run(
