@@ -34,7 +34,12 @@ def test_bench_compares_the_paths_in_one_run(make_weights, tmp_path, capsys):
             assert median > 0 and gb > 0
         assert cells[case, "diffusers"][1] == "1.000"
     assert ("deepcache", "generator") in cells and ("deepcache", "diffusers") not in cells
-    assert re.search(r"^\| txt2img \| server \|( \d+ \|){9}$", report, re.M)  # stages + transfer
+    assert re.search(r"^\| txt2img \| server \|( \d+ \|){11}$", report, re.M)  # stages + transfer
+    # The finishing cases, ours only: the upscaler's and the face fix's stages take time.
+    assert ("upscale", "generator") in cells and ("upscale", "diffusers") not in cells
+    stage = r"^\| {} \| generator \|(?: \d+ \|){{{}}} ([1-9]\d*) \|"
+    assert re.search(stage.format("upscale", 6), report, re.M)  # the upscale column
+    assert re.search(stage.format("face_fix", 5), report, re.M)  # the face fix column
     # Same weights, seed, scheduler and inputs: our image is the plain diffusers call's.
     assert "txt2img image: mean abs diff 0.00/255" in report
     assert re.search(r"Setup, generator: [\d.]+ s \([\d.]+x the plain read\)", report)
@@ -111,7 +116,7 @@ def test_gpu_bench_dry_run_on_tiny_weights(tmp_path):
     """script/gpu-bench, the device call's script, runs here on tiny weights (TINY=1)."""
     root = Path(__file__).parent.parent
     env = {**os.environ, "OUT": str(tmp_path / "out"), "W": str(tmp_path / "w"), "TINY": "1",
-           "PYTHON": sys.executable, "PARTS": "sd-gap",
+           "PYTHON": sys.executable, "PARTS": "sd-gap finishing",
            "BENCH_EXTRA": "--size 128 --steps 2 --runs 1 --cases txt2img"}  # fmt: skip
     run = subprocess.run(["bash", "script/gpu-bench"], cwd=root, env=env, capture_output=True,
                          text=True, timeout=600)  # fmt: skip
@@ -119,6 +124,7 @@ def test_gpu_bench_dry_run_on_tiny_weights(tmp_path):
     assert "rc 0" in run.stdout and "] done" in run.stdout
     report = (tmp_path / "out" / "gap-sd.md").read_text()
     assert re.search(r"Server / in-process \(generator\): txt2img [\d.]+x", report)
+    assert "| txt2img | generator |" in (tmp_path / "out" / "finishing-sd.md").read_text()
     assert "torch" in (tmp_path / "out" / "env.txt").read_text()
 
 

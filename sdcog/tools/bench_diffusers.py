@@ -53,7 +53,7 @@ class Diffusers:
             # so the image lines compare like with like.
             return generators([1])
 
-        if case in ("deepcache", "previews"):  # ours only
+        if case in ("deepcache", "previews", "upscale", "face_fix"):  # ours only
             return None
         if case == "txt2img":
             return lambda: _first(self.pipe(**common, **size, generator=seeded()).images)

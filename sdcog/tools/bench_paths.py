@@ -31,7 +31,10 @@ from ..serving.settings import Settings
 from ..speed.fast_path import choose
 from .cog_server import CogServer
 
-CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache", "previews")
+CASES = ("txt2img", "refiner", "lora", "controlnet", "deepcache", "previews", "upscale",
+         "face_fix")  # fmt: skip
+# The face fix's case: a real portrait (NASA's, public domain), finished only at the bench's size.
+PORTRAIT = Path(__file__).resolve().parents[2] / "tests/data/photos/astronaut.jpg"
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 NEGATIVE = "blurry, low quality"
 
@@ -153,6 +156,8 @@ class Setup:
         edges = np.zeros((size, size), np.uint8)
         edges[size // 4 : 3 * size // 4 : 8, size // 4 : 3 * size // 4] = 255  # stripes
         Image.fromarray(edges).convert("RGB").save(self.control)
+        self.portrait = workdir / "portrait.png"
+        Image.open(PORTRAIT).convert("RGB").resize((size, size)).save(self.portrait)
         self.controlnet_entry = UNION_ENTRY if family == "sdxl" else KIND_ENTRIES["canny"]
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=workdir)
         handler.log_message = lambda *args: None
@@ -174,6 +179,10 @@ class Setup:
             return (self.weights / self.controlnet_entry / "config.json").exists()
         if case == "previews":
             return (self.weights / "taesd/config.json").exists()
+        if case == "upscale":
+            return any((self.weights / "upscaler").glob("*.safetensors"))
+        if case == "face_fix":
+            return any((self.weights / "face_detector").glob("*.onnx"))
         return case in CASES
 
     def inputs(self, case: str) -> dict:
@@ -193,6 +202,9 @@ class Setup:
             },  # fmt: skip
             "deepcache": {"deepcache_interval": 3},
             "previews": {"preview_every": 10},
+            "upscale": {"upscale": 2},  # the txt2img image, then 2x by the upscaler
+            # The portrait as given (no generation), its face repainted at the native size.
+            "face_fix": {"image": str(self.portrait), "prompt_strength": 0, "face_fix": True},
         }
         return inputs | extra.get(case, {})
 
@@ -242,8 +254,9 @@ class Served:
 
     def call(self, case: str) -> Call:
         inputs = self.setup.inputs(case)
-        if "controlnet_1_image" in inputs:  # a file goes over the wire, as a client sends it
-            inputs["controlnet_1_image"] = protocol.data_uri(self.setup.control.read_bytes())
+        for name in ("controlnet_1_image", "image"):  # files go over the wire, as clients send them
+            if name in inputs:
+                inputs[name] = protocol.data_uri(Path(inputs[name]).read_bytes())
 
         def call() -> Outcome:
             result = self.server.post(inputs).json()
