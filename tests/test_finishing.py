@@ -78,6 +78,17 @@ def test_a_requests_lora_reaches_the_face(generator, adapter_refs):
     assert np.array_equal(plain, again)  # and leaves with the request
 
 
+def test_a_requests_embedding_reaches_the_face_prompt(generator, adapter_refs):
+    """The face prompt names the embedding's token: with the embedding loaded it is the
+    learned vector, without it the token's text; the faces differ."""
+    face = {"face_fix": True, "face_fix_prompt": "a <tok> face"}
+    plain, _ = finish(generator, ASTRONAUT, **face)
+    embedded, _ = finish(generator, ASTRONAUT, **face,
+                         textual_inversions=[adapter_refs["sd"]["embedding"]])  # fmt: skip
+    assert not np.array_equal(plain, embedded)
+    assert np.array_equal(plain, finish(generator, ASTRONAUT, **face)[0])
+
+
 def test_max_faces_fixes_the_largest(generator, tmp_path):
     two = Image.new("RGB", (1024, 512))
     two.paste(Image.open(ASTRONAUT).resize((256, 256)), (0, 128))
