@@ -301,6 +301,11 @@ class Predictor(BasePredictor):
             le=100,
             default=80,
         ),
+        write_metadata: bool = Input(
+            description="Write the generation data into each image as AUTOMATIC1111 does (PNG "
+            "text chunk `parameters`, or EXIF UserComment), for civitai and A1111's PNG Info.",
+            default=True,
+        ),
         refine: str = Input(
             description="SDXL only. Refiner: expert_ensemble_refiner finishes the base's "
             "latents from high_noise_frac; base_image_refiner reworks the base image.",

@@ -15,6 +15,7 @@ from .adapters.loras import WarmLoras
 from .checks import Checks
 from .common import cancel, errors, memory, protocol
 from .common.families import Facts
+from .common.pins import names, pin_file_of, read_pins
 from .common.timings import SETUP_STAGES, Timings
 from .denoise import denoise, hires, prompts, request_images
 from .denoise.face_fix import FaceFix
@@ -26,6 +27,7 @@ from .models import upscalers
 from .models.loaded_models import LoadedModels, Model
 from .models.pipelines import Pipelines, device_and_dtype
 from .models.upscalers import Upscaler
+from .outputs import infotext
 from .outputs.outputs import Encoding, Generation, OutputFolders
 from .outputs.safety import SafetyChecker
 from .outputs.watermark import apply_watermark
@@ -80,6 +82,8 @@ class Generator:
         vae = weights_dir / "vae" if (weights_dir / "vae/config.json").exists() else None
         facts = Facts.of(weights_dir / "base", "base_model", "the build's model", vae)
         pinned = Model("the build's model", self.pipelines, self.loras, facts, weights_dir / "base")
+        base = next(p for p in read_pins(pin_file_of(weights_dir)) if p.name == "base")
+        self.model_name = names(base)[0]  # what its images' infotext calls it
         self.models = LoadedModels(pinned, self.ip_adapters, self.settings, weights_dir)
         self.checks = Checks(
             self.pipelines, self.previews, self.ip_adapters, self.controlnets,
@@ -249,8 +253,13 @@ class Generator:
             results = [(s, inputs.picture.paste(image)) for s, image in results]
         flagged: list[int] = []
         folder, token = inputs.folder, inputs.token
+        texts = {}
+        if request.write_metadata:
+            name = self.model_name if model.folder == self.weights_dir / "base" else model.name
+            texts = infotext.texts(request, name, patched.loras, patched.inversions, results)
         # Encoded while the safety checker runs: encoding is off the critical path.
-        with Encoding(results, request.output_format, request.output_quality) as encoding:
+        format, quality = request.output_format, request.output_quality
+        with Encoding(results, format, quality, texts) as encoding:
             if not request.disable_safety_checker:
                 with timings.stage("safety"):
                     results, flagged = self.safety.keep_unflagged(results)

@@ -16,6 +16,7 @@ from PIL import Image
 from ..common import protocol
 from ..request import images
 from ..serving import runner
+from . import infotext
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,22 @@ class Encoding:
     release the GIL), while the safety checker looks at them: only the kept ones are written.
     As a context manager, what is still queued is dropped when it closes."""
 
-    def __init__(self, results: list[tuple[int, Image.Image]], fmt: str, quality: int) -> None:
+    def __init__(
+        self,
+        results: list[tuple[int, Image.Image]],
+        fmt: str,
+        quality: int,
+        texts: dict[int, str] | None = None,
+    ) -> None:
+        """`texts`: each seed's generation data, carried in its file (infotext.py)."""
         self.fmt = fmt
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        texts = texts or {}
         self._jobs = {
-            seed: self._pool.submit(images.encode_image, image, fmt, quality)
+            seed: self._pool.submit(images.encode_image, image, fmt, quality,
+                                    texts.get(seed) and infotext.save_options(fmt, texts[seed]))
             for seed, image in results
-        }
+        }  # fmt: skip
 
     def content(self, seed: int) -> bytes:
         return self._jobs[seed].result()

@@ -86,11 +86,15 @@ def output_size(
     return snap(image.width * scale), snap(image.height * scale)
 
 
-def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
-    """One output's file content; quality applies to the lossy formats only."""
+def encode_image(
+    image: Image.Image, output_format: str, quality: int, metadata: dict | None = None
+) -> bytes:
+    """One output's file content; quality applies to the lossy formats only; `metadata`:
+    more of PIL's save options (the generation data's chunk or EXIF)."""
     _, pil_format, options = FORMATS[output_format]
     if pil_format != "PNG":
         options = {**options, "quality": quality}
+    options = {**options, **(metadata or {})}
     buffer = io.BytesIO()
     image.save(buffer, format=pil_format, **options)
     return buffer.getvalue()

@@ -73,6 +73,7 @@ class Request:
     disable_safety_checker: bool = False
     output_format: str = "png"
     output_quality: int = 80
+    write_metadata: bool = True  # the generation data in each file, as AUTOMATIC1111 writes it
     # SDXL only
     refine: str = "no_refiner"
     high_noise_frac: float = 0.8
