@@ -18,15 +18,17 @@ from sdcog.serving.settings import Settings
 SCHEDULERS = [
     "DDIM", "DDPM", "DPMSolverMultistep", "DPMSolverSinglestep", "KarrasDPM", "K_EULER",
     "K_EULER_ANCESTRAL", "HeunDiscrete", "KLMS", "PNDM", "IPNDM", "KDPM2", "KDPM2_ANCESTRAL",
-    "UniPCMultistep", "LCM",
+    "UniPCMultistep", "LCM", "DPMSolverMultistepSDE", "DPMSolverMultistep3MSDE", "DPMSolverSDE",
 ]  # fmt: skip
 # sdcog.request.schedulers (a test keeps them equal)
 TIMESTEP_SPACINGS = ["default", "leading", "linspace", "trailing"]
+# sdcog.request.schedulers.SCHEDULES (a test keeps the two equal)
+SCHEDULES = ["Automatic", "Karras", "Exponential", "Beta", "SGM Uniform"]
 # AUTOMATIC1111's sampler names, aliases of the above (sdcog.request.schedulers.A1111_NAMES; a
 # test keeps the two equal).
 A1111_SCHEDULERS = [
     "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "Heun", "DPM2", "DPM2 a", "LMS", "PLMS",
-    "UniPC",
+    "UniPC", "DPM++ 2M SDE", "DPM++ 3M SDE", "DPM++ SDE",
 ]  # fmt: skip
 OUTPUT_FORMATS = ["png", "jpg", "webp"]
 # fofr's multi-ControlNet models' sizing_strategy: width/height, or the named image's aspect.
@@ -125,6 +127,13 @@ class Predictor(BasePredictor):
             "is what 1-step SDXL-Turbo needs.",
             choices=TIMESTEP_SPACINGS,
             default="default",
+        ),
+        schedule: str = Input(
+            description="AUTOMATIC1111's schedule type: how the noise levels are spaced "
+            "(Automatic: the scheduler's own; Karras, Exponential, Beta: diffusers' sigma "
+            "options; SGM Uniform: trailing timesteps).",
+            choices=SCHEDULES,
+            default="Automatic",
         ),
         num_inference_steps: int = Input(description="Denoising steps.", ge=1, le=500, default=50),
         guidance_scale: float = Input(

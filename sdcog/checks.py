@@ -47,7 +47,8 @@ class Checks:
         if self.pipelines.refiner and request.refine == "expert_ensemble_refiner":
             spacing = request.timestep_spacing
             denoise.check_split(
-                self.pipelines.refiner_scheduler(request.scheduler, spacing), request
+                self.pipelines.refiner_scheduler(request.scheduler, spacing, request.schedule),
+                request,
             )
         if self.pipelines.refiner and request.refine == "base_image_refiner":
             denoise.check_refine_steps(request)

@@ -1,5 +1,9 @@
+import re
+
 import pytest
+import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+from helpers import output_images
 
 from predict import SCHEDULERS as SCHEMA_CHOICES
 from sdcog.request.schedulers import SCHEDULERS, check, make_scheduler
@@ -89,3 +93,68 @@ def test_what_a_scheduler_cannot_do_is_refused_by_name(name, spacing, steps, mes
     with pytest.raises(ValueError, match=message):
         check(name, spacing, steps)
     check(name, "default", 4)  # the same scheduler otherwise
+
+
+def test_a1111s_sde_samplers_are_diffusers_exact_equivalents():
+    from diffusers import DPMSolverSDEScheduler
+
+    from sdcog.request.schedulers import canonical
+
+    two = make_scheduler(canonical("DPM++ 2M SDE"), SD15_CONFIG)
+    three = make_scheduler(canonical("DPM++ 3M SDE"), SD15_CONFIG)
+    assert (two.config.algorithm_type, two.config.solver_order) == ("sde-dpmsolver++", 2)
+    assert (three.config.algorithm_type, three.config.solver_order) == ("sde-dpmsolver++", 3)
+    assert isinstance(make_scheduler(canonical("DPM++ SDE"), SD15_CONFIG), DPMSolverSDEScheduler)
+
+
+@pytest.mark.parametrize(
+    "schedule, option, value",
+    [("Karras", "use_karras_sigmas", True), ("Exponential", "use_exponential_sigmas", True),
+     ("Beta", "use_beta_sigmas", True), ("SGM Uniform", "timestep_spacing", "trailing")],
+)  # fmt: skip
+def test_each_schedule_type_is_diffusers_sigma_option(schedule, option, value):
+    scheduler = make_scheduler("K_EULER", SD15_CONFIG, schedule=schedule)
+    assert scheduler.config[option] == value
+    plain = make_scheduler("K_EULER", SD15_CONFIG)
+    scheduler.set_timesteps(10), plain.set_timesteps(10)
+    assert not torch.equal(scheduler.sigmas, plain.sigmas)  # the noise levels differ
+    assert make_scheduler("K_EULER", SD15_CONFIG).config[option] != value  # nothing leaks
+
+
+def test_schedule_types_a_scheduler_cannot_take_are_refused_naming_it():
+    with pytest.raises(ValueError, match="^schedule: DDIM has no Karras schedule; use Automatic"):
+        check("DDIM", "default", 10, "Karras")
+    with pytest.raises(ValueError, match="^schedule: KarrasDPM is Karras already"):
+        check("KarrasDPM", "default", 10, "Exponential")
+    with pytest.raises(ValueError, match="^schedule: SGM Uniform is trailing timestep spacing"):
+        check("K_EULER", "leading", 10, "SGM Uniform")
+    check("DPMSolverMultistepSDE", "default", 10, "Karras")
+
+
+@pytest.mark.parametrize("name, nearest", [("DPM++ 2S a", "DPMSolverSinglestep"),
+                                           ("DPM adaptive", "DPMSolverMultistep"),
+                                           ("Restart", "K_EULER")])  # fmt: skip
+def test_a1111_samplers_diffusers_cannot_run_are_refused_with_the_nearest(name, nearest):
+    from sdcog.request.schedulers import canonical
+
+    with pytest.raises(
+        ValueError, match=f"^scheduler: {re.escape(name)} .*nearest here is {nearest}"
+    ):
+        canonical(name)
+
+
+def test_the_schema_offers_every_schedule_type():
+    import predict
+    from sdcog.request.schedulers import SCHEDULES
+
+    assert predict.SCHEDULES == list(SCHEDULES)
+
+
+def test_dpm_sde_and_a_schedule_through_cogs_server(sd_server):
+    small = {"prompt": "x", "num_inference_steps": 3, "width": 128, "height": 128, "seed": 4}
+    plain = sd_server.predict(**small, scheduler="DPM++ 2M SDE")
+    karras = sd_server.predict(**small, scheduler="DPM++ 2M SDE", schedule="Karras")
+    assert output_images(plain) and output_images(karras)
+    assert plain["output"] != karras["output"]
+    assert output_images(sd_server.predict(**small, scheduler="DPM++ SDE"))
+    assert sd_server.predict(**small, scheduler="DPM++ 2M SDE")["output"] == plain["output"]

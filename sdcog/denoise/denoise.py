@@ -36,14 +36,18 @@ def batches(
     the hires fix's first pass when hires_upscaler asks for it."""
     steering = inputs.steering
     controlnet = steering.controlnet if steering else None
-    pipe = pipelines.get(request.mode, request.scheduler, controlnet, request.timestep_spacing)
+    pipe = pipelines.get(
+        request.mode, request.scheduler, controlnet, request.timestep_spacing, request.schedule
+    )
     if inputs.size[0] * inputs.size[1] > TILED_DECODE_PIXELS:
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
     refiner = None
     if request.refine != "no_refiner":
-        refiner = pipelines.get_refiner(request.mode, request.scheduler, request.timestep_spacing)
+        refiner = pipelines.get_refiner(
+            request.mode, request.scheduler, request.timestep_spacing, request.schedule
+        )
     finish = None
     if inputs.first != inputs.size:
         model = upscaler if request.hires_upscaler == "upscaler" else None
@@ -72,7 +76,9 @@ def _second_pass(
 ) -> hires.SecondPass:
     steering = inputs.second_steering
     controlnet = steering and steering.controlnet
-    pipe = pipelines.get("img2img", request.scheduler, controlnet, request.timestep_spacing)
+    pipe = pipelines.get(
+        "img2img", request.scheduler, controlnet, request.timestep_spacing, request.schedule
+    )
     extra = steering.arguments(pipe) if steering else {}
     if inputs.ip_image:
         extra["ip_adapter_image"] = inputs.ip_image

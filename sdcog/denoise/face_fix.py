@@ -46,7 +46,9 @@ class FaceFix:
             request.prompt_weighting, request.clip_skip, tokenizers,
         )  # fmt: skip
         extra = {"ip_adapter_image": ip_image} if ip_image else {}
-        pipe = pipelines.get("inpaint", request.scheduler, None, request.timestep_spacing)
+        pipe = pipelines.get(
+            "inpaint", request.scheduler, None, request.timestep_spacing, request.schedule
+        )
         return cls(detector, pipe, pipelines.native_size, embeds.base, extra, stop)
 
     def each(

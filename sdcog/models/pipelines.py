@@ -141,6 +141,7 @@ class Pipelines:
         scheduler: str,
         controlnet: ModelMixin | list[ModelMixin] | None = None,
         spacing: str = "default",
+        schedule: str = "Automatic",
     ) -> DiffusionPipeline:
         """The mode's pipeline with a fresh scheduler built from the model's original config;
         with `controlnet`, a ControlNet pipeline over the same components for this request."""
@@ -156,17 +157,23 @@ class Pipelines:
                 pipe = traits.control_pipelines[union][mode].from_pipe(
                     pipe, controlnet=controlnet, dtype=pipe.unet.dtype, **extra
                 )
-        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["base"], spacing)
+        configs = self.scheduler_configs["base"]
+        pipe.scheduler = make_scheduler(scheduler, configs, spacing, schedule)
         return pipe
 
-    def refiner_scheduler(self, scheduler: str, spacing: str = "default") -> Any:
+    def refiner_scheduler(
+        self, scheduler: str, spacing: str = "default", schedule: str = "Automatic"
+    ) -> Any:
         """A fresh scheduler `scheduler` for the refiner, on no pipeline yet."""
-        return make_scheduler(scheduler, self.scheduler_configs["refiner"], spacing)
+        return make_scheduler(scheduler, self.scheduler_configs["refiner"], spacing, schedule)
 
-    def get_refiner(self, mode: str, scheduler: str, spacing: str = "default") -> DiffusionPipeline:
+    def get_refiner(
+        self, mode: str, scheduler: str, spacing: str = "default", schedule: str = "Automatic"
+    ) -> DiffusionPipeline:
         assert self.refiner is not None
         pipe = self.refiner[mode]
-        pipe.scheduler = make_scheduler(scheduler, self.scheduler_configs["refiner"], spacing)
+        configs = self.scheduler_configs["refiner"]
+        pipe.scheduler = make_scheduler(scheduler, configs, spacing, schedule)
         return pipe
 
     def own_modules(self) -> list[torch.nn.Module]:

@@ -27,7 +27,8 @@ A1111_SAMPLERS = {
     "DPMSolverMultistep": ("DPM++ 2M", None), "KarrasDPM": ("DPM++ 2M", "Karras"),
     "HeunDiscrete": ("Heun", None), "KDPM2": ("DPM2", None), "KDPM2_ANCESTRAL": ("DPM2 a", None),
     "KLMS": ("LMS", None), "PNDM": ("PLMS", None), "UniPCMultistep": ("UniPC", None),
-    "DDIM": ("DDIM", None), "LCM": ("LCM", None),
+    "DDIM": ("DDIM", None), "LCM": ("LCM", None), "DPMSolverMultistepSDE": ("DPM++ 2M SDE", None),
+    "DPMSolverMultistep3MSDE": ("DPM++ 3M SDE", None), "DPMSolverSDE": ("DPM++ SDE", None),
 }  # fmt: skip
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 UNICODE = b"UNICODE\x00"
@@ -64,6 +65,8 @@ class Infotext:
     def text(self, seed: int, size: tuple[int, int]) -> str:
         r = self.request
         sampler, schedule = A1111_SAMPLERS.get(r.scheduler, (r.scheduler, None))
+        if r.schedule != "Automatic":
+            schedule = r.schedule
         fields: dict[str, object] = {"Steps": r.num_inference_steps, "Sampler": sampler}
         if schedule:
             fields["Schedule type"] = schedule

@@ -63,6 +63,7 @@ class Request:
     num_outputs: int = 1
     scheduler: str = "DPMSolverMultistep"
     timestep_spacing: str = "default"
+    schedule: str = "Automatic"  # AUTOMATIC1111's schedule type (schedulers.SCHEDULES)
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     seed: int | None = None

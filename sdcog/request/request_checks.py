@@ -20,7 +20,8 @@ def check_here(request: Request) -> None:
     its noise (seed_device) and its scheduler can take its steps."""
     check(request)
     seeds.check_device(request.seed_device)
-    schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps)
+    schedulers.check(request.scheduler, request.timestep_spacing, request.num_inference_steps,
+                     request.schedule)  # fmt: skip
 
 
 def check(request: Request) -> None:
