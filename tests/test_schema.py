@@ -88,7 +88,7 @@ def test_schema_has_the_public_inputs():
     assert "seed" not in inputs.get("required", [])
     width = inputs["properties"]["width"]  # a multiple of 8: checked by sdcog.request.request
     assert (width["minimum"], width["maximum"]) == (128, 2048) and "enum" not in width
-    assert len(schemas["scheduler"]["enum"]) == 15 + 10  # ours, then AUTOMATIC1111's names
+    assert len(schemas["scheduler"]["enum"]) == 18 + 13  # ours, then AUTOMATIC1111's names
     assert "Euler a" in schemas["scheduler"]["enum"]
     assert schemas["Output"].get("x-cog-array-type") == "iterator"  # previews, then the images
     assert inputs["properties"]["num_outputs"]["maximum"] == 10
