@@ -26,6 +26,7 @@ import jsonschema
 import requests
 
 from ..common.protocol import data_uri, error_message, save, save_control_maps, save_previews
+from ..dialects import ModelNames, infotext
 from ..request import request_checks
 from ..request.request import FILE_INPUTS, Request, name_hint
 from .cog_server import ROOT, CogServer, RunningServer, interrupt_on_hangup, run_log
@@ -160,6 +161,33 @@ def chosen_weights() -> Path:
     return ROOT / chosen.stdout
 
 
+def from_infotext(source: str) -> dict[str, Any]:
+    """The inputs of an infotext (sdcog/dialects/infotext.py); what is not honoured is said in
+    one line. The model, LoRAs and embeddings are looked up by hash on civitai (CIVITAI_ENDPOINT,
+    CIVITAI_TOKEN), through the environment's proxy if one is set."""
+    endpoint = os.environ.get("CIVITAI_ENDPOINT", "https://civitai.com")
+    token = os.environ.get("CIVITAI_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def get(url: str) -> Any:
+        try:
+            response = requests.get(url, headers=headers, timeout=20)
+        except requests.RequestException:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    try:
+        text = infotext.read(source)
+        inputs, unused = infotext.to_inputs(
+            text, ModelNames.from_pins(), infotext.civitai_lookup(endpoint, get)
+        )
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--from: {e}") from None
+    if unused:
+        print(f"--from: not honoured: {'; '.join(unused)}", file=sys.stderr)
+    return inputs
+
+
 def main(argv: list[str] | None = None) -> None:
     """script/predict: `cog predict` without Docker. Starts the real server, runs one
     prediction, saves its images."""
@@ -176,11 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "outputs",
                         help="folder for the images (default: outputs/)")  # fmt: skip
     parser.add_argument("--weights", type=Path, help="default: script/choose-weights' choice")
+    parser.add_argument("--from", dest="source", metavar="IMAGE_OR_TEXT",
+                        help="start from AUTOMATIC1111's generation data: an image that carries "
+                        "it, a text file, or the text; -i inputs override it")  # fmt: skip
     args = parser.parse_args(argv)
 
     document = json.loads((ROOT / ".cog/openapi_schema.json").read_text())
     schemas = document["components"]["schemas"]
-    inputs: dict[str, Any] = {}
+    inputs: dict[str, Any] = from_infotext(args.source) if args.source else {}
     for item in args.input:
         name, sep, value = item.partition("=")
         if not sep:
