@@ -70,7 +70,7 @@ def test_every_field_written_is_read_back_from_the_files_bytes(
     for index, path in enumerate(generation.paths):
         fields = parse(infotext.read(Image.open(io.BytesIO(path.read_bytes()))))
         assert fields == {
-            "Prompt": "a cat, (fluffy:1.2)\nsecond line", "Negative prompt": "blurry, dark",
+            "Prompt": "a cat, (fluffy:1.2) second line", "Negative prompt": "blurry, dark",
             "Steps": "3", "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": "6.5",
             "Seed": str(40 + index), "Size": "128x96", "Model": "stable-diffusion-v1-5",
             "Clip skip": "2", "Lora hashes": f"{Path(lora).stem}: {autov2(lora, file_server)}",

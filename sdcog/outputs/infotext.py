@@ -18,6 +18,7 @@ from PIL import Image, PngImagePlugin
 
 from ..adapters.inversions import Inversion
 from ..adapters.loras import Lora
+from ..denoise import prompts
 from ..request.request import Request
 
 # Ours -> (A1111's sampler, its schedule type or None). A1111's "Automatic" schedule is the
@@ -45,6 +46,12 @@ def adapter_name(reference: str) -> str:
     reference = reference.split("=", 1)[-1]  # TOKEN=REFERENCE
     last = urlsplit(reference).path.rstrip("/").rsplit("/", 1)[-1] or reference
     return last.removesuffix(".safetensors").replace(":", "_").replace("@", "_")
+
+
+def as_read(prompt: str) -> str:
+    """A prompt as the text encoder reads it: control characters and runs of whitespace (line
+    breaks too) as one space, which changes no image and keeps the prompt on its lines."""
+    return " ".join(prompts.clean(prompt).split())
 
 
 def quote(value: object) -> str:
@@ -94,9 +101,9 @@ class Infotext:
             if entries:
                 fields[label] = ", ".join(f"{name}: {digest}" for name, digest in entries)
         fields["Version"] = f"sdcog with diffusers {version('diffusers')}"
-        lines = [r.prompt]
+        lines = [as_read(r.prompt)]
         if r.negative_prompt:
-            lines.append(f"Negative prompt: {r.negative_prompt}")
+            lines.append(f"Negative prompt: {as_read(r.negative_prompt)}")
         lines.append(", ".join(f"{name}: {quote(value)}" for name, value in fields.items()))
         return "\n".join(lines)
 
