@@ -273,8 +273,8 @@ def test_logs_carry_stage_timings(server):
     logs = server.predict(prompt="x", width=128, height=128, **FAST)["logs"]
     (line,) = re.findall(r"^timings \(ms\): .*$", logs, re.M)
     stages = dict(re.findall(r"(\w+) (\d+)", line.split(": ", 1)[1]))
-    assert set(stages) == {"read", "adapters", "prompts", "denoise", "decode", "watermark",
-                           "safety", "encode"}  # fmt: skip
+    assert set(stages) == {"read", "adapters", "prompts", "denoise", "decode", "face_fix",
+                           "upscale", "watermark", "safety", "encode"}  # fmt: skip
     assert int(stages["denoise"]) > 0
 
 
@@ -283,7 +283,7 @@ def test_setup_logs_its_stage_timings(server):
     (line,) = re.findall(r"setup \(ms\): .*$", text, re.M)
     stages = dict(re.findall(r"(\w+) (\d+)", line.split(": ", 1)[1]))
     assert set(stages) == {
-        "pipelines", "safety", "controlnets", "ip_adapters", "previews", "compile",
+        "pipelines", "safety", "controlnets", "ip_adapters", "previews", "finishing", "compile",
     }  # fmt: skip
     assert int(stages["pipelines"]) > 0
 
