@@ -12,18 +12,18 @@ SMALL = {"num_inference_steps": 3, "width": 256, "height": 256, "seed": 5}
 PROMPT = "a lighthouse by the sea"
 
 
-def run(server, **input) -> list[str]:
-    """The outputs of a prediction that must succeed."""
+def run(server, **input) -> list[bytes]:
+    """The pixels of the outputs of a prediction that must succeed (the files also carry the
+    request's settings, which differ where the images must not: test_infotext.py)."""
     result = server.predict(**{"prompt": PROMPT, **SMALL, **input})
-    output_images(result)
-    return result["output"]
+    return [image.tobytes() for image in output_images(result)]
 
 
 def fail(server, **input) -> str:
     return server.failure(**{"prompt": PROMPT, **SMALL, **input})
 
 
-FIRST_BASELINE: dict[str, list[str]] = {}
+FIRST_BASELINE: dict[str, list[bytes]] = {}
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import shapes
 from model_repos import hub_copy
+from PIL import Image
 
 from sdcog.common import memory
 from sdcog.generate import Generator
@@ -37,8 +38,9 @@ def generator(tiny_weights, model_repos, tmp_path_factory) -> Generator:
 
 
 def digest(generator: Generator, **inputs) -> str:
+    """A digest of the outputs' pixels (their files also name the model they came from)."""
     generation = generator(Request(**(SMALL | inputs)))
-    return "".join(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in generation.paths)
+    return "".join(hashlib.sha256(Image.open(p).tobytes()).hexdigest() for p in generation.paths)
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,10 @@ def fine_tune(make_weights, file_server, tmp_path_factory) -> dict[str, str]:
     }
 
 
-def run(server, **input) -> list[str]:
+def run(server, **input) -> list[bytes]:
+    """The outputs' pixels (their files also carry the request's settings)."""
     result = server.predict(**{"prompt": "a photo of TOK", **SMALL, **input})
-    output_images(result)
-    return result["output"]
+    return [image.tobytes() for image in output_images(result)]
 
 
 def test_the_lora_layers_are_what_replicate_computes(make_weights, tmp_path):
