@@ -2,6 +2,7 @@
 (/run, /runsync, /status/{id}) on 127.0.0.1, over the tiny SD weights; its payload's translation
 (sdcog/dialects/runpod.py)."""
 
+import base64
 import io
 import json
 import os
@@ -168,3 +169,36 @@ def test_translation_defaults_and_every_scheduler():
     assert set(runpod.SCHEDULERS.values()) <= set(predict.SCHEDULERS)
     with pytest.raises(FieldError, match="runpod: input: 'prompt' is a required property"):
         runpod.inputs({"input": {}})
+
+
+def test_the_a1111_workers_job_shape_runs_as_that_api_call(worker):
+    """RunPod's popular A1111 worker takes {"api": {"method", "endpoint"}, "payload"}: the same
+    job runs here as that A1111 call and is answered as A1111 answers."""
+    url, _ = worker
+    payload = {
+        "prompt": "an astronaut riding a horse",
+        "negative_prompt": "",
+        "seed": 8,
+        "batch_size": 1,
+        "steps": 3,
+        "cfg_scale": 7,
+        "width": 128,
+        "height": 128,
+        "sampler_name": "Euler a",
+        "override_settings": {"CLIP_stop_at_last_layers": 2},
+    }
+    job = {"input": {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"},
+                     "payload": payload}}  # fmt: skip
+    result = post(url, "/runsync", job)
+    assert result["status"] == "COMPLETED", result
+    answer = result["output"]
+    assert answer["parameters"] == payload
+    [image] = answer["images"]
+    png = Image.open(io.BytesIO(base64.b64decode(image)))
+    assert (png.format, png.size) == ("PNG", (128, 128))
+    info = json.loads(answer["info"])
+    assert info["all_seeds"] == [8] and "Sampler: Euler a" in info["infotexts"][0]
+    assert "Clip skip: 2" in info["infotexts"][0]
+    wrong = post(url, "/runsync", {"input": {"api": {"method": "GET", "endpoint": "/sdapi/v1/"
+                                                     "sd-models"}, "payload": {}}})  # fmt: skip
+    assert "is not served" in json.dumps(wrong)

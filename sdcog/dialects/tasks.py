@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..common import protocol
-from . import ModelNames, hydrogen, opensourceais, real_esrgan, runware
+from . import ModelNames, a1111, hydrogen, opensourceais, real_esrgan, runware
 
-DIALECTS = {"hydrogen": hydrogen, "opensourceais": opensourceais, "real-esrgan": real_esrgan,
-            "runware": runware}  # fmt: skip
+DIALECTS = {"a1111": a1111, "hydrogen": hydrogen, "opensourceais": opensourceais,
+            "real-esrgan": real_esrgan, "runware": runware}  # fmt: skip
 
 
 def run(

@@ -1,14 +1,14 @@
 """script/task: another system's task payload, run through Cog's server.
 
-    script/task --dialect hydrogen|opensourceais|real-esrgan|runware TASK.json [-o outputs/]
+    script/task --dialect a1111|hydrogen|opensourceais|real-esrgan|runware TASK.json [-o outputs/]
                 [--pins weights/pins.toml] [--url URL]
 
 The payload is checked against the dialect's JSON Schema and translated to predict()'s inputs
 (sdcog/dialects/tasks.py); the predictions run on Cog's real server (started over the build's
 weights, or the one at --url), the images are written to the output folder, and what the system
-would answer is printed (hydrogen: the images' paths; runware: its JSON response;
-opensourceais: its 201 body, with the request's record written beside the images; real-esrgan:
-Replicate's finished prediction).
+would answer is printed (a1111: A1111's JSON answer; hydrogen: the images' paths; runware: its
+JSON response; opensourceais: its 201 body, with the request's record written beside the images;
+real-esrgan: Replicate's finished prediction).
 """
 
 import argparse
