@@ -142,6 +142,13 @@ class Predictor(BasePredictor):
             le=30,
             default=7.5,
         ),
+        guidance_rescale: float = Input(
+            description="diffusers' CFG rescale (0: off): what v-prediction fine-tunes advise "
+            "(0.7) against over-exposure with zero-terminal-SNR noise.",
+            ge=0,
+            le=1,
+            default=0.0,
+        ),
         seed: Optional[int] = Input(
             description="Random seed; output i uses seed + i. Leave out, or -1, for a random seed.",
             ge=-1,

@@ -89,3 +89,18 @@ class Checks:
         if refiner and request.refine != "no_refiner":
             unets.append(refiner["txt2img"].unet.config)
         deepcache.check(unets, request.deepcache_interval, request.deepcache_branch)
+        if request.guidance_rescale:
+            _check_rescale(request, facts)
+
+
+def _check_rescale(request: Request, facts: Facts) -> None:
+    """diffusers' CFG rescale exists in SD's text-to-image pipeline and SDXL's three, never
+    with a ControlNet; the refiner and the hires fix's SD pass are image-to-image."""
+    sd = not facts.family.traits.sdxl_inputs
+    if request.controlnets:
+        why = "diffusers' ControlNet pipelines have no CFG rescale"
+    elif sd and (request.image is not None or request.hires_scale > 1):
+        why = "SD 1.x/2.x rescales text-to-image only (not image-to-image, inpainting or hires)"
+    else:
+        return
+    raise ValueError(f"guidance_rescale: {why}; leave it at 0")

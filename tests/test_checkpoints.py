@@ -89,3 +89,34 @@ def test_a_single_vae_converts_with_its_models_config(model_repos, tmp_path):
     got = AutoencoderKL.from_pretrained(tmp_path / "vae").state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     shutil.rmtree(tmp_path / "vae")
+
+
+def test_a_v_prediction_fine_tune_is_sampled_as_one(model_repos, tiny_weights, tmp_path):
+    """NoobAI's and Illustrious' v-pred single files carry a `v_pred` key (ComfyUI and Forge read
+    it): converted here, through base_model or a build's pin, they sample with v-prediction,
+    zero-terminal-SNR betas and trailing timesteps; without the key nothing changes."""
+    from safetensors.torch import load_file, save_file
+
+    from sdcog.request.schedulers import make_scheduler
+    from sdcog.tools.download_weights import convert_single_file
+
+    plain = model_repos.root / "sdxl.safetensors"
+    vpred = tmp_path / "vpred.safetensors"
+    save_file(load_file(plain) | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, vpred)
+    found = of_checkpoint(vpred, "base_model", "sdxl")
+    checkpoints.convert(vpred, found, tiny_weights, tmp_path / "base_model", torch.float32)
+    config_dir = tmp_path / "config"  # a build's pin converts with a diffusers repo's configs
+    shutil.copytree(model_repos.hub.root / "org/sdxl", config_dir)
+    convert_single_file(vpred, config_dir, tmp_path / "pin")
+    for target in ("base_model", "pin"):
+        config = DiffusionPipeline.from_pretrained(tmp_path / target).scheduler.config
+        assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
+            "v_prediction",
+            True,
+            "trailing",
+        ), target
+        for name in ("K_EULER", "DPMSolverMultistep", "DDIM"):  # and every request's scheduler
+            assert make_scheduler(name, config).config.prediction_type == "v_prediction"
+    checkpoints.convert(plain, found, tiny_weights, tmp_path / "plain", torch.float32)
+    config = DiffusionPipeline.from_pretrained(tmp_path / "plain").scheduler.config
+    assert config.prediction_type == "epsilon"

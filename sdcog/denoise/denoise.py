@@ -95,6 +95,8 @@ def arguments_of(request: Request, batch: list[int], stop: Callable) -> dict[str
         "num_inference_steps": request.num_inference_steps,
         "guidance_scale": request.guidance_scale,
         "generator": seeds.generators(batch, request.seed_device),
+        # Only pipelines that take it are given it: checks.py refuses it for the others.
+        **({"guidance_rescale": request.guidance_rescale} if request.guidance_rescale else {}),
     }
 
 

@@ -8,12 +8,14 @@ tiny test weights do). Tokenizer vocabularies are CLIP's in every family and are
 what a family's folder lacks of its tokenizers is taken from the build's own base model.
 """
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from safetensors import safe_open
 
 from ..common.families import Family
 
@@ -44,6 +46,29 @@ def convert(
             **family.traits.single_file_options,
         )
         pipe.save_pretrained(target, safe_serialization=True)
+    if v_prediction(checkpoint):
+        mark_v_prediction(target)
+
+
+# What a v-prediction fine-tune with zero-terminal-SNR noise (the NoobAI/Illustrious v-pred
+# family) must be sampled with: ComfyUI and Forge read the checkpoint's `v_pred` key the same way.
+V_PREDICTION = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+                "timestep_spacing": "trailing"}  # fmt: skip
+
+
+def v_prediction(checkpoint: Path) -> bool:
+    """Whether a single-file checkpoint says it predicts v (its `v_pred` key)."""
+    with safe_open(str(checkpoint), framework="pt") as f:
+        return "v_pred" in f.keys()
+
+
+def mark_v_prediction(pipeline_dir: Path) -> None:
+    """A converted pipeline's scheduler config set to v-prediction with zero-terminal-SNR betas
+    (diffusers' conversion does not read the key)."""
+    path = pipeline_dir / "scheduler/scheduler_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | V_PREDICTION, indent=2) + "\n")
+    print(f"{pipeline_dir.name}: a v-prediction checkpoint (its v_pred key): "
+          "v_prediction, zero-terminal-SNR betas, trailing timesteps")  # fmt: skip
 
 
 def convert_vae(checkpoint: Path, model_vae: Path, target: Path, dtype: torch.dtype) -> None:

@@ -66,6 +66,7 @@ class Request:
     schedule: str = "Automatic"  # AUTOMATIC1111's schedule type (schedulers.SCHEDULES)
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    guidance_rescale: float = 0.0  # diffusers' CFG rescale (v-prediction models: 0.7)
     seed: int | None = None
     seed_device: str = "cpu"
     image: Path | None = None

@@ -28,6 +28,7 @@ from ..common.pins import (
     describe,
     read_pins,
 )
+from ..models import checkpoints
 
 SUMS_FILE = "SHA256SUMS.json"
 # The pinned weights small enough that the tests use the real ones (the face detector), kept
@@ -218,6 +219,8 @@ def convert_single_file(checkpoint: Path, config_dir: Path, target: Path) -> Non
         checkpoint, config=str(config_dir), local_files_only=True, **skipped
     )
     pipe.save_pretrained(target, safe_serialization=True)
+    if checkpoints.v_prediction(checkpoint):
+        checkpoints.mark_v_prediction(target)
 
 
 def download_weights(
