@@ -23,7 +23,7 @@ from .denoise.previews import PreviewDecoder, PreviewStream
 from .denoise.request_images import Inputs
 from .denoise.steps import StepHooks
 from .fetch.downloads import AdapterCache
-from .models import upscalers
+from .models import model_files, upscalers
 from .models.loaded_models import LoadedModels, Model
 from .models.pipelines import Pipelines, device_and_dtype
 from .models.upscalers import Upscaler
@@ -256,7 +256,10 @@ class Generator:
         texts = {}
         if request.write_metadata:
             name = self.model_name if model.folder == self.weights_dir / "base" else model.name
-            texts = infotext.texts(request, name, patched.loras, patched.inversions, results)
+            digest = model_files.checkpoint_sha256(model.folder)
+            texts = infotext.texts(
+                request, name, digest, patched.loras, patched.inversions, results
+            )
         # Encoded while the safety checker runs: encoding is off the critical path.
         format, quality = request.output_format, request.output_quality
         with Encoding(results, format, quality, texts) as encoding:

@@ -122,3 +122,28 @@ def test_a_refusal_by_the_server_names_a1111s_field(a1111_server):
     with pytest.raises(RuntimeError) as raised:  # webuiapi raises on a non-200 answer
         a1111_server.api.txt2img(prompt="x", width=130, height=128, steps=2)
     assert "width" in str(raised.value)
+
+
+def test_controlnet_units_are_our_slots():
+    unit = {
+        "enabled": True,
+        "module": "canny",
+        "model": "control_v11p_sd15_canny [d14c016b]",
+        "weight": 0.8,
+        "image": "QUJD",
+        "guidance_start": 0.1,
+        "guidance_end": 0.9,
+    }
+    off = {**unit, "enabled": False}
+    body = {"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [unit, off]}}}
+    inputs = a1111.translate(body, SD)[0]
+    assert {k: v for k, v in inputs.items() if k.startswith("controlnet_")} == {
+        "controlnet_1": "canny", "controlnet_1_image": "data:image/png;base64,QUJD",
+        "controlnet_1_preprocess": True, "controlnet_1_conditioning_scale": 0.8,
+        "controlnet_1_start": 0.1, "controlnet_1_end": 0.9,
+    }  # fmt: skip
+    unknown = {**unit, "model": "some_adapter [0000]"}
+    with pytest.raises(FieldError) as raised:
+        a1111.translate({"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [unknown]}}},
+                        SD)  # fmt: skip
+    assert raised.value.field == "alwayson_scripts.controlnet.args.0.model"

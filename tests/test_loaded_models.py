@@ -225,3 +225,18 @@ def test_previews_of_a_model_of_another_family_are_refused(generator):
     with pytest.raises(ValueError, match=refusal + r"is SDXL; set preview_every to 0$"):
         generator(Request(**SMALL, base_model="org/sdxl", preview_every=1))
     assert digest(generator, base_model="org/sd2", preview_every=1)
+
+
+def test_a_single_files_model_hash_is_in_its_images(generator, model_repos):
+    """civitai finds a model by its file's AutoV2 hash: written for a model from a single file
+    (the download cache named the file by its SHA-256), not for a repository's."""
+    from sdcog.outputs import infotext
+
+    def fields(**inputs) -> str:
+        [path] = generator(Request(**(SMALL | inputs))).paths
+        return infotext.read(Image.open(path))
+
+    expected = hashlib.sha256((model_repos.root / "sd1.safetensors").read_bytes()).hexdigest()[:10]
+    single = fields(base_model=model_repos.urls["sd1"])
+    assert f"Model hash: {expected}, Model: sd1-ldm," in single
+    assert "Model hash" not in fields(base_model="org/sd1")

@@ -98,15 +98,16 @@ class ModelFiles:
         work = target.with_name(target.name + WORK_SUFFIX)
         shutil.rmtree(work, ignore_errors=True)  # what a killed server left
         try:
+            digest = None  # a single file's SHA-256 (civitai's hashes are made of it)
             if reference.kind == "hub":
                 variant = self._hub(reference, work, check, stop)
             else:
                 variant = None
-                self._single_file(reference, work, check, stop, vae_of)
+                digest = self._single_file(reference, work, check, stop, vae_of)
             shutil.rmtree(work / ".cache", ignore_errors=True)  # huggingface_hub's records
-            (work / MARKER).write_text(
-                json.dumps({"reference": reference.text, "variant": variant})
-            )
+            (work / MARKER).write_text(json.dumps(
+                {"reference": reference.text, "variant": variant, "sha256": digest}
+            ))  # fmt: skip
             shutil.rmtree(target, ignore_errors=True)
             work.rename(target)
         finally:
@@ -208,7 +209,8 @@ class ModelFiles:
         check: Callable[[Path], None],
         stop: threading.Event | None,
         vae_of: Path | None,
-    ) -> None:
+    ) -> str:
+        """Converted into `work`; the file's SHA-256 (the download cache names it by it)."""
         what = reference.input_name
         path = self.downloads.fetch(Reference(reference.text, what, reference.kind), stop=stop)
         try:
@@ -229,6 +231,13 @@ class ModelFiles:
         finally:
             self.downloads.forget(reference.text)  # the converted folder is what is kept
         check(work)
+        return path.stem
+
+
+def checkpoint_sha256(folder: Path) -> str | None:
+    """The SHA-256 of the single file a folder was converted from, or None (a repository's)."""
+    marker = folder / MARKER
+    return json.loads(marker.read_text()).get("sha256") if marker.exists() else None
 
 
 def variant(folder: Path) -> str | None:

@@ -66,6 +66,7 @@ class Infotext:
 
     request: Request
     model: str  # the model's name: its repository or file
+    model_hash: str | None = None  # AutoV2 of its single file, where it came from one
     loras: tuple[tuple[str, str], ...] = ()  # (name, AutoV2)
     embeddings: tuple[tuple[str, str], ...] = ()
 
@@ -78,7 +79,10 @@ class Infotext:
         if schedule:
             fields["Schedule type"] = schedule
         fields |= {"CFG scale": f"{r.guidance_scale:g}", "Seed": seed,
-                   "Size": f"{size[0]}x{size[1]}", "Model": self.model}  # fmt: skip
+                   "Size": f"{size[0]}x{size[1]}"}  # fmt: skip
+        if self.model_hash:
+            fields["Model hash"] = self.model_hash
+        fields["Model"] = self.model
         if r.clip_skip:  # A1111 counts the last layer as 1
             fields["Clip skip"] = r.clip_skip + 1
         if r.image is not None:
@@ -111,13 +115,15 @@ class Infotext:
 def texts(
     request: Request,
     model: str,
+    checkpoint_sha256: str | None,
     loras: list[Lora],
     inversions: list[Inversion],
     results: list[tuple[int, Image.Image]],
 ) -> dict[int, str]:
-    """Each output's generation data: `model` is the model's repository, URL or AIR id."""
+    """Each output's generation data: `model` is the model's repository, URL or AIR id;
+    `checkpoint_sha256`, its single file's, when it came from one."""
     named = Infotext(
-        request, adapter_name(model),
+        request, adapter_name(model), checkpoint_sha256 and checkpoint_sha256[:10],
         tuple((adapter_name(lora.reference), autov2(lora.path)) for lora in loras),
         tuple((adapter_name(i.reference), autov2(i.path)) for i in inversions),
     )  # fmt: skip
