@@ -4,7 +4,7 @@
 
 Clients send every field with A1111's defaults (webuiapi, A1111's own /docs): a field at its
 default is accepted whatever it is; one set to something this package cannot do is refused naming
-the field; one set that changes nothing here (eta, s_churn, saving) is said on stderr.
+the field; fields that change nothing here (eta, s_churn, saving) are accepted unused.
 """
 
 import base64
@@ -25,33 +25,25 @@ MAX_OUTPUTS = 10  # predict()'s num_outputs
 # A1111's schedule names (its API takes them as well as the labels) -> the labels.
 SCHEDULE_NAMES = {"automatic": "Automatic", "karras": "Karras", "exponential": "Exponential",
                   "sgm_uniform": "SGM Uniform", "beta": "Beta"}  # fmt: skip
-# Fields that change nothing here at any value (A1111's saving, its samplers' noise knobs).
-IGNORED = ("styles", "do_not_save_samples", "do_not_save_grid", "eta", "s_churn", "s_tmax",
-           "s_tmin", "s_noise", "override_settings_restore_afterwards", "send_images",
-           "save_images", "sampler_index", "firstphase_width", "firstphase_height",
-           "include_init_images", "resize_mode", "initial_noise_multiplier", "comments",
-           "force_task_id", "infotext", "seed_resize_from_h", "seed_resize_from_w")  # fmt: skip
-# Fields honoured only at these values (A1111's defaults), and why.
+# Fields honoured only at these values (A1111's default first, then what clients send for the
+# same), and why. Fields not named here or mapped below change nothing here (saving, eta, s_churn).
 ONLY = {
-    "subseed_strength": (0, "variation seeds (subseed) are not served here"),
-    "restore_faces": (False, "GFPGAN and CodeFormer are not built here; face_fix repaints "
-                             "faces with the model"),
-    "tiling": (False, "tileable images are not served here"),
-    "script_name": (None, "A1111's scripts do not run here"),
-    "hr_resize_x": (0, "give hr_scale"), "hr_resize_y": (0, "give hr_scale"),
-    "hr_checkpoint_name": (None, "the second pass runs on the same model"),
-    "hr_sampler_name": (None, "the second pass uses sampler_name"),
-    "hr_prompt": ("", "the second pass uses prompt"),
-    "hr_negative_prompt": ("", "the second pass uses negative_prompt"),
-    "inpainting_mask_invert": (0, "give the mask white where it is repainted"),
-    "image_cfg_scale": (None, "instruct-pix2pix models are not served here"),
-    "mask_blur": (4, "the mask's edge is blended by the pipeline here"),
-    "refiner_checkpoint": (None, "the refiner is the build's: an SDXL build's refine input"),
+    "subseed_strength": ((0,), "variation seeds (subseed) are not served here"),
+    "restore_faces": ((False,), "GFPGAN and CodeFormer are not built here; face_fix repaints "
+                                "faces with the model"),
+    "tiling": ((False,), "tileable images are not served here"),
+    "script_name": ((None, ""), "A1111's scripts do not run here"),
+    "hr_resize_x": ((0,), "give hr_scale"), "hr_resize_y": ((0,), "give hr_scale"),
+    "hr_checkpoint_name": ((None, "Use same checkpoint", ""),
+                           "the second pass runs on the same model"),
+    "hr_sampler_name": ((None, "Use same"), "the second pass uses sampler_name"),
+    "hr_prompt": (("",), "the second pass uses prompt"),
+    "hr_negative_prompt": (("",), "the second pass uses negative_prompt"),
+    "inpainting_mask_invert": ((0,), "give the mask white where it is repainted"),
+    "image_cfg_scale": ((None, 1.5, 0), "instruct-pix2pix models are not served here"),
+    "mask_blur": ((4,), "the mask's edge is blended by the pipeline here"),
+    "refiner_checkpoint": ((None, ""), "the refiner is the build's: an SDXL build's refine input"),
 }  # fmt: skip
-# Other values that mean the same as the default there (clients send either).
-ONLY_ALSO = {"hr_checkpoint_name": ("Use same checkpoint", ""), "hr_sampler_name": ("Use same",),
-             "script_name": ("",), "refiner_checkpoint": ("",),
-             "image_cfg_scale": (1.5, 0)}  # fmt: skip
 # predict()'s inputs -> A1111's fields, to name the field when the server refuses an input.
 FIELDS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "num_inference_steps": "steps",
@@ -73,9 +65,8 @@ def translate(payload: dict[str, Any], build: ModelNames) -> list[dict[str, Any]
     """predict()'s inputs for the body (one prediction), or a FieldError naming the field."""
     if not isinstance(payload, dict):
         raise _fail("(the payload)", "must be a JSON object, an A1111 txt2img or img2img body")
-    for name, (default, why) in ONLY.items():
-        value = payload.get(name, default)
-        if value != default and value not in ONLY_ALSO.get(name, ()):
+    for name, (accepted, why) in ONLY.items():
+        if (value := payload.get(name, accepted[0])) not in accepted:
             raise _fail(name, f"{value!r}: {why}")
     count = payload.get("batch_size", 1) * payload.get("n_iter", 1)
     if count > MAX_OUTPUTS:
