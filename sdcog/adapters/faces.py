@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .pose import ort  # onnxruntime, imported with its telemetry off
+from .pose import session  # onnxruntime, imported with its telemetry off
 
 ENTRY = "face_detector"
 INPUT = 256
@@ -45,10 +45,7 @@ def _anchors() -> np.ndarray:
 
 class FaceDetector:
     def __init__(self, model: Path, device: torch.device) -> None:
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(model, providers=providers)
+        self.session = session(model, device)
         self.anchors = _anchors()
 
     @classmethod

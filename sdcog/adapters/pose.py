@@ -49,16 +49,21 @@ LIMB_BRIGHTNESS = 0.6
 STICK_WIDTH, POINT_RADIUS, FACE_RADIUS = 4, 4, 3
 
 
+def session(model: Path, device: torch.device) -> ort.InferenceSession:
+    """An onnxruntime session for `model`, on CUDA when the device is and onnxruntime has it."""
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(model, providers=providers)
+
+
 class PoseEstimator:
     def __init__(self, folder: Path, device: torch.device) -> None:
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
         for name in (DETECTOR, POSE_MODEL):
             if not (folder / name).exists():
                 raise FileNotFoundError(f"{folder / name}, pinned as [{folder.name}]")
-        self.detector = ort.InferenceSession(folder / DETECTOR, providers=providers)
-        self.pose = ort.InferenceSession(folder / POSE_MODEL, providers=providers)
+        self.detector = session(folder / DETECTOR, device)
+        self.pose = session(folder / POSE_MODEL, device)
 
     def __call__(self, image: Image.Image, face: bool) -> Image.Image:
         rgb = np.asarray(image.convert("RGB"))
