@@ -67,15 +67,15 @@ class FaceFix:
                   f"{request.face_fix_confidence}); it is returned as it was")  # fmt: skip
             return image
         for number, face in enumerate(chosen):
-            image = self._fix(request, seed + number, image, face, request.face_fix_padding)
+            image = self._fix(request, seed + number, image, face)
             self.fixed += 1
         print(f"face fix: output {index}: {len(faces)} found, {len(chosen)} fixed "
               f"({', '.join(f'{f.score:.2f}' for f in chosen)})")  # fmt: skip
         return image
 
-    def _fix(self, request: Request, seed: int, image: Image.Image, face: Face,
-             padding: int) -> Image.Image:  # fmt: skip
+    def _fix(self, request: Request, seed: int, image: Image.Image, face: Face) -> Image.Image:
         left, top, right, bottom = face.box
+        padding = request.face_fix_padding
         region = (max(0, left - padding), max(0, top - padding),
                   min(image.width, right + padding),
                   min(image.height, bottom + padding))  # fmt: skip

@@ -59,9 +59,10 @@ def _import_spandrel() -> types.ModuleType:
 
 
 class Upscaler:
-    def __init__(self, model, scale: int, device: torch.device, dtype: torch.dtype) -> None:
-        """`model`: spandrel's descriptor, which pads a tile to what its architecture needs."""
-        self.model, self.scale, self.device, self.dtype = model, scale, device, dtype
+    def __init__(self, model) -> None:
+        """`model`: spandrel's descriptor (its scale, device and dtype), which pads a tile to
+        what its architecture needs."""
+        self.model, self.scale = model, model.scale
 
     @classmethod
     def load(cls, weights_dir: Path, device: torch.device, dtype: torch.dtype) -> "Upscaler | None":
@@ -87,7 +88,7 @@ class Upscaler:
             dtype = torch.float32  # CPUs are slow at half precision; some models lack it
         descriptor.to(device, dtype).eval()
         print(f"upscaler: {descriptor.architecture.name} {descriptor.scale}x ({files[0].name})")
-        return cls(descriptor, descriptor.scale, device, dtype)
+        return cls(descriptor)
 
     def __call__(self, image: Image.Image, factor: float) -> Image.Image:
         """`image` upscaled `factor` times: the model's passes, then Lanczos to the exact size."""
@@ -110,8 +111,8 @@ class Upscaler:
                 bottom, right = min(top + TILE, height), min(left + TILE, width)
                 y0, x0 = max(top - PAD, 0), max(left - PAD, 0)
                 y1, x1 = min(bottom + PAD, height), min(right + PAD, width)
-                tile = torch.from_numpy(pixels[y0:y1, x0:x1].copy()).to(self.device)
-                tile = tile.permute(2, 0, 1)[None].to(self.dtype) / 255
+                tile = torch.from_numpy(pixels[y0:y1, x0:x1].copy()).to(self.model.device)
+                tile = tile.permute(2, 0, 1)[None].to(self.model.dtype) / 255
                 result = self.model(tile).clamp(0, 1)[0].permute(1, 2, 0)
                 result = (result.float() * 255).round().to(torch.uint8).cpu().numpy()
                 inner = result[(top - y0) * s :, (left - x0) * s :]  # less what the pad added

@@ -150,9 +150,8 @@ def _check_image_recipes(request: Request) -> None:
         raise ValueError("hires_steps: only with hires_scale above 1")
 
 
-# Face fix inputs that mean nothing without face_fix.
-FACE_FIX_SETTINGS = ("face_fix_prompt", "face_fix_negative_prompt", "face_fix_strength",
-                     "face_fix_confidence", "face_fix_padding", "face_fix_max_faces")  # fmt: skip
+# Face fix inputs that mean nothing without face_fix: every face_fix_* field.
+FACE_FIX_SETTINGS = tuple(f.name for f in fields(Request) if f.name.startswith("face_fix_"))
 UPSCALE_STEP = 0.05  # upscale's resolution: 1.5 and 2.25 are fine, 1.333... is not
 
 
